@@ -1,1 +1,67 @@
-fn main() {}
+//! The `bilge` binary: parse, set up tracing, dispatch, map the result to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use bilge::cli::{Cli, Command};
+use bilge::config::{Config, LogConfig};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = match LogConfig::from_args(&cli.global) {
+        Ok(l) => l,
+        Err(e) => return usage_error(&e),
+    };
+    bilge::logging::init(&log);
+    let mut cfg = match Config::from_args(&cli.global) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bilge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Serve(args) => match cfg.apply_serve(&args) {
+            Ok(serve) => rt
+                .block_on(bilge::serve::run(cfg, serve))
+                .map_err(Into::into),
+            Err(e) => return usage_error(&e),
+        },
+        Command::Df(args) => rt
+            .block_on(bilge::df::run(cfg, args.json))
+            .map_err(Into::into),
+        Command::Healthcheck(args) => rt
+            .block_on(bilge::healthcheck(&args.url))
+            .map_err(Into::into),
+        Command::Build(_) | Command::Clean(_) => {
+            eprintln!("bilge: this subcommand is not available in this build yet");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(be) = e.downcast_ref::<bilge::Error>()
+                && be.is_usage()
+            {
+                return usage_error(be);
+            }
+            eprintln!("bilge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(e: &bilge::Error) -> ExitCode {
+    eprintln!("bilge: {e}");
+    ExitCode::from(2)
+}

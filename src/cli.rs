@@ -1,0 +1,281 @@
+//! The raw command line, as clap parses it. Every flag has a `BILGE_*` environment variable.
+//! Nothing here is validated beyond its shape: [`crate::config`] turns these into a `Config`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// bilge keeps Docker hosts from running out of disk.
+#[derive(Debug, Parser)]
+#[command(name = "bilge", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Flags shared by every subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the exporter, the status page, the build API and the Alertmanager webhook.
+    Serve(ServeArgs),
+    /// Run a build command, stream its output, classify a failure and record the outcome.
+    Build(BuildArgs),
+    /// Run the cleanup engine by hand: print the plan, then what each level freed.
+    Clean(CleanArgs),
+    /// Show disk usage: filesystems, Docker by type, build cache by age, the largest logs.
+    Df(DfArgs),
+    /// Exit 0 when a bilge server answers its health endpoint (for container HEALTHCHECKs).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `key=value` pairs, one event a line.
+    Logfmt,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Flags that every subcommand understands.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Docker daemon address (unix:///path, tcp://host:port). Defaults to $DOCKER_HOST, else the local socket.
+    #[arg(long = "docker.host", env = "BILGE_DOCKER_HOST", global = true)]
+    pub docker_host: Option<String>,
+    /// How long one Docker API call may take (e.g. 30s).
+    #[arg(
+        long = "docker.timeout",
+        env = "BILGE_DOCKER_TIMEOUT",
+        default_value = "30s",
+        global = true
+    )]
+    pub docker_timeout: String,
+    /// How many of the largest images, volumes and container logs to export.
+    #[arg(
+        long = "docker.top-n",
+        env = "BILGE_DOCKER_TOP_N",
+        default_value_t = 10,
+        global = true
+    )]
+    pub docker_top_n: usize,
+    /// Regexp of mount points to leave out (node_exporter's default).
+    #[arg(
+        long = "collector.filesystem.mount-points-exclude",
+        env = "BILGE_COLLECTOR_FILESYSTEM_MOUNT_POINTS_EXCLUDE",
+        default_value = crate::config::DEFAULT_MOUNT_POINTS_EXCLUDE,
+        global = true
+    )]
+    pub mount_points_exclude: String,
+    /// Regexp of filesystem types to leave out (node_exporter's default).
+    #[arg(
+        long = "collector.filesystem.fs-types-exclude",
+        env = "BILGE_COLLECTOR_FILESYSTEM_FS_TYPES_EXCLUDE",
+        default_value = crate::config::DEFAULT_FS_TYPES_EXCLUDE,
+        global = true
+    )]
+    pub fs_types_exclude: String,
+    /// How long one filesystem stat may take before the mount is marked stuck and skipped.
+    #[arg(
+        long = "collector.filesystem.stat-timeout",
+        env = "BILGE_COLLECTOR_FILESYSTEM_STAT_TIMEOUT",
+        default_value = "5s",
+        global = true
+    )]
+    pub stat_timeout: String,
+    /// SQLite file for build history and the cleanup audit.
+    #[arg(
+        long = "state.path",
+        env = "BILGE_STATE_PATH",
+        default_value = "./bilge-data/bilge.db",
+        global = true
+    )]
+    pub state_path: PathBuf,
+    /// TOML file with the cleanup policy (levels, ages, watermarks).
+    #[arg(long = "config", env = "BILGE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Least severe log level shown: error, warn, info, debug or trace.
+    #[arg(
+        long = "log.level",
+        env = "BILGE_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
+    pub log_level: String,
+    /// Log format.
+    #[arg(
+        long = "log.format",
+        env = "BILGE_LOG_FORMAT",
+        value_enum,
+        default_value = "logfmt",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// Largest number of distinct project label values; the rest are counted as `other`.
+    #[arg(
+        long = "builds.max-projects",
+        env = "BILGE_BUILDS_MAX_PROJECTS",
+        default_value_t = 50,
+        global = true
+    )]
+    pub max_projects: usize,
+}
+
+/// Flags of `bilge serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`:9830` means every interface).
+    #[arg(
+        long = "web.listen-address",
+        env = "BILGE_WEB_LISTEN_ADDRESS",
+        default_value = ":9830"
+    )]
+    pub listen_address: String,
+    /// Path under which metrics are served.
+    #[arg(
+        long = "web.telemetry-path",
+        env = "BILGE_WEB_TELEMETRY_PATH",
+        default_value = "/metrics"
+    )]
+    pub telemetry_path: String,
+    /// How often the Docker collector asks the daemon (e.g. 60s).
+    #[arg(
+        long = "docker.refresh-interval",
+        env = "BILGE_DOCKER_REFRESH_INTERVAL",
+        default_value = "60s"
+    )]
+    pub docker_refresh_interval: String,
+    /// How often filesystems are stat'ed and watermarks checked (e.g. 2s).
+    #[arg(
+        long = "collector.filesystem.interval",
+        env = "BILGE_COLLECTOR_FILESYSTEM_INTERVAL",
+        default_value = "2s"
+    )]
+    pub filesystem_interval: String,
+    /// File holding the bearer token for the webhook and the build API. Without it both are off.
+    #[arg(long = "webhook.token-file", env = "BILGE_WEBHOOK_TOKEN_FILE")]
+    pub webhook_token_file: Option<PathBuf>,
+    /// An `instance` label value that names this host (repeatable). Default: hostname, addresses and loopback with the listen port.
+    #[arg(
+        long = "webhook.instance",
+        env = "BILGE_WEBHOOK_INSTANCE",
+        value_delimiter = ','
+    )]
+    pub webhook_instance: Vec<String>,
+    /// Forward alerts for other instances once to that instance's webhook.
+    #[arg(long = "webhook.relay", env = "BILGE_WEBHOOK_RELAY")]
+    pub webhook_relay: bool,
+    /// Largest webhook or build API request body accepted.
+    #[arg(
+        long = "web.max-body",
+        env = "BILGE_WEB_MAX_BODY",
+        default_value = "1MiB"
+    )]
+    pub max_body: String,
+}
+
+/// Flags of `bilge build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Project name recorded with the outcome (default: the current directory's name).
+    #[arg(long, env = "BILGE_PROJECT")]
+    pub project: Option<String>,
+    /// Fail fast (or clean first, with --clean-and-retry) when Docker's data root has less free space.
+    #[arg(long = "min-free", env = "BILGE_MIN_FREE")]
+    pub min_free: Option<String>,
+    /// After a disk failure, run the standard cleanup once and the build once more.
+    #[arg(long = "clean-and-retry", env = "BILGE_CLEAN_AND_RETRY")]
+    pub clean_and_retry: bool,
+    /// A running `bilge serve` to send the outcome to (else it is written to the local store).
+    #[arg(long, env = "BILGE_SERVER")]
+    pub server: Option<String>,
+    /// File holding the API token for --server.
+    #[arg(long = "server.token-file", env = "BILGE_SERVER_TOKEN_FILE")]
+    pub server_token_file: Option<PathBuf>,
+    /// The build command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// Flags of `bilge clean`.
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Highest level to run: build_cache, stopped_containers, dangling_images, unused_images, unused_volumes, standard or aggressive.
+    #[arg(long, env = "BILGE_CLEAN_LEVEL", default_value = "standard")]
+    pub level: String,
+    /// Only remove objects older than this (e.g. 24h). Default: the policy's `until`.
+    #[arg(long, env = "BILGE_CLEAN_UNTIL")]
+    pub until: Option<String>,
+    /// Stop once the data root has this much free (`15%` or `10GiB`). Default: the policy's.
+    #[arg(long = "target-free", env = "BILGE_CLEAN_TARGET_FREE")]
+    pub target_free: Option<String>,
+    /// Print the plan with estimated bytes and delete nothing.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Do not ask for confirmation of the aggressive levels.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the plan and the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `bilge df`.
+#[derive(Debug, Args)]
+pub struct DfArgs {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `bilge healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The URL to ask.
+    #[arg(
+        long,
+        env = "BILGE_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:9830/-/healthy"
+    )]
+    pub url: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn build_takes_everything_after_the_double_dash() {
+        let cli =
+            Cli::try_parse_from(["bilge", "build", "--project", "p", "--", "make", "-j", "4"])
+                .map_err(|e| e.to_string());
+        let Ok(Cli {
+            command: Command::Build(b),
+            ..
+        }) = cli
+        else {
+            panic!("not a build: {cli:?}");
+        };
+        assert_eq!(b.command, ["make", "-j", "4"]);
+        assert_eq!(b.project.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["bilge", "df", "--docker.host", "unix:///x.sock"]);
+        assert_eq!(
+            cli.map(|c| c.global.docker_host).ok().flatten().as_deref(),
+            Some("unix:///x.sock")
+        );
+    }
+}

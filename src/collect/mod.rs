@@ -1,0 +1,450 @@
+//! Background collectors and the snapshot they keep. `/metrics`, the status page and the cleanup
+//! planner read the last snapshot; nothing in a request path waits on Docker.
+//!
+//! Two loops: filesystems every couple of seconds (statvfs is cheap, and watermarks need to react
+//! fast), Docker every `--docker.refresh-interval`. Both log, count and retry; neither dies.
+
+pub mod disk;
+pub mod docker;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::docker::{DiskUsage, DockerApi, DockerInfo};
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+use disk::{Filesystem, Statter, Usage};
+use docker::{ContainerLog, DockerSummary};
+
+/// The filesystem that holds Docker's data root.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataRoot {
+    /// Docker's `DockerRootDir`.
+    pub path: String,
+    /// The mount point of the filesystem holding it.
+    pub mountpoint: String,
+    /// Its figures.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// The last collected state of the host.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// Every included filesystem.
+    pub filesystems: Vec<Filesystem>,
+    /// Docker's data root filesystem, once the daemon told us where it is.
+    pub data_root: Option<DataRoot>,
+    /// The last good Docker summary (kept while the daemon is away).
+    pub docker: Option<DockerSummary>,
+    /// The last good raw disk usage, for the cleanup planner.
+    #[serde(skip)]
+    pub disk_usage: Option<Arc<DiskUsage>>,
+    /// Whether the last Docker collection succeeded.
+    pub docker_up: bool,
+    /// Why the last Docker collection failed.
+    pub docker_error: Option<String>,
+    /// When Docker was last collected successfully.
+    pub docker_last_success: Option<DateTime<Utc>>,
+    /// When filesystems were last collected.
+    pub filesystems_last_success: Option<DateTime<Utc>>,
+}
+
+/// The collectors, their shared snapshot and the metrics they fill.
+#[derive(Debug)]
+pub struct Collector {
+    cfg: Config,
+    metrics: Metrics,
+    snapshot: RwLock<Snapshot>,
+    statter: Statter,
+    docker: tokio::sync::Mutex<Option<DockerApi>>,
+    log_paths: Mutex<HashMap<String, Option<String>>>,
+    data_root_path: RwLock<Option<String>>,
+    fs_done: AtomicBool,
+    docker_done: AtomicBool,
+    data_root_tx: tokio::sync::watch::Sender<Option<DataRoot>>,
+}
+
+impl Collector {
+    /// A collector with an empty snapshot.
+    pub fn new(cfg: Config, metrics: Metrics) -> Collector {
+        Collector {
+            cfg,
+            metrics,
+            snapshot: RwLock::new(Snapshot::default()),
+            statter: Statter::default(),
+            docker: tokio::sync::Mutex::new(None),
+            log_paths: Mutex::new(HashMap::new()),
+            data_root_path: RwLock::new(None),
+            fs_done: AtomicBool::new(false),
+            docker_done: AtomicBool::new(false),
+            data_root_tx: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    /// A copy of the last snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// True once both collectors have finished their first run (successful or not).
+    pub fn ready(&self) -> bool {
+        self.fs_done.load(Ordering::Acquire) && self.docker_done.load(Ordering::Acquire)
+    }
+
+    /// Receives the data root's figures after every filesystem collection (for watermarks).
+    pub fn watch_data_root(&self) -> tokio::sync::watch::Receiver<Option<DataRoot>> {
+        self.data_root_tx.subscribe()
+    }
+
+    /// The settings this collector runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// A connected Docker client, connecting (and negotiating) when there is none.
+    pub async fn docker(&self) -> Result<DockerApi> {
+        let mut guard = self.docker.lock().await;
+        if let Some(api) = guard.as_ref() {
+            return Ok(api.clone());
+        }
+        let api = DockerApi::connect(&self.cfg.docker).await?;
+        *guard = Some(api.clone());
+        Ok(api)
+    }
+
+    /// Forgets the Docker client so the next call reconnects and renegotiates.
+    async fn reset_docker(&self) {
+        *self.docker.lock().await = None;
+    }
+
+    /// Stats the data root (if known) now, updating the snapshot and its metrics.
+    pub async fn measure_data_root(&self) -> Option<DataRoot> {
+        let path = self.data_root_path.read().ok()?.clone()?;
+        let usage = match self
+            .statter
+            .stat(Path::new(&path), self.cfg.filesystem.stat_timeout)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(path = %path, error = %e, "cannot stat Docker's data root");
+                return None;
+            }
+        };
+        let mounts = disk::read_mounts().unwrap_or_default();
+        let mountpoint = disk::mount_of(&mounts, Path::new(&path))
+            .map(|m| m.mountpoint.clone())
+            .unwrap_or_else(|| path.clone());
+        let dr = DataRoot {
+            path,
+            mountpoint,
+            usage,
+        };
+        let m = &self.metrics;
+        for g in [
+            &m.data_root_size,
+            &m.data_root_avail,
+            &m.data_root_files,
+            &m.data_root_files_free,
+        ] {
+            g.reset();
+        }
+        let l = [dr.mountpoint.as_str()];
+        m.data_root_size
+            .with_label_values(&l)
+            .set(usage.size as f64);
+        m.data_root_avail
+            .with_label_values(&l)
+            .set(usage.avail as f64);
+        m.data_root_files
+            .with_label_values(&l)
+            .set(usage.files as f64);
+        m.data_root_files_free
+            .with_label_values(&l)
+            .set(usage.files_free as f64);
+        if let Ok(mut s) = self.snapshot.write() {
+            s.data_root = Some(dr.clone());
+        }
+        self.data_root_tx.send_replace(Some(dr.clone()));
+        Some(dr)
+    }
+
+    /// One filesystem collection (all mounts, then the data root).
+    pub async fn collect_filesystems(&self) -> Result<()> {
+        let start = Instant::now();
+        let result = disk::collect(&self.cfg.filesystem, &self.statter).await;
+        let m = &self.metrics;
+        let ok = match result {
+            Ok(list) => {
+                for g in [
+                    &m.fs_size,
+                    &m.fs_free,
+                    &m.fs_avail,
+                    &m.fs_files,
+                    &m.fs_files_free,
+                    &m.fs_readonly,
+                ] {
+                    g.reset();
+                }
+                for f in &list {
+                    let l = [
+                        f.mount.device.as_str(),
+                        f.mount.mountpoint.as_str(),
+                        f.mount.fstype.as_str(),
+                    ];
+                    m.fs_size.with_label_values(&l).set(f.usage.size as f64);
+                    m.fs_free.with_label_values(&l).set(f.usage.free as f64);
+                    m.fs_avail.with_label_values(&l).set(f.usage.avail as f64);
+                    m.fs_files.with_label_values(&l).set(f.usage.files as f64);
+                    m.fs_files_free
+                        .with_label_values(&l)
+                        .set(f.usage.files_free as f64);
+                    m.fs_readonly
+                        .with_label_values(&l)
+                        .set(if f.usage.readonly { 1.0 } else { 0.0 });
+                }
+                if let Ok(mut s) = self.snapshot.write() {
+                    s.filesystems = list;
+                    s.filesystems_last_success = Some(Utc::now());
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::io("reading /proc/self/mountinfo", e)),
+        };
+        self.measure_data_root().await;
+        self.finish("filesystem", start, ok.is_ok());
+        self.fs_done.store(true, Ordering::Release);
+        ok
+    }
+
+    fn finish(&self, collector: &str, start: Instant, ok: bool) {
+        let m = &self.metrics;
+        m.collector_duration
+            .with_label_values(&[collector])
+            .set(start.elapsed().as_secs_f64());
+        m.collector_success
+            .with_label_values(&[collector])
+            .set(if ok { 1.0 } else { 0.0 });
+        if ok {
+            m.collector_last_success
+                .with_label_values(&[collector])
+                .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// Sizes of every container's log files; log paths are looked up once per container.
+    async fn container_logs(&self, api: &DockerApi, du: &DiskUsage) -> Vec<ContainerLog> {
+        let missing: Vec<String> = {
+            let cache = self.log_paths.lock().map(|c| c.clone()).unwrap_or_default();
+            du.containers
+                .iter()
+                .filter(|c| !cache.contains_key(&c.id))
+                .map(|c| c.id.clone())
+                .collect()
+        };
+        let found: Vec<(String, Option<String>)> = futures_util::stream::iter(missing)
+            .map(|id| async move {
+                let p = api.log_path(&id).await.ok().flatten();
+                (id, p)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut cache = match self.log_paths.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        cache.extend(found);
+        let live: std::collections::HashSet<&str> =
+            du.containers.iter().map(|c| c.id.as_str()).collect();
+        cache.retain(|id, _| live.contains(id.as_str()));
+        du.containers
+            .iter()
+            .map(|c| ContainerLog {
+                container: c.name.clone(),
+                bytes: cache
+                    .get(&c.id)
+                    .and_then(|p| p.as_deref())
+                    .map(|p| docker::log_file_bytes(Path::new(p)))
+                    .unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// One Docker collection: info, `/system/df`, log sizes.
+    pub async fn collect_docker(&self) -> Result<DockerSummary> {
+        let start = Instant::now();
+        let result = self.collect_docker_inner().await;
+        let m = &self.metrics;
+        match &result {
+            Ok((summary, _)) => {
+                self.publish_docker(summary);
+                m.docker_up.set(1);
+            }
+            Err(e) => {
+                m.docker_up.set(0);
+                if let Ok(mut s) = self.snapshot.write() {
+                    s.docker_up = false;
+                    s.docker_error = Some(e.to_string());
+                }
+                self.reset_docker().await;
+            }
+        }
+        self.finish("docker", start, result.is_ok());
+        self.docker_done.store(true, Ordering::Release);
+        let (summary, du) = result?;
+        if let Ok(mut s) = self.snapshot.write() {
+            s.docker = Some(summary.clone());
+            s.disk_usage = Some(Arc::new(du));
+            s.docker_up = true;
+            s.docker_error = None;
+            s.docker_last_success = Some(Utc::now());
+        }
+        Ok(summary)
+    }
+
+    async fn collect_docker_inner(&self) -> Result<(DockerSummary, DiskUsage)> {
+        let api = self.docker().await?;
+        let info: DockerInfo = api.info().await?;
+        let first_root = {
+            let mut p = self
+                .data_root_path
+                .write()
+                .map_err(|_| Error::Other("data root lock poisoned".into()))?;
+            let first = p.as_deref() != Some(info.data_root.as_str());
+            *p = Some(info.data_root.clone());
+            first
+        };
+        if first_root {
+            self.measure_data_root().await;
+        }
+        let du = api.disk_usage().await?;
+        let logs = self.container_logs(&api, &du).await;
+        let summary = docker::summarize(info, &du, &logs, Utc::now(), self.cfg.docker.top_n);
+        Ok((summary, du))
+    }
+
+    fn publish_docker(&self, s: &DockerSummary) {
+        let m = &self.metrics;
+        m.docker_info.reset();
+        m.docker_info
+            .with_label_values(&[
+                s.info.version.as_str(),
+                s.info.api_version.as_str(),
+                s.info.storage_driver.as_str(),
+                s.info.data_root.as_str(),
+            ])
+            .set(1.0);
+        for t in docker::TYPES {
+            let u = s.by_type(t);
+            m.docker_objects
+                .with_label_values(&[t])
+                .set(u.objects as f64);
+            m.docker_active_objects
+                .with_label_values(&[t])
+                .set(u.active as f64);
+            m.docker_size.with_label_values(&[t]).set(u.size as f64);
+            m.docker_reclaimable
+                .with_label_values(&[t])
+                .set(u.reclaimable as f64);
+        }
+        m.docker_containers.reset();
+        for (state, n) in &s.containers_by_state {
+            m.docker_containers
+                .with_label_values(&[state.as_str()])
+                .set(*n as f64);
+        }
+        m.dangling_images.set(s.dangling_images as f64);
+        m.dangling_images_bytes.set(s.dangling_images_bytes as f64);
+        for (age, bytes) in &s.build_cache_by_age {
+            m.build_cache_reclaimable_by_age
+                .with_label_values(&[age.as_str()])
+                .set(*bytes as f64);
+        }
+        m.logs_bytes.set(s.logs_bytes as f64);
+        for (g, list) in [
+            (&m.largest_image, &s.top_images),
+            (&m.largest_volume, &s.top_volumes),
+            (&m.largest_log, &s.top_logs),
+        ] {
+            g.reset();
+            for (name, bytes) in list {
+                g.with_label_values(&[name.as_str()]).set(*bytes as f64);
+            }
+        }
+    }
+
+    /// Runs both loops until `cancel` fires.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let fs = {
+            let me = self.clone();
+            let cancel = cancel.clone();
+            async move {
+                let mut tick = tokio::time::interval(me.cfg.filesystem.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tick.tick() => {
+                            if let Err(e) = me.collect_filesystems().await {
+                                tracing::warn!(error = %e, "filesystem collection failed");
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let dk = {
+            let me = self.clone();
+            async move {
+                let mut tick = tokio::time::interval(me.cfg.docker.refresh_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut was_up = true;
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tick.tick() => {
+                            match me.collect_docker().await {
+                                Ok(_) => {
+                                    if !was_up {
+                                        tracing::info!(host = %me.cfg.docker.host, "Docker daemon reachable again");
+                                    }
+                                    was_up = true;
+                                }
+                                Err(e) => {
+                                    if was_up {
+                                        tracing::warn!(host = %me.cfg.docker.host, error = %e,
+                                            "Docker collection failed; serving the last good values with bilge_docker_up 0 and retrying every refresh interval");
+                                    } else {
+                                        tracing::debug!(error = %e, "Docker still unreachable");
+                                    }
+                                    was_up = false;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        tokio::join!(fs, dk);
+    }
+
+    /// The path of Docker's data root, once known.
+    pub fn data_root_path(&self) -> Option<PathBuf> {
+        self.data_root_path
+            .read()
+            .ok()
+            .and_then(|p| p.clone())
+            .map(PathBuf::from)
+    }
+}

@@ -1,0 +1,386 @@
+//! Validated configuration: raw flags from [`crate::cli`] plus the optional TOML policy file,
+//! checked once at start-up. A bad value stops start-up with one line naming it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::cleanup::policy::{Level, Policy};
+use crate::cli::{GlobalArgs, LogFormat, ServeArgs};
+use crate::format::{parse_duration, parse_free_target, parse_size};
+use crate::{Error, Result};
+
+/// node_exporter's default `--collector.filesystem.mount-points-exclude`.
+pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
+    "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)";
+/// node_exporter's default `--collector.filesystem.fs-types-exclude`.
+pub const DEFAULT_FS_TYPES_EXCLUDE: &str = "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$";
+
+/// Where the Docker daemon is and how patiently to talk to it.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// `unix:///path` or `tcp://host:port`.
+    pub host: String,
+    /// Longest time one API call may take.
+    pub timeout: Duration,
+    /// Time between two collections (serve only).
+    pub refresh_interval: Duration,
+    /// How many largest images/volumes/logs to export.
+    pub top_n: usize,
+}
+
+/// Which filesystems to report and how long a stat may take.
+#[derive(Debug, Clone)]
+pub struct FilesystemConfig {
+    /// Mount points matching this are left out.
+    pub mount_points_exclude: Regex,
+    /// Filesystem types matching this are left out.
+    pub fs_types_exclude: Regex,
+    /// Longest time one statvfs may take before the mount counts as stuck.
+    pub stat_timeout: Duration,
+    /// Time between two filesystem collections (and watermark checks).
+    pub interval: Duration,
+}
+
+/// Settings every subcommand shares.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Docker access.
+    pub docker: DockerConfig,
+    /// Filesystem collection.
+    pub filesystem: FilesystemConfig,
+    /// The SQLite file.
+    pub state_path: PathBuf,
+    /// The cleanup policy (defaults, then the TOML file).
+    pub policy: Policy,
+    /// Cap on distinct project label values.
+    pub max_projects: usize,
+}
+
+/// Settings of `bilge serve` only.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The metrics path.
+    pub telemetry_path: String,
+    /// The webhook/API bearer token; `None` turns the authenticated endpoints off.
+    pub token: Option<String>,
+    /// Extra `instance` values that name this host.
+    pub instances: Vec<String>,
+    /// Relay alerts for other instances.
+    pub relay: bool,
+    /// Largest request body.
+    pub max_body: usize,
+}
+
+/// The TOML policy file, as written by the user. Unknown keys are refused so typos surface.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    until: Option<String>,
+    protect_labels: Option<Vec<String>>,
+    max_level: Option<String>,
+    allow_volumes: Option<bool>,
+    target_free: Option<String>,
+    cooldown: Option<String>,
+    low_watermark: Option<String>,
+    high_watermark: Option<String>,
+}
+
+/// The TOML file: a `[cleanup]` table (more tables may follow).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    cleanup: PolicyFile,
+}
+
+fn flag<T>(name: &str, r: std::result::Result<T, String>) -> Result<T> {
+    r.map_err(|m| Error::config(name, m))
+}
+
+impl Config {
+    /// Validates the shared flags and reads the policy file.
+    pub fn from_args(g: &GlobalArgs) -> Result<Config> {
+        let host = match &g.docker_host {
+            Some(h) => h.clone(),
+            None => std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
+        };
+        if !(host.starts_with("unix://")
+            || host.starts_with("tcp://")
+            || host.starts_with("http://"))
+        {
+            return Err(Error::config(
+                "--docker.host",
+                format!("{host:?} must start with unix://, tcp:// or http://"),
+            ));
+        }
+        let timeout = flag("--docker.timeout", parse_duration(&g.docker_timeout))?;
+        if timeout.is_zero() {
+            return Err(Error::config("--docker.timeout", "must be more than 0s"));
+        }
+        let regex = |name: &str, s: &str| {
+            Regex::new(s).map_err(|e| Error::config(name, format!("not a valid regexp: {e}")))
+        };
+        let policy = match &g.config {
+            Some(path) => load_policy(path)?,
+            None => Policy::default(),
+        };
+        if g.docker_top_n == 0 {
+            return Err(Error::config("--docker.top-n", "must be at least 1"));
+        }
+        if g.max_projects == 0 {
+            return Err(Error::config("--builds.max-projects", "must be at least 1"));
+        }
+        Ok(Config {
+            docker: DockerConfig {
+                host,
+                timeout,
+                refresh_interval: Duration::from_secs(60),
+                top_n: g.docker_top_n,
+            },
+            filesystem: FilesystemConfig {
+                mount_points_exclude: regex(
+                    "--collector.filesystem.mount-points-exclude",
+                    &g.mount_points_exclude,
+                )?,
+                fs_types_exclude: regex(
+                    "--collector.filesystem.fs-types-exclude",
+                    &g.fs_types_exclude,
+                )?,
+                stat_timeout: flag(
+                    "--collector.filesystem.stat-timeout",
+                    parse_duration(&g.stat_timeout),
+                )?,
+                interval: Duration::from_secs(2),
+            },
+            state_path: g.state_path.clone(),
+            policy,
+            max_projects: g.max_projects,
+        })
+    }
+
+    /// Applies `bilge serve`'s own flags and returns its settings.
+    pub fn apply_serve(&mut self, s: &ServeArgs) -> Result<ServeConfig> {
+        self.docker.refresh_interval = flag(
+            "--docker.refresh-interval",
+            parse_duration(&s.docker_refresh_interval),
+        )?;
+        if self.docker.refresh_interval < Duration::from_millis(100) {
+            return Err(Error::config(
+                "--docker.refresh-interval",
+                "must be at least 100ms",
+            ));
+        }
+        self.filesystem.interval = flag(
+            "--collector.filesystem.interval",
+            parse_duration(&s.filesystem_interval),
+        )?;
+        if self.filesystem.interval < Duration::from_millis(100) {
+            return Err(Error::config(
+                "--collector.filesystem.interval",
+                "must be at least 100ms",
+            ));
+        }
+        let listen = parse_listen(&s.listen_address)?;
+        if !s.telemetry_path.starts_with('/') || s.telemetry_path.len() < 2 {
+            return Err(Error::config(
+                "--web.telemetry-path",
+                format!("{:?} must start with / and name a path", s.telemetry_path),
+            ));
+        }
+        let token = match &s.webhook_token_file {
+            Some(p) => Some(read_token(p)?),
+            None => None,
+        };
+        let max_body = flag("--web.max-body", parse_size(&s.max_body))?;
+        Ok(ServeConfig {
+            listen,
+            telemetry_path: s.telemetry_path.clone(),
+            token,
+            instances: s.webhook_instance.clone(),
+            relay: s.webhook_relay,
+            max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+/// Parses `host:port`, `:port` (every interface) or `[v6]:port`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else if s.starts_with("localhost:") {
+        s.replacen("localhost", "127.0.0.1", 1)
+    } else {
+        s.to_string()
+    };
+    full.parse().map_err(|_| {
+        Error::config(
+            "--web.listen-address",
+            format!("{s:?} is not host:port (examples: :9830, 127.0.0.1:9830)"),
+        )
+    })
+}
+
+/// Reads a token file: one line, surrounding whitespace ignored, never empty.
+pub fn read_token(path: &Path) -> Result<String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(
+            "--webhook.token-file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let token = raw.trim().to_string();
+    if token.is_empty() {
+        return Err(Error::config(
+            "--webhook.token-file",
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(token)
+}
+
+/// Reads the TOML policy file and validates every value.
+pub fn load_policy(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    parse_policy(&text).map_err(|message| Error::ConfigFile {
+        path: path.into(),
+        message,
+    })
+}
+
+/// Parses the TOML text of a policy file (pure; see [`load_policy`]).
+pub fn parse_policy(text: &str) -> std::result::Result<Policy, String> {
+    let file: ConfigFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let f = file.cleanup;
+    let mut p = Policy::default();
+    let key = |k: &str, e: String| format!("cleanup.{k}: {e}");
+    if let Some(v) = f.until {
+        p.until = parse_duration(&v).map_err(|e| key("until", e))?;
+    }
+    if let Some(v) = f.protect_labels {
+        if v.iter().any(|l| l.trim().is_empty() || l.starts_with('=')) {
+            return Err(key(
+                "protect_labels",
+                "each entry is `key` or `key=value`".into(),
+            ));
+        }
+        p.protect_labels = v;
+    }
+    if let Some(v) = f.max_level {
+        p.max_level = Level::parse(&v).map_err(|e| key("max_level", e))?;
+    }
+    if let Some(v) = f.allow_volumes {
+        p.allow_volumes = v;
+    }
+    if let Some(v) = f.target_free {
+        p.target_free = parse_free_target(&v).map_err(|e| key("target_free", e))?;
+    }
+    if let Some(v) = f.cooldown {
+        p.cooldown = parse_duration(&v).map_err(|e| key("cooldown", e))?;
+    }
+    if let Some(v) = f.low_watermark {
+        p.low_watermark = Some(parse_free_target(&v).map_err(|e| key("low_watermark", e))?);
+    }
+    if let Some(v) = f.high_watermark {
+        p.high_watermark = Some(parse_free_target(&v).map_err(|e| key("high_watermark", e))?);
+    }
+    match (p.low_watermark, p.high_watermark) {
+        (None, Some(_)) => return Err("cleanup.high_watermark needs cleanup.low_watermark".into()),
+        (Some(low), None) => p.high_watermark = Some(low),
+        _ => {}
+    }
+    Ok(p)
+}
+
+/// The log settings, validated.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive.
+    pub filter: String,
+    /// logfmt or JSON.
+    pub format: LogFormat,
+}
+
+impl LogConfig {
+    /// Validates `--log.level`.
+    pub fn from_args(g: &GlobalArgs) -> Result<LogConfig> {
+        let level = g.log_level.trim().to_ascii_lowercase();
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            return Err(Error::config(
+                "--log.level",
+                format!(
+                    "{:?} is not one of error, warn, info, debug, trace",
+                    g.log_level
+                ),
+            ));
+        }
+        Ok(LogConfig {
+            filter: level,
+            format: g.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::FreeTarget;
+
+    #[test]
+    fn listen_addresses_accept_the_exporter_forms() {
+        assert_eq!(parse_listen(":9830").ok(), "0.0.0.0:9830".parse().ok());
+        assert_eq!(parse_listen("127.0.0.1:1").ok(), "127.0.0.1:1".parse().ok());
+        assert_eq!(
+            parse_listen("localhost:80").ok(),
+            "127.0.0.1:80".parse().ok()
+        );
+        assert!(parse_listen("9830").is_err());
+    }
+
+    #[test]
+    fn an_empty_policy_file_gives_the_safe_defaults() {
+        assert_eq!(parse_policy(""), Ok(Policy::default()));
+    }
+
+    #[test]
+    fn a_policy_file_sets_every_key() {
+        let p = parse_policy(
+            r#"[cleanup]
+until = "1h"
+protect_labels = ["keep", "tier=prod"]
+max_level = "aggressive"
+allow_volumes = true
+target_free = "20%"
+cooldown = "10m"
+low_watermark = "10%"
+high_watermark = "2GiB"
+"#,
+        );
+        let Ok(p) = p else { panic!("{p:?}") };
+        assert_eq!(p.until, Duration::from_secs(3600));
+        assert_eq!(p.max_level, Level::UnusedVolumes);
+        assert!(p.allow_volumes);
+        assert_eq!(p.target_free, FreeTarget::Percent(20.0));
+        assert_eq!(p.low_watermark, Some(FreeTarget::Percent(10.0)));
+        assert_eq!(p.high_watermark, Some(FreeTarget::Bytes(2 << 30)));
+    }
+
+    #[test]
+    fn a_typo_in_the_policy_file_names_the_key() {
+        let e = parse_policy("[cleanup]\nuntill = \"1h\"\n").unwrap_err();
+        assert!(e.contains("untill"), "{e}");
+        let e = parse_policy("[cleanup]\nmax_level = \"all\"\n").unwrap_err();
+        assert!(e.contains("cleanup.max_level"), "{e}");
+    }
+}

@@ -1,0 +1,158 @@
+//! `bilge df`: one collection, printed for a person (aligned tables, human sizes) or as JSON.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::collect::docker::TYPES;
+use crate::collect::{Collector, Snapshot};
+use crate::config::Config;
+use crate::format::{human_bytes, table};
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// Collects once. Filesystems always; Docker when reachable (its error is kept otherwise).
+pub async fn collect_once(cfg: Config, metrics: Metrics) -> Snapshot {
+    let c = Arc::new(Collector::new(cfg, metrics));
+    let docker = c.collect_docker().await;
+    if let Err(e) = &docker {
+        tracing::debug!(error = %e, "docker collection failed");
+    }
+    if let Err(e) = c.collect_filesystems().await {
+        tracing::warn!(error = %e, "filesystem collection failed");
+    }
+    c.snapshot()
+}
+
+#[derive(Serialize)]
+struct DfJson<'a> {
+    #[serde(flatten)]
+    snapshot: &'a Snapshot,
+}
+
+/// Renders the snapshot as tables.
+pub fn render_text(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut rows = vec![vec![
+        "MOUNTPOINT".to_string(),
+        "DEVICE".into(),
+        "TYPE".into(),
+        "SIZE".into(),
+        "AVAIL".into(),
+        "USE%".into(),
+        "INODES FREE".into(),
+    ]];
+    for f in &s.filesystems {
+        let root = s
+            .data_root
+            .as_ref()
+            .is_some_and(|d| d.mountpoint == f.mount.mountpoint);
+        rows.push(vec![
+            format!("{}{}", f.mount.mountpoint, if root { " *" } else { "" }),
+            f.mount.device.clone(),
+            f.mount.fstype.clone(),
+            human_bytes(f.usage.size),
+            human_bytes(f.usage.avail),
+            format!("{:.1}%", f.usage.used_ratio() * 100.0),
+            f.usage.files_free.to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if let Some(d) = &s.data_root {
+        out.push_str(&format!(
+            "* holds Docker's data root {} ({} available)\n",
+            d.path,
+            human_bytes(d.usage.avail)
+        ));
+    }
+    out.push('\n');
+    match &s.docker {
+        None => out.push_str(&format!(
+            "Docker: unreachable ({})\n",
+            s.docker_error.as_deref().unwrap_or("unknown error")
+        )),
+        Some(d) => {
+            let mut rows = vec![vec![
+                "TYPE".to_string(),
+                "TOTAL".into(),
+                "ACTIVE".into(),
+                "SIZE".into(),
+                "RECLAIMABLE".into(),
+            ]];
+            for t in TYPES {
+                let u = d.by_type(t);
+                rows.push(vec![
+                    t.to_string(),
+                    u.objects.to_string(),
+                    u.active.to_string(),
+                    human_bytes(u.size),
+                    human_bytes(u.reclaimable),
+                ]);
+            }
+            rows.push(vec![
+                "logs".into(),
+                d.top_logs.len().to_string(),
+                "-".into(),
+                human_bytes(d.logs_bytes),
+                "-".into(),
+            ]);
+            out.push_str(&format!(
+                "Docker {} (API {}, {}) at {}\n",
+                d.info.version, d.info.api_version, d.info.storage_driver, d.info.data_root
+            ));
+            out.push_str(&table(&rows));
+            out.push_str(&format!(
+                "dangling images: {} ({})\n\n",
+                d.dangling_images,
+                human_bytes(d.dangling_images_bytes)
+            ));
+            let mut rows = vec![vec![
+                "BUILD CACHE UNUSED FOR".to_string(),
+                "RECLAIMABLE".into(),
+            ]];
+            for (age, b) in &d.build_cache_by_age {
+                rows.push(vec![format!("> {age}"), human_bytes(*b)]);
+            }
+            out.push_str(&table(&rows));
+            for (title, list) in [
+                ("LARGEST IMAGES", &d.top_images),
+                ("LARGEST VOLUMES", &d.top_volumes),
+                ("LARGEST LOGS", &d.top_logs),
+            ] {
+                if list.is_empty() {
+                    continue;
+                }
+                out.push('\n');
+                let mut rows = vec![vec![title.to_string(), "SIZE".into()]];
+                for (n, b) in list {
+                    rows.push(vec![n.clone(), human_bytes(*b)]);
+                }
+                out.push_str(&table(&rows));
+            }
+            if !s.docker_up {
+                out.push_str(&format!(
+                    "\n(stale: {})\n",
+                    s.docker_error.as_deref().unwrap_or("daemon unreachable")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Runs `bilge df`. Exit status is an error when Docker could not be reached.
+pub async fn run(cfg: Config, json: bool) -> Result<()> {
+    let metrics = Metrics::new().map_err(|e| Error::Other(e.to_string()))?;
+    let s = collect_once(cfg, metrics).await;
+    if json {
+        let text = serde_json::to_string_pretty(&DfJson { snapshot: &s })
+            .map_err(|e| Error::Other(e.to_string()))?;
+        println!("{text}");
+    } else {
+        print!("{}", render_text(&s));
+    }
+    match (&s.docker, &s.docker_error) {
+        (None, Some(e)) => Err(Error::Docker(e.trim_start_matches("docker: ").to_string())),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,560 @@
+//! The edge to the Docker Engine. bollard does the calls; `/system/df` is read raw because its
+//! answer changed shape across API versions (arrays up to 1.51, per-type summary objects with
+//! `Items` from 1.52) and bollard's model only knows the newer one. Everything is converted to
+//! the plain structs below before it leaves this module.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use chrono::{DateTime, Utc};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+
+use crate::config::DockerConfig;
+use crate::{Error, Result};
+
+/// What the daemon says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DockerInfo {
+    /// Engine version, e.g. `20.10.24`.
+    pub version: String,
+    /// The API version bilge negotiated, e.g. `1.41`.
+    pub api_version: String,
+    /// Storage driver, e.g. `overlay2`.
+    pub storage_driver: String,
+    /// `DockerRootDir`, e.g. `/var/lib/docker`.
+    pub data_root: String,
+}
+
+/// One image as `/system/df` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Image {
+    /// `sha256:…`.
+    pub id: String,
+    /// Tags; empty for a dangling image.
+    pub repo_tags: Vec<String>,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+    /// Total size including shared layers.
+    pub size: i64,
+    /// Bytes shared with other images (-1 when unknown).
+    pub shared_size: i64,
+    /// Containers using the image (-1 when unknown).
+    pub containers: i64,
+    /// Image labels.
+    pub labels: HashMap<String, String>,
+}
+
+impl Image {
+    /// True when the image has no tag (Docker's `dangling=true`).
+    pub fn is_dangling(&self) -> bool {
+        self.repo_tags.is_empty() || self.repo_tags.iter().all(|t| t == "<none>:<none>")
+    }
+
+    /// Bytes only this image holds (what removing it frees).
+    pub fn unique_size(&self) -> i64 {
+        (self.size - self.shared_size.max(0)).max(0)
+    }
+
+    /// A bounded, readable name: the first tag, else the short id.
+    pub fn display_name(&self) -> String {
+        match self.repo_tags.iter().find(|t| *t != "<none>:<none>") {
+            Some(t) => t.clone(),
+            None => format!("<none>@{}", short_id(&self.id)),
+        }
+    }
+}
+
+/// One container as `/system/df` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Container {
+    /// Full id.
+    pub id: String,
+    /// Name without the leading slash.
+    pub name: String,
+    /// The image id it runs.
+    pub image_id: String,
+    /// `running`, `exited`, `created`, …
+    pub state: String,
+    /// Bytes in its writable layer (-1 when unknown).
+    pub size_rw: i64,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+    /// Container labels.
+    pub labels: HashMap<String, String>,
+}
+
+impl Container {
+    /// Active as `docker system df` counts it: running, paused or restarting.
+    pub fn is_active(&self) -> bool {
+        ["running", "paused", "restarting"]
+            .iter()
+            .any(|s| self.state.contains(s))
+    }
+}
+
+/// One volume as `/system/df` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Volume {
+    /// Volume name.
+    pub name: String,
+    /// Bytes used (-1 when the driver cannot tell).
+    pub size: i64,
+    /// Containers referencing it (-1 when unknown).
+    pub ref_count: i64,
+    /// Volume labels.
+    pub labels: HashMap<String, String>,
+    /// Creation time, if reported.
+    pub created_at: Option<DateTime<Utc>>,
+    /// True for anonymous volumes (64 hex characters, no name given).
+    pub anonymous: bool,
+}
+
+/// One BuildKit build cache record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BuildCacheRecord {
+    /// Record id.
+    pub id: String,
+    /// `regular`, `exec.cachemount`, `source.local`, …
+    pub kind: String,
+    /// In use by a running build.
+    pub in_use: bool,
+    /// Shared with another record (its bytes are counted there).
+    pub shared: bool,
+    /// Bytes.
+    pub size: i64,
+    /// Created.
+    pub created_at: Option<DateTime<Utc>>,
+    /// Last used (None when never used since creation).
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl BuildCacheRecord {
+    /// When the record was last touched: last use, else creation.
+    pub fn last_touched(&self) -> Option<DateTime<Utc>> {
+        self.last_used_at.or(self.created_at)
+    }
+}
+
+/// Everything `/system/df` answered, in plain form.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DiskUsage {
+    /// Total bytes of all image layers, counted once (older APIs).
+    pub layers_size: Option<i64>,
+    /// The daemon's own per-type totals (API 1.52+), when it sent them.
+    pub daemon_totals: Option<DaemonTotals>,
+    /// Images.
+    pub images: Vec<Image>,
+    /// Containers.
+    pub containers: Vec<Container>,
+    /// Volumes.
+    pub volumes: Vec<Volume>,
+    /// Build cache records.
+    pub build_cache: Vec<BuildCacheRecord>,
+}
+
+/// Per-type totals that newer daemons compute themselves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DaemonTotals {
+    /// Total size of images (layers counted once).
+    pub images_size: Option<i64>,
+}
+
+/// Shortens `sha256:0123456789abcdef…` to `0123456789ab`.
+pub fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+// ---- raw wire shapes of /system/df (both generations) ----
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireDf {
+    layers_size: Option<i64>,
+    images: Option<Vec<WireImage>>,
+    containers: Option<Vec<WireContainer>>,
+    volumes: Option<Vec<WireVolume>>,
+    build_cache: Option<Vec<WireBuildCache>>,
+    image_usage: Option<WireUsage<WireImage>>,
+    container_usage: Option<WireUsage<WireContainer>>,
+    volume_usage: Option<WireUsage<WireVolume>>,
+    build_cache_usage: Option<WireUsage<WireBuildCache>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireUsage<T> {
+    total_size: Option<i64>,
+    items: Option<Vec<T>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireImage {
+    id: String,
+    repo_tags: Option<Vec<String>>,
+    #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    size: i64,
+    shared_size: Option<i64>,
+    containers: Option<i64>,
+    labels: Option<HashMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireContainer {
+    id: String,
+    names: Option<Vec<String>>,
+    #[serde(rename = "ImageID")]
+    image_id: Option<String>,
+    state: Option<String>,
+    size_rw: Option<i64>,
+    #[serde(default)]
+    created: i64,
+    labels: Option<HashMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireVolume {
+    name: String,
+    usage_data: Option<WireVolumeUsage>,
+    labels: Option<HashMap<String, String>>,
+    created_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireVolumeUsage {
+    size: i64,
+    ref_count: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireBuildCache {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "Type")]
+    kind: Option<String>,
+    #[serde(default)]
+    in_use: bool,
+    #[serde(default)]
+    shared: bool,
+    #[serde(default)]
+    size: i64,
+    created_at: Option<String>,
+    last_used_at: Option<String>,
+}
+
+fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    let s = s?;
+    let t = DateTime::parse_from_rfc3339(s).ok()?.with_timezone(&Utc);
+    // Docker writes the zero time (0001-01-01) for "never".
+    (t.timestamp() > 0).then_some(t)
+}
+
+fn is_anonymous(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Parses a `/system/df` answer of any API generation into plain structs.
+pub fn parse_disk_usage(body: &[u8]) -> Result<DiskUsage> {
+    let w: WireDf = serde_json::from_slice(body)
+        .map_err(|e| Error::Docker(format!("unexpected /system/df answer: {e}")))?;
+    let daemon_totals = w.image_usage.as_ref().map(|u| DaemonTotals {
+        images_size: u.total_size,
+    });
+    let images = w
+        .images
+        .or_else(|| w.image_usage.and_then(|u| u.items))
+        .unwrap_or_default();
+    let containers = w
+        .containers
+        .or_else(|| w.container_usage.and_then(|u| u.items))
+        .unwrap_or_default();
+    let volumes = w
+        .volumes
+        .or_else(|| w.volume_usage.and_then(|u| u.items))
+        .unwrap_or_default();
+    let build_cache = w
+        .build_cache
+        .or_else(|| w.build_cache_usage.and_then(|u| u.items))
+        .unwrap_or_default();
+    Ok(DiskUsage {
+        layers_size: w.layers_size,
+        daemon_totals,
+        images: images
+            .into_iter()
+            .map(|i| Image {
+                id: i.id,
+                repo_tags: i.repo_tags.unwrap_or_default(),
+                created: i.created,
+                size: i.size,
+                shared_size: i.shared_size.unwrap_or(-1),
+                containers: i.containers.unwrap_or(-1),
+                labels: i.labels.unwrap_or_default(),
+            })
+            .collect(),
+        containers: containers
+            .into_iter()
+            .map(|c| Container {
+                name: c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_else(|| short_id(&c.id).to_string()),
+                id: c.id,
+                image_id: c.image_id.unwrap_or_default(),
+                state: c.state.unwrap_or_default(),
+                size_rw: c.size_rw.unwrap_or(-1),
+                created: c.created,
+                labels: c.labels.unwrap_or_default(),
+            })
+            .collect(),
+        volumes: volumes
+            .into_iter()
+            .map(|v| Volume {
+                anonymous: is_anonymous(&v.name),
+                size: v.usage_data.as_ref().map_or(-1, |u| u.size),
+                ref_count: v.usage_data.as_ref().map_or(-1, |u| u.ref_count),
+                labels: v.labels.unwrap_or_default(),
+                created_at: parse_time(v.created_at.as_deref()),
+                name: v.name,
+            })
+            .collect(),
+        build_cache: build_cache
+            .into_iter()
+            .map(|b| BuildCacheRecord {
+                id: b.id,
+                kind: b.kind.unwrap_or_default(),
+                in_use: b.in_use,
+                shared: b.shared,
+                size: b.size,
+                created_at: parse_time(b.created_at.as_deref()),
+                last_used_at: parse_time(b.last_used_at.as_deref()),
+            })
+            .collect(),
+    })
+}
+
+/// A connection to one Docker daemon, with the negotiated API version and a timeout on
+/// every call.
+#[derive(Debug, Clone)]
+pub struct DockerApi {
+    client: Docker,
+    host: String,
+    version: String,
+    timeout: Duration,
+}
+
+impl DockerApi {
+    /// Connects and negotiates the API version (downgrading for older daemons).
+    pub async fn connect(cfg: &DockerConfig) -> Result<DockerApi> {
+        let secs = cfg.timeout.as_secs().max(1);
+        let client = if let Some(path) = cfg.host.strip_prefix("unix://") {
+            if !std::path::Path::new(path).exists() {
+                return Err(Error::Docker(format!(
+                    "no socket at {path}: is dockerd running? (start it, or point --docker.host / DOCKER_HOST at its socket)"
+                )));
+            }
+            Docker::connect_with_unix(&cfg.host, secs, bollard::API_DEFAULT_VERSION)?
+        } else {
+            Docker::connect_with_http(&cfg.host, secs, bollard::API_DEFAULT_VERSION)?
+        };
+        let client = tokio::time::timeout(cfg.timeout, client.negotiate_version())
+            .await
+            .map_err(|_| Error::DockerTimeout(cfg.timeout))??;
+        let v = client.client_version();
+        Ok(DockerApi {
+            client,
+            host: cfg.host.clone(),
+            version: format!("{}.{}", v.major_version, v.minor_version),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// The bollard client, for callers that need an endpoint not wrapped here.
+    pub fn client(&self) -> &Docker {
+        &self.client
+    }
+
+    /// The negotiated API version, e.g. `1.41`.
+    pub fn api_version(&self) -> &str {
+        &self.version
+    }
+
+    /// Runs a Docker call with the configured timeout.
+    pub async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::DockerTimeout(self.timeout)),
+        }
+    }
+
+    /// `GET /info`, reduced to what bilge reports.
+    pub async fn info(&self) -> Result<DockerInfo> {
+        let info = self.call(self.client.info()).await?;
+        let version = self.call(self.client.version()).await?;
+        Ok(DockerInfo {
+            version: version.version.unwrap_or_default(),
+            api_version: self.version.clone(),
+            storage_driver: info.driver.unwrap_or_default(),
+            data_root: info.docker_root_dir.unwrap_or_default(),
+        })
+    }
+
+    /// `GET /system/df` (verbose where the API has summaries), parsed for either generation.
+    pub async fn disk_usage(&self) -> Result<DiskUsage> {
+        let body = self.raw_get("/system/df?verbose=1").await?;
+        parse_disk_usage(&body)
+    }
+
+    /// The `LogPath` of a container (empty when its log driver keeps no file).
+    pub async fn log_path(&self, id: &str) -> Result<Option<String>> {
+        let c = self.call(self.client.inspect_container(id, None)).await?;
+        Ok(c.log_path.filter(|p| !p.is_empty()))
+    }
+
+    /// A raw GET on the versioned API, for answers bollard cannot model.
+    async fn raw_get(&self, path: &str) -> Result<Bytes> {
+        let fut = async {
+            let uri = format!("/v{}{}", self.version, path);
+            let req = hyper::Request::get(uri)
+                .header(hyper::header::HOST, "docker")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| Error::Docker(e.to_string()))?;
+            let resp = if let Some(p) = self.host.strip_prefix("unix://") {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| Error::Docker(format!("{p}: {e}")))?;
+                send(s, req).await?
+            } else {
+                let addr = self
+                    .host
+                    .trim_start_matches("tcp://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/');
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| Error::Docker(format!("{addr}: {e}")))?;
+                send(s, req).await?
+            };
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| Error::Docker(e.to_string()))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(Error::Docker(format!(
+                    "{path}: {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                )));
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| Error::DockerTimeout(self.timeout))?
+    }
+}
+
+async fn send<S>(
+    stream: S,
+    req: hyper::Request<Empty<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Error::Docker(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "docker connection closed");
+        }
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| Error::Docker(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = r#"{"LayersSize":3000,"Images":[
+        {"Id":"sha256:aaaaaaaaaaaaaaaaaaaa","ParentId":"","RepoTags":["app:1"],"Created":1700000000,"Size":2000,"SharedSize":500,"VirtualSize":2000,"Labels":null,"Containers":1},
+        {"Id":"sha256:bbbbbbbbbbbbbbbbbbbb","RepoTags":["<none>:<none>"],"Created":1700000001,"Size":1000,"SharedSize":0,"Labels":{},"Containers":0}],
+      "Containers":[{"Id":"c1","Names":["/web"],"ImageID":"sha256:aaaa","State":"running","SizeRw":10,"Created":1700000002,"Labels":{}},
+                    {"Id":"c2","Names":["/old"],"ImageID":"sha256:aaaa","State":"exited","SizeRw":20,"Created":1700000003}],
+      "Volumes":[{"Name":"data","Driver":"local","UsageData":{"Size":300,"RefCount":0},"CreatedAt":"2024-01-01T00:00:00Z","Labels":null},
+                 {"Name":"0123456789012345678901234567890123456789012345678901234567890123","UsageData":{"Size":-1,"RefCount":1}}],
+      "BuildCache":[{"ID":"r1","Parent":"","Type":"regular","Description":"x","InUse":false,"Shared":false,"Size":400,"CreatedAt":"2024-01-01T00:00:00Z","LastUsedAt":null,"UsageCount":1}]}"#;
+
+    const NEW: &str = r#"{"ImageUsage":{"ActiveCount":1,"TotalCount":1,"Reclaimable":0,"TotalSize":2000,
+        "Items":[{"Id":"sha256:aaaa","RepoTags":["app:1"],"Created":1,"Size":2000,"SharedSize":0,"Containers":1}]},
+      "ContainerUsage":{"ActiveCount":0,"TotalCount":1,"Reclaimable":5,"TotalSize":5,"Items":[{"Id":"c9","Names":["/x"],"State":"exited","SizeRw":5}]},
+      "VolumeUsage":{"ActiveCount":0,"TotalCount":0,"Reclaimable":0,"TotalSize":0,"Items":[]},
+      "BuildCacheUsage":{"ActiveCount":0,"TotalCount":1,"Reclaimable":7,"TotalSize":7,
+        "Items":[{"ID":"r2","Type":"regular","InUse":false,"Shared":false,"Size":7,"CreatedAt":"2024-01-01T00:00:00Z","LastUsedAt":"2024-02-01T00:00:00Z"}]}}"#;
+
+    #[test]
+    fn the_api_1_41_answer_is_read_in_full() {
+        let du = parse_disk_usage(OLD.as_bytes());
+        let Ok(du) = du else { panic!("{du:?}") };
+        assert_eq!(du.layers_size, Some(3000));
+        assert_eq!(du.images.len(), 2);
+        assert!(du.images[1].is_dangling());
+        assert_eq!(du.images[0].unique_size(), 1500);
+        assert_eq!(du.containers[0].name, "web");
+        assert!(du.containers[0].is_active() && !du.containers[1].is_active());
+        assert_eq!(du.volumes[1].size, -1);
+        assert!(du.volumes[1].anonymous && !du.volumes[0].anonymous);
+        assert_eq!(du.build_cache[0].last_used_at, None);
+        assert!(du.build_cache[0].last_touched().is_some());
+    }
+
+    #[test]
+    fn the_summary_answer_of_newer_engines_is_read_from_its_items() {
+        let du = parse_disk_usage(NEW.as_bytes());
+        let Ok(du) = du else { panic!("{du:?}") };
+        assert_eq!(du.layers_size, None);
+        assert_eq!(du.daemon_totals.and_then(|t| t.images_size), Some(2000));
+        assert_eq!(du.images.len(), 1);
+        assert_eq!(du.containers[0].size_rw, 5);
+        assert_eq!(du.build_cache[0].size, 7);
+        assert_eq!(
+            du.build_cache[0].last_used_at.map(|t| t.timestamp()),
+            Some(1_706_745_600)
+        );
+    }
+
+    #[test]
+    fn a_malformed_answer_is_an_error_not_a_panic() {
+        assert!(parse_disk_usage(b"{\"Images\": 3}").is_err());
+        assert!(parse_disk_usage(b"not json").is_err());
+    }
+
+    #[test]
+    fn image_names_are_bounded() {
+        let i = Image {
+            id: "sha256:0123456789abcdef0123".into(),
+            ..Image::default()
+        };
+        assert_eq!(i.display_name(), "<none>@0123456789ab");
+    }
+}

@@ -1,0 +1,270 @@
+//! Parsing and printing of the quantities people type and read: sizes (`10GiB`), durations
+//! (`1h30m`), free-space targets (`15%` or a size), and human-readable sizes for tables.
+
+use std::time::Duration;
+
+/// Parses a byte size: a number with an optional unit, SI (`kB`, `MB`, `GB`, `TB`) or IEC
+/// (`KiB`, `MiB`, `GiB`, `TiB`); single letters (`K`, `M`, `G`, `T`) are IEC, as `df` reads them.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 500MB, 10GiB, 1073741824)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "{s:?} has an unknown unit {other:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            ));
+        }
+    };
+    let bytes = value * mult;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parses a duration such as `30s`, `5m`, `1h30m`, `7d`, `1w` or `250ms` (Prometheus' style).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad = || format!("{s:?} is not a duration (examples: 30s, 5m, 1h30m, 7d)");
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let piece = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "w" => Duration::from_secs(n.saturating_mul(604_800)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(piece);
+    }
+    Ok(total)
+}
+
+/// Prints a duration the way [`parse_duration`] reads it (`1h30m`, `45s`, `250ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms % 1000 != 0 && ms < 60_000 {
+        return format!("{ms}ms");
+    }
+    let mut secs = d.as_secs();
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    out
+}
+
+/// A free-space target on a filesystem: a share of its size or an absolute amount.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreeTarget {
+    /// Percent of the filesystem's size, 0 to 100.
+    Percent(f64),
+    /// Bytes available.
+    Bytes(u64),
+}
+
+impl FreeTarget {
+    /// Bytes that must be available on a filesystem of `size` bytes to meet the target.
+    pub fn bytes_for(self, size: u64) -> u64 {
+        match self {
+            FreeTarget::Percent(p) => ((size as f64) * p / 100.0).ceil() as u64,
+            FreeTarget::Bytes(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Display for FreeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreeTarget::Percent(p) => write!(f, "{p}%"),
+            FreeTarget::Bytes(b) => f.write_str(&human_bytes(*b)),
+        }
+    }
+}
+
+/// Parses `15%` or a size (`10GiB`).
+pub fn parse_free_target(s: &str) -> Result<FreeTarget, String> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a percentage (example: 15%)"))?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(format!("{s:?} must be between 0% and 100%"));
+        }
+        return Ok(FreeTarget::Percent(v));
+    }
+    parse_size(t).map(FreeTarget::Bytes)
+}
+
+/// Prints bytes with an IEC unit and three significant digits: `1.23GiB`, `512B`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b}B")
+    } else if v >= 100.0 {
+        format!("{v:.0}{}", UNITS[i])
+    } else if v >= 10.0 {
+        format!("{v:.1}{}", UNITS[i])
+    } else {
+        format!("{v:.2}{}", UNITS[i])
+    }
+}
+
+/// Lays out rows as an aligned text table; the first row is the header. Columns whose header
+/// ends with a space-free right-alignment marker are not special: numbers are right-aligned when
+/// every cell below the header starts with a digit.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut width = vec![0usize; cols];
+    let mut numeric = vec![true; cols];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            width[c] = width[c].max(cell.chars().count());
+            if r > 0 && !cell.chars().next().is_some_and(|ch| ch.is_ascii_digit()) && cell != "-" {
+                numeric[c] = false;
+            }
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let pad = width[c] - cell.chars().count();
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if numeric[c] && rows.len() > 1 {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if c + 1 < row.len() {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_accept_si_and_iec_units() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("1kB"), Ok(1000));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("10GiB"), Ok(10 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("2G"), Ok(2 * 1024 * 1024 * 1024));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("10XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn durations_read_like_prometheus() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "h", "10", "5x", "1.5h", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations_print_back_the_way_they_parse() {
+        for s in ["1h30m", "45s", "250ms", "1d", "0s"] {
+            let d = parse_duration(s).unwrap_or_default();
+            assert_eq!(format_duration(d), s);
+        }
+    }
+
+    #[test]
+    fn free_targets_are_percent_or_size() {
+        assert_eq!(parse_free_target("15%"), Ok(FreeTarget::Percent(15.0)));
+        assert_eq!(
+            parse_free_target("1GiB"),
+            Ok(FreeTarget::Bytes(1024 * 1024 * 1024))
+        );
+        assert!(parse_free_target("150%").is_err());
+        assert_eq!(FreeTarget::Percent(10.0).bytes_for(1000), 100);
+    }
+
+    #[test]
+    fn human_bytes_keeps_three_digits() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(1536), "1.50KiB");
+        assert_eq!(human_bytes(13 * 1024 * 1024 * 1024), "13.0GiB");
+        assert_eq!(human_bytes(200 * 1024 * 1024), "200MiB");
+    }
+
+    #[test]
+    fn tables_align_columns_and_right_align_numbers() {
+        let t = table(&[
+            vec!["TYPE".into(), "SIZE".into()],
+            vec!["image".into(), "1.00GiB".into()],
+            vec!["build_cache".into(), "13.0GiB".into()],
+        ]);
+        assert_eq!(
+            t,
+            "TYPE            SIZE\nimage        1.00GiB\nbuild_cache  13.0GiB\n"
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! The owned Prometheus registry and every metric family bilge exports. Collectors and handlers
+//! get a shared [`Metrics`]; nothing is registered globally, so tests read values directly.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// Build duration buckets, 1 s to 2 h.
+pub const BUILD_DURATION_BUCKETS: [f64; 13] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 5400.0, 7200.0,
+];
+
+/// Every metric family, registered on one registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+
+    /// `bilge_exporter_build_info{version,revision}`.
+    pub build_info: GaugeVec,
+    /// `bilge_collector_success{collector}`.
+    pub collector_success: GaugeVec,
+    /// `bilge_collector_duration_seconds{collector}`.
+    pub collector_duration: GaugeVec,
+    /// `bilge_collector_last_success_timestamp_seconds{collector}`.
+    pub collector_last_success: GaugeVec,
+    /// `bilge_store_errors_total`.
+    pub store_errors: IntCounter,
+
+    /// `bilge_filesystem_size_bytes{device,mountpoint,fstype}`.
+    pub fs_size: GaugeVec,
+    /// `bilge_filesystem_free_bytes`.
+    pub fs_free: GaugeVec,
+    /// `bilge_filesystem_avail_bytes`.
+    pub fs_avail: GaugeVec,
+    /// `bilge_filesystem_files`.
+    pub fs_files: GaugeVec,
+    /// `bilge_filesystem_files_free`.
+    pub fs_files_free: GaugeVec,
+    /// `bilge_filesystem_readonly`.
+    pub fs_readonly: GaugeVec,
+
+    /// `bilge_docker_data_root_size_bytes{mountpoint}`.
+    pub data_root_size: GaugeVec,
+    /// `bilge_docker_data_root_avail_bytes{mountpoint}`.
+    pub data_root_avail: GaugeVec,
+    /// `bilge_docker_data_root_files{mountpoint}`.
+    pub data_root_files: GaugeVec,
+    /// `bilge_docker_data_root_files_free{mountpoint}`.
+    pub data_root_files_free: GaugeVec,
+
+    /// `bilge_docker_up`.
+    pub docker_up: IntGauge,
+    /// `bilge_docker_info{version,api_version,storage_driver,data_root}`.
+    pub docker_info: GaugeVec,
+    /// `bilge_docker_objects{type}`.
+    pub docker_objects: GaugeVec,
+    /// `bilge_docker_active_objects{type}`.
+    pub docker_active_objects: GaugeVec,
+    /// `bilge_docker_size_bytes{type}`.
+    pub docker_size: GaugeVec,
+    /// `bilge_docker_reclaimable_bytes{type}`.
+    pub docker_reclaimable: GaugeVec,
+    /// `bilge_docker_containers{state}`.
+    pub docker_containers: GaugeVec,
+    /// `bilge_docker_dangling_images`.
+    pub dangling_images: Gauge,
+    /// `bilge_docker_dangling_images_bytes`.
+    pub dangling_images_bytes: Gauge,
+    /// `bilge_docker_build_cache_reclaimable_bytes{older_than}`.
+    pub build_cache_reclaimable_by_age: GaugeVec,
+    /// `bilge_docker_logs_bytes`.
+    pub logs_bytes: Gauge,
+    /// `bilge_docker_largest_image_bytes{image}`.
+    pub largest_image: GaugeVec,
+    /// `bilge_docker_largest_volume_bytes{volume}`.
+    pub largest_volume: GaugeVec,
+    /// `bilge_docker_largest_container_log_bytes{container}`.
+    pub largest_log: GaugeVec,
+
+    /// `bilge_builds_total{project,result,reason}`.
+    pub builds: IntCounterVec,
+    /// `bilge_build_duration_seconds{project,result}`.
+    pub build_duration: HistogramVec,
+    /// `bilge_build_last_timestamp_seconds{project,result}`.
+    pub build_last: GaugeVec,
+
+    /// `bilge_cleanup_runs_total{trigger,result}`.
+    pub cleanup_runs: IntCounterVec,
+    /// `bilge_cleanup_reclaimed_bytes_total{action}`.
+    pub cleanup_reclaimed: IntCounterVec,
+    /// `bilge_cleanup_last_run_timestamp_seconds`.
+    pub cleanup_last_run: Gauge,
+    /// `bilge_cleanup_in_progress`.
+    pub cleanup_in_progress: IntGauge,
+    /// `bilge_webhook_requests_total{outcome}`.
+    pub webhook_requests: IntCounterVec,
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<GaugeVec> {
+    let g = GaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+const FS: &[&str] = &["device", "mountpoint", "fstype"];
+
+impl Metrics {
+    /// Creates every family on a new registry, with the process collector (Linux).
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        let build_info = gauge_vec(
+            &r,
+            "bilge_exporter_build_info",
+            "bilge's version and revision; always 1.",
+            &["version", "revision"],
+        )?;
+        build_info
+            .with_label_values(&[crate::VERSION, crate::REVISION])
+            .set(1.0);
+
+        let store_errors = IntCounter::new(
+            "bilge_store_errors_total",
+            "Failed reads and writes of the SQLite state store.",
+        )?;
+        r.register(Box::new(store_errors.clone()))?;
+        let docker_up = IntGauge::new(
+            "bilge_docker_up",
+            "1 if the last Docker collection reached the daemon, else 0.",
+        )?;
+        r.register(Box::new(docker_up.clone()))?;
+        let gauge = |name: &str, help: &str| -> prometheus::Result<Gauge> {
+            let g = Gauge::new(name, help)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let dangling_images = gauge(
+            "bilge_docker_dangling_images",
+            "Untagged images that no container uses.",
+        )?;
+        let dangling_images_bytes = gauge(
+            "bilge_docker_dangling_images_bytes",
+            "Bytes held only by dangling images.",
+        )?;
+        let logs_bytes = gauge(
+            "bilge_docker_logs_bytes",
+            "Bytes of all containers' log files (LogPath).",
+        )?;
+        let cleanup_last_run = gauge(
+            "bilge_cleanup_last_run_timestamp_seconds",
+            "When the last cleanup run finished, as a Unix timestamp.",
+        )?;
+        let cleanup_in_progress = IntGauge::new(
+            "bilge_cleanup_in_progress",
+            "1 while a cleanup run is executing.",
+        )?;
+        r.register(Box::new(cleanup_in_progress.clone()))?;
+
+        let build_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "bilge_build_duration_seconds",
+                "Wall-clock duration of recorded builds.",
+            )
+            .buckets(BUILD_DURATION_BUCKETS.to_vec()),
+            &["project", "result"],
+        )?;
+        r.register(Box::new(build_duration.clone()))?;
+
+        let m = Metrics {
+            build_info,
+            collector_success: gauge_vec(
+                &r,
+                "bilge_collector_success",
+                "1 if the collector's last run succeeded, else 0.",
+                &["collector"],
+            )?,
+            collector_duration: gauge_vec(
+                &r,
+                "bilge_collector_duration_seconds",
+                "How long the collector's last run took.",
+                &["collector"],
+            )?,
+            collector_last_success: gauge_vec(
+                &r,
+                "bilge_collector_last_success_timestamp_seconds",
+                "When the collector last succeeded, as a Unix timestamp.",
+                &["collector"],
+            )?,
+            store_errors,
+            fs_size: gauge_vec(
+                &r,
+                "bilge_filesystem_size_bytes",
+                "Filesystem size in bytes.",
+                FS,
+            )?,
+            fs_free: gauge_vec(
+                &r,
+                "bilge_filesystem_free_bytes",
+                "Filesystem free space in bytes.",
+                FS,
+            )?,
+            fs_avail: gauge_vec(
+                &r,
+                "bilge_filesystem_avail_bytes",
+                "Filesystem space available to non-root users in bytes.",
+                FS,
+            )?,
+            fs_files: gauge_vec(
+                &r,
+                "bilge_filesystem_files",
+                "Filesystem total file nodes.",
+                FS,
+            )?,
+            fs_files_free: gauge_vec(
+                &r,
+                "bilge_filesystem_files_free",
+                "Filesystem free file nodes.",
+                FS,
+            )?,
+            fs_readonly: gauge_vec(
+                &r,
+                "bilge_filesystem_readonly",
+                "1 if the filesystem is read-only.",
+                FS,
+            )?,
+            data_root_size: gauge_vec(
+                &r,
+                "bilge_docker_data_root_size_bytes",
+                "Size of the filesystem holding Docker's data root.",
+                &["mountpoint"],
+            )?,
+            data_root_avail: gauge_vec(
+                &r,
+                "bilge_docker_data_root_avail_bytes",
+                "Space available on the filesystem holding Docker's data root.",
+                &["mountpoint"],
+            )?,
+            data_root_files: gauge_vec(
+                &r,
+                "bilge_docker_data_root_files",
+                "File nodes of the filesystem holding Docker's data root.",
+                &["mountpoint"],
+            )?,
+            data_root_files_free: gauge_vec(
+                &r,
+                "bilge_docker_data_root_files_free",
+                "Free file nodes of the filesystem holding Docker's data root.",
+                &["mountpoint"],
+            )?,
+            docker_up,
+            docker_info: gauge_vec(
+                &r,
+                "bilge_docker_info",
+                "The Docker daemon's version, API version, storage driver and data root; always 1.",
+                &["version", "api_version", "storage_driver", "data_root"],
+            )?,
+            docker_objects: gauge_vec(
+                &r,
+                "bilge_docker_objects",
+                "Docker objects by type.",
+                &["type"],
+            )?,
+            docker_active_objects: gauge_vec(
+                &r,
+                "bilge_docker_active_objects",
+                "Docker objects in use by type (as docker system df counts ACTIVE).",
+                &["type"],
+            )?,
+            docker_size: gauge_vec(
+                &r,
+                "bilge_docker_size_bytes",
+                "Disk used by Docker objects by type (as docker system df counts SIZE).",
+                &["type"],
+            )?,
+            docker_reclaimable: gauge_vec(
+                &r,
+                "bilge_docker_reclaimable_bytes",
+                "Bytes a prune of unused objects would free, by type (as docker system df).",
+                &["type"],
+            )?,
+            docker_containers: gauge_vec(
+                &r,
+                "bilge_docker_containers",
+                "Containers by state.",
+                &["state"],
+            )?,
+            dangling_images,
+            dangling_images_bytes,
+            build_cache_reclaimable_by_age: gauge_vec(
+                &r,
+                "bilge_docker_build_cache_reclaimable_bytes",
+                "Reclaimable build cache last used longer ago than older_than.",
+                &["older_than"],
+            )?,
+            logs_bytes,
+            largest_image: gauge_vec(
+                &r,
+                "bilge_docker_largest_image_bytes",
+                "The largest images (top N).",
+                &["image"],
+            )?,
+            largest_volume: gauge_vec(
+                &r,
+                "bilge_docker_largest_volume_bytes",
+                "The largest volumes (top N).",
+                &["volume"],
+            )?,
+            largest_log: gauge_vec(
+                &r,
+                "bilge_docker_largest_container_log_bytes",
+                "The largest container log files (top N).",
+                &["container"],
+            )?,
+            builds: counter_vec(
+                &r,
+                "bilge_builds_total",
+                "Recorded builds by project, result and failure reason.",
+                &["project", "result", "reason"],
+            )?,
+            build_duration,
+            build_last: gauge_vec(
+                &r,
+                "bilge_build_last_timestamp_seconds",
+                "When the last build of a project with this result finished.",
+                &["project", "result"],
+            )?,
+            cleanup_runs: counter_vec(
+                &r,
+                "bilge_cleanup_runs_total",
+                "Cleanup runs by trigger and result.",
+                &["trigger", "result"],
+            )?,
+            cleanup_reclaimed: counter_vec(
+                &r,
+                "bilge_cleanup_reclaimed_bytes_total",
+                "Bytes Docker reported freed by cleanup, by action.",
+                &["action"],
+            )?,
+            cleanup_last_run,
+            cleanup_in_progress,
+            webhook_requests: counter_vec(
+                &r,
+                "bilge_webhook_requests_total",
+                "Webhook deliveries by what was decided.",
+                &["outcome"],
+            )?,
+            registry: r,
+        };
+        m.docker_up.set(0);
+        for c in ["filesystem", "docker"] {
+            m.collector_success.with_label_values(&[c]).set(0.0);
+        }
+        Ok(m)
+    }
+
+    /// Encodes every family in the Prometheus text format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        // Encoding into a Vec cannot fail on I/O; a malformed family would be a bug in this file.
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_registers_once_and_encodes() {
+        let m = Metrics::new().map_err(|e| e.to_string());
+        let Ok(m) = m else { panic!("{m:?}") };
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        assert!(text.contains("bilge_exporter_build_info{"));
+        assert!(text.contains("bilge_docker_up 0"));
+        assert!(text.contains("bilge_collector_success{collector=\"docker\"} 0"));
+    }
+
+    #[test]
+    fn gauges_are_never_named_total() {
+        let Ok(m) = Metrics::new() else {
+            panic!("metrics")
+        };
+        for f in m.registry.gather() {
+            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            assert_eq!(f.name().ends_with("_total"), counter, "{}", f.name());
+        }
+    }
+}

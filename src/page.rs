@@ -1,0 +1,292 @@
+//! The status page at `/`: one server-rendered HTML document, no scripts, readable in a terminal
+//! browser and in Chromium alike. Pure: it renders a snapshot and history handed to it.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+use crate::collect::Snapshot;
+use crate::collect::docker::TYPES;
+use crate::format::human_bytes;
+use crate::store::{BuildRecord, CleanupRecord};
+
+/// Escapes text for HTML.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        None => "never".into(),
+        Some(t) => {
+            let s = (now - t).num_seconds().max(0);
+            if s < 120 {
+                format!("{s}s ago")
+            } else if s < 7200 {
+                format!("{}m ago", s / 60)
+            } else if s < 172_800 {
+                format!("{}h ago", s / 3600)
+            } else {
+                format!("{}d ago", s / 86_400)
+            }
+        }
+    }
+}
+
+fn bar(ratio: f64) -> String {
+    let pct = (ratio * 100.0).clamp(0.0, 100.0);
+    let class = if pct >= 90.0 {
+        "crit"
+    } else if pct >= 80.0 {
+        "warn"
+    } else {
+        "ok"
+    };
+    format!(
+        "<div class=\"bar\" role=\"meter\" aria-valuenow=\"{pct:.0}\" aria-valuemin=\"0\" aria-valuemax=\"100\"><div class=\"{class}\" style=\"width:{pct:.1}%\"></div></div> {pct:.1}%"
+    )
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1d2330;background:#f7f8fa}\
+h1{font-size:1.4rem;margin:0 0 .2rem}h2{font-size:1.1rem;margin:1.6rem 0 .4rem}\
+table{border-collapse:collapse;background:#fff;min-width:40rem}\
+th,td{padding:.3rem .7rem;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top}\
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}\
+.bar{display:inline-block;width:8rem;height:.7rem;background:#e3e6ea;border-radius:3px;vertical-align:middle}\
+.bar div{height:100%;border-radius:3px}.ok{background:#3b8f5a}.warn{background:#d9a300}.crit{background:#c8322b}\
+.bad{color:#c8322b;font-weight:600}.good{color:#3b8f5a;font-weight:600}.muted{color:#69707d}\
+code{font-size:.9em}";
+
+/// Renders the whole page.
+pub fn render(
+    s: &Snapshot,
+    builds: &[BuildRecord],
+    cleanups: &[CleanupRecord],
+    now: DateTime<Utc>,
+) -> String {
+    let mut h = String::with_capacity(16 * 1024);
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"30\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>bilge — Docker disk status</title><style>{STYLE}</style></head><body>\
+<h1>bilge</h1><p class=\"muted\">Docker disk status · version {} · <a href=\"/metrics\">metrics</a> · <a href=\"/api/v1/plan\">cleanup plan</a> · <a href=\"/api/v1/builds\">builds</a> · <a href=\"/api/v1/cleanups\">cleanups</a></p>",
+        esc(crate::VERSION)
+    );
+
+    // Collector health.
+    h.push_str("<h2 id=\"health\">Collectors</h2><table><tr><th>collector</th><th>status</th><th>last success</th></tr>");
+    let fs_ok = s.filesystems_last_success.is_some();
+    let _ = write!(
+        h,
+        "<tr><td>filesystem</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+        if fs_ok { "good" } else { "bad" },
+        if fs_ok { "ok" } else { "no data yet" },
+        ago(s.filesystems_last_success, now)
+    );
+    let docker_status = if s.docker_up {
+        "up".to_string()
+    } else {
+        format!(
+            "down: {}",
+            s.docker_error.as_deref().unwrap_or("not collected yet")
+        )
+    };
+    let _ = write!(
+        h,
+        "<tr><td>docker</td><td class=\"{}\" id=\"docker-status\">{}</td><td>{}</td></tr></table>",
+        if s.docker_up { "good" } else { "bad" },
+        esc(&docker_status),
+        ago(s.docker_last_success, now)
+    );
+
+    // Data root.
+    if let Some(dr) = &s.data_root {
+        let _ = write!(
+            h,
+            "<h2 id=\"data-root\">Docker data root</h2><p><code>{}</code> on <code>{}</code>: {} available of {} · {} · inodes {} free of {}</p>",
+            esc(&dr.path),
+            esc(&dr.mountpoint),
+            human_bytes(dr.usage.avail),
+            human_bytes(dr.usage.size),
+            bar(dr.usage.used_ratio()),
+            dr.usage.files_free,
+            dr.usage.files
+        );
+    }
+
+    // Filesystems.
+    h.push_str("<h2 id=\"filesystems\">Filesystems</h2><table><tr><th>mount point</th><th>device</th><th>type</th><th class=\"n\">size</th><th class=\"n\">available</th><th>used</th><th class=\"n\">inodes free</th></tr>");
+    for f in &s.filesystems {
+        let is_root = s
+            .data_root
+            .as_ref()
+            .is_some_and(|d| d.mountpoint == f.mount.mountpoint);
+        let _ = write!(
+            h,
+            "<tr><td>{}{}{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+            esc(&f.mount.mountpoint),
+            if is_root {
+                " <strong>(Docker data root)</strong>"
+            } else {
+                ""
+            },
+            if f.usage.readonly {
+                " <span class=\"muted\">(read-only)</span>"
+            } else {
+                ""
+            },
+            esc(&f.mount.device),
+            esc(&f.mount.fstype),
+            human_bytes(f.usage.size),
+            human_bytes(f.usage.avail),
+            bar(f.usage.used_ratio()),
+            f.usage.files_free
+        );
+    }
+    h.push_str("</table>");
+
+    // Docker.
+    h.push_str("<h2 id=\"docker\">Docker storage</h2>");
+    match &s.docker {
+        None => h.push_str("<p class=\"bad\">No Docker data yet.</p>"),
+        Some(d) => {
+            let _ = write!(
+                h,
+                "<p class=\"muted\">Engine {} · API {} · {} · <code>{}</code>{}</p>",
+                esc(&d.info.version),
+                esc(&d.info.api_version),
+                esc(&d.info.storage_driver),
+                esc(&d.info.data_root),
+                if s.docker_up {
+                    ""
+                } else {
+                    " · <span class=\"bad\">stale: daemon unreachable</span>"
+                }
+            );
+            h.push_str("<table><tr><th>type</th><th class=\"n\">total</th><th class=\"n\">active</th><th class=\"n\">size</th><th class=\"n\">reclaimable</th></tr>");
+            for t in TYPES {
+                let u = d.by_type(t);
+                let _ = write!(
+                    h,
+                    "<tr><td>{t}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                    u.objects,
+                    u.active,
+                    human_bytes(u.size),
+                    human_bytes(u.reclaimable)
+                );
+            }
+            let _ = write!(
+                h,
+                "<tr><td>container logs</td><td></td><td></td><td class=\"n\">{}</td><td></td></tr>\
+<tr><th>reclaimable in all</th><td></td><td></td><td></td><th class=\"n\" id=\"reclaimable\">{}</th></tr></table>",
+                human_bytes(d.logs_bytes),
+                human_bytes(d.reclaimable_total())
+            );
+            let _ = write!(
+                h,
+                "<p>{} dangling images holding {}. Reclaimable build cache: {}.</p>",
+                d.dangling_images,
+                human_bytes(d.dangling_images_bytes),
+                d.build_cache_by_age
+                    .iter()
+                    .map(|(age, b)| format!("older than {age}: {}", human_bytes(*b)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for (title, list) in [
+                ("Largest images", &d.top_images),
+                ("Largest volumes", &d.top_volumes),
+                ("Largest container logs", &d.top_logs),
+            ] {
+                if list.is_empty() {
+                    continue;
+                }
+                let _ = write!(h, "<h2>{title}</h2><table>");
+                for (name, bytes) in list {
+                    let _ = write!(
+                        h,
+                        "<tr><td>{}</td><td class=\"n\">{}</td></tr>",
+                        esc(name),
+                        human_bytes(*bytes)
+                    );
+                }
+                h.push_str("</table>");
+            }
+        }
+    }
+
+    // History.
+    h.push_str("<h2 id=\"builds\">Recent builds</h2>");
+    if builds.is_empty() {
+        h.push_str("<p class=\"muted\">No builds recorded yet. Run builds through <code>bilge build -- …</code>.</p>");
+    } else {
+        h.push_str("<table><tr><th>finished</th><th>project</th><th>result</th><th>reason</th><th class=\"n\">duration</th><th>evidence</th></tr>");
+        for b in builds {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"n\">{:.1}s</td><td><code>{}</code></td></tr>",
+                ago(Some(b.finished_at), now),
+                esc(&b.project),
+                if b.result == "success" { "good" } else { "bad" },
+                esc(&b.result),
+                esc(&b.reason),
+                b.duration_seconds,
+                esc(b.evidence.as_deref().unwrap_or(""))
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2 id=\"cleanups\">Recent cleanups</h2>");
+    if cleanups.is_empty() {
+        h.push_str("<p class=\"muted\">No cleanup has run yet.</p>");
+    } else {
+        h.push_str("<table><tr><th>finished</th><th>trigger</th><th>level</th><th>result</th><th class=\"n\">reclaimed</th></tr>");
+        for c in cleanups {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"n\">{}</td></tr>",
+                ago(Some(c.finished_at), now),
+                esc(&c.trigger),
+                esc(&c.level),
+                if c.result == "failure" { "bad" } else { "good" },
+                esc(&c.result),
+                human_bytes(c.reclaimed_bytes)
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn an_empty_snapshot_renders_a_page_that_says_so() {
+        let html = render(&Snapshot::default(), &[], &[], Utc::now());
+        assert!(html.contains("No Docker data yet"));
+        assert!(html.contains("No builds recorded yet"));
+        assert!(html.ends_with("</html>\n"));
+    }
+}

@@ -1,0 +1,98 @@
+//! `bilge serve`: starts the collectors and the HTTP server, and stops both on SIGINT/SIGTERM.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::collect::Collector;
+use crate::config::{Config, ServeConfig};
+use crate::metrics::Metrics;
+use crate::server::{AppState, router};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Builds the shared state for a server (used by `run` and by tests).
+pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
+    let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
+    let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
+    let collector = Arc::new(Collector::new(cfg, metrics.clone()));
+    Ok(AppState {
+        metrics,
+        collector,
+        store,
+        serve: Arc::new(serve),
+        started: Instant::now(),
+    })
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run_until(
+    cfg: Config,
+    serve: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listen = serve.listen;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::io(
+            format!("cannot listen on {listen} (--web.listen-address)"),
+            e,
+        )
+    })?;
+    let state = state(cfg, serve)?;
+    if let Err(e) = state.store.check() {
+        tracing::warn!(error = %e, "the state store is not usable yet; history will not be kept until it is (see --state.path)");
+    }
+    let cancel = CancellationToken::new();
+    let collectors = tokio::spawn(state.collector.clone().run(cancel.clone()));
+    tracing::info!(
+        address = %listen,
+        docker = %state.collector.config().docker.host,
+        state = %state.store.path().display(),
+        webhook = state.serve.token.is_some(),
+        version = crate::VERSION,
+        "bilge serving"
+    );
+    let app = router(state);
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let result = server.await.map_err(|e| Error::io("serving HTTP", e));
+    cancel.cancel();
+    if let Err(e) = collectors.await {
+        tracing::warn!(error = %e, "collector task ended abnormally");
+    }
+    tracing::info!("bilge stopped");
+    result
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn run(cfg: Config, serve: ServeConfig) -> Result<()> {
+    run_until(cfg, serve, shutdown_signal()).await
+}

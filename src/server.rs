@@ -1,0 +1,192 @@
+//! The HTTP surface: one axum `Router` over shared state. Handlers read snapshots and the store;
+//! none waits on Docker. Errors are JSON `{"error": "..."}` with the right status; bad input is
+//! not logged, internal errors are logged once and answered with a plain 500.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::collect::Collector;
+use crate::config::ServeConfig;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Everything a handler may need.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The metric families.
+    pub metrics: Metrics,
+    /// The collectors and their snapshot.
+    pub collector: Arc<Collector>,
+    /// The state store.
+    pub store: Store,
+    /// `bilge serve`'s settings.
+    pub serve: Arc<ServeConfig>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub enum AppError {
+    /// 400 with a message for the caller.
+    BadRequest(String),
+    /// 401: missing or wrong credentials.
+    Unauthorized,
+    /// 404: the endpoint is off or unknown.
+    NotFound(String),
+    /// 409 / 429 style refusals with a message.
+    Refused(StatusCode, String),
+    /// 503: not available right now (e.g. the store).
+    Unavailable(String),
+    /// 500: logged here, answered without details.
+    Internal(crate::Error),
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, msg) = match self {
+            AppError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            AppError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid credentials".to_string(),
+            ),
+            AppError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            AppError::Refused(s, m) => (s, m),
+            AppError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            AppError::Internal(e) => {
+                tracing::error!(error = %e, "internal error answering a request");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_string(),
+                )
+            }
+        };
+        let mut resp = (status, Json(serde_json::json!({ "error": msg }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"bilge\""),
+            );
+        }
+        resp
+    }
+}
+
+/// `?limit=` for history endpoints.
+#[derive(Debug, Deserialize)]
+pub struct LimitQuery {
+    /// Rows to return (1 to 1000, default 50).
+    pub limit: Option<usize>,
+}
+
+impl LimitQuery {
+    /// The validated limit.
+    pub fn get(&self) -> Result<usize, AppError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=1000).contains(&n) => Ok(n),
+            Some(n) => Err(AppError::BadRequest(format!(
+                "limit {n} is out of range (1 to 1000)"
+            ))),
+        }
+    }
+}
+
+/// Builds the router for `state`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.serve.max_body;
+    let telemetry = state.serve.telemetry_path.clone();
+    Router::new()
+        .route("/", get(page))
+        .route(&telemetry, get(metrics))
+        .route("/-/healthy", get(healthy))
+        .route("/-/ready", get(ready))
+        .route("/api/v1/builds", get(list_builds))
+        .route("/api/v1/cleanups", get(list_cleanups))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn healthy() -> &'static str {
+    "bilge is healthy.\n"
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    if s.collector.ready() {
+        (StatusCode::OK, "bilge is ready.\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bilge is not ready: the first collection has not finished.\n",
+        )
+            .into_response()
+    }
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such endpoint".into())
+}
+
+async fn list_builds(
+    State(s): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Response, AppError> {
+    let limit = q.get()?;
+    let store = s.store.clone();
+    let builds = tokio::task::spawn_blocking(move || store.list_builds(limit))
+        .await
+        .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
+        .map_err(|_| AppError::Unavailable("the state store is unavailable".into()))?;
+    Ok(Json(serde_json::json!({ "builds": builds })).into_response())
+}
+
+async fn list_cleanups(
+    State(s): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Response, AppError> {
+    let limit = q.get()?;
+    let store = s.store.clone();
+    let cleanups = tokio::task::spawn_blocking(move || store.list_cleanups(limit))
+        .await
+        .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
+        .map_err(|_| AppError::Unavailable("the state store is unavailable".into()))?;
+    Ok(Json(serde_json::json!({ "cleanups": cleanups })).into_response())
+}
+
+async fn page(State(s): State<AppState>) -> Html<String> {
+    let snapshot = s.collector.snapshot();
+    let store = s.store.clone();
+    let (builds, cleanups) = tokio::task::spawn_blocking(move || {
+        (
+            store.list_builds(10).unwrap_or_default(),
+            store.list_cleanups(10).unwrap_or_default(),
+        )
+    })
+    .await
+    .unwrap_or_default();
+    Html(crate::page::render(
+        &snapshot,
+        &builds,
+        &cleanups,
+        chrono::Utc::now(),
+    ))
+}
