@@ -127,7 +127,13 @@ impl Config {
             return Err(Error::config("--docker.timeout", "must be more than 0s"));
         }
         let regex = |name: &str, s: &str| {
-            Regex::new(s).map_err(|e| Error::config(name, format!("not a valid regexp: {e}")))
+            Regex::new(s).map_err(|e| {
+                // regex's messages span several lines; keep start-up errors to one.
+                let text = e.to_string();
+                let last = text.lines().last().unwrap_or_default();
+                let why = last.trim().trim_start_matches("error: ");
+                Error::config(name, format!("{s:?} is not a valid regexp: {why}"))
+            })
         };
         let policy = match &g.config {
             Some(path) => load_policy(path)?,

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# bilge's one test command. On a clean Debian machine, as root, it:
+#   1. installs from Debian's packages whatever the tests need and is missing;
+#   2. checks formatting and lints;
+#   3. starts a private dockerd on temporary paths and exports its socket;
+#   4. runs every Rust test (unit + integration against real Docker, Prometheus, Alertmanager,
+#      Chromium) and the bundle checks (rules, dashboard, deploy files);
+#   5. stops the daemon and removes its files, whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: run as root (it starts dockerd and mounts loop filesystems)" >&2
+  exit 1
+fi
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# ---- 1. packages ------------------------------------------------------------------------
+# binary => Debian package
+declare -A NEED=(
+  [/usr/sbin/dockerd]=docker.io
+  [/usr/bin/docker]=docker.io
+  [/bin/busybox]=busybox-static
+  [/sbin/mkfs.ext4]=e2fsprogs
+  [/usr/bin/prometheus]=prometheus
+  [/usr/bin/promtool]=prometheus
+  [/usr/bin/prometheus-alertmanager]=prometheus-alertmanager
+  [/usr/bin/amtool]=prometheus-alertmanager
+  [/usr/bin/chromium]=chromium
+  [/usr/bin/docker-compose]=docker-compose
+  [/usr/bin/systemd-analyze]=systemd
+  [/usr/bin/curl]=curl
+  [/usr/bin/jq]=jq
+  [/usr/bin/pkill]=procps
+)
+missing=()
+for bin in "${!NEED[@]}"; do
+  [ -x "$bin" ] || missing+=("${NEED[$bin]}")
+done
+python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+if [ "${#missing[@]}" -gt 0 ]; then
+  pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+  say "installing Debian packages: $pkgs"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # shellcheck disable=SC2086
+  apt-get install -y -q --no-install-recommends $pkgs
+fi
+if [ -f scripts/requirements-test.txt ]; then
+  python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+
+# ---- 2. format and lints ----------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+# ---- 3. a private Docker daemon -----------------------------------------------------------
+TESTBED=$(mktemp -d /tmp/bilge-testbed.XXXXXX)
+export BILGE_TEST_ARTIFACTS="${BILGE_TEST_ARTIFACTS:-$TESTBED/artifacts}"
+mkdir -p "$BILGE_TEST_ARTIFACTS"
+DOCKERD_PID=""
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$DOCKERD_PID" ]; then
+    ids=$(DOCKER_HOST="unix://$TESTBED/docker.sock" /usr/bin/docker ps -aq 2>/dev/null)
+    [ -n "$ids" ] && DOCKER_HOST="unix://$TESTBED/docker.sock" /usr/bin/docker rm -f $ids >/dev/null 2>&1
+    kill "$DOCKERD_PID" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$DOCKERD_PID" 2>/dev/null
+  fi
+  pkill -9 -f "$TESTBED/exec" 2>/dev/null
+  # Test daemons clean up after themselves; anything a crashed test left is removed here.
+  pkill -9 -f "/tmp/bt-" 2>/dev/null
+  grep -oE " (/tmp/bt-[^ ]+|$TESTBED[^ ]*) " /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+  rm -rf /tmp/bt-* "$TESTBED"
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+say "starting a private dockerd in $TESTBED"
+/usr/sbin/dockerd --host "unix://$TESTBED/docker.sock" --data-root "$TESTBED/data" \
+  --exec-root "$TESTBED/exec" --pidfile "$TESTBED/docker.pid" \
+  --iptables=false --bridge=none --ip-masq=false >"$TESTBED/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+export DOCKER_HOST="unix://$TESTBED/docker.sock"
+export BILGE_TEST_DOCKER_HOST="$DOCKER_HOST"
+for _ in $(seq 300); do
+  /usr/bin/docker version >/dev/null 2>&1 && break
+  kill -0 "$DOCKERD_PID" 2>/dev/null || { cat "$TESTBED/dockerd.log"; echo "dockerd died" >&2; exit 1; }
+  sleep 0.1
+done
+/usr/bin/docker version --format 'dockerd {{.Server.Version}} (API {{.Server.APIVersion}}) is up'
+
+# ---- 4. tests -----------------------------------------------------------------------------
+say "cargo build (debug and release binaries)"
+cargo build --locked --all-targets
+say "cargo test"
+cargo test --locked -- --test-threads="${BILGE_TEST_THREADS:-4}"
+
+say "smoke: bilge df against the shared test daemon"
+./target/debug/bilge df
+
+if [ -f scripts/check-bundle.sh ]; then
+  say "bundle checks (rules, Alertmanager config, dashboard, deploy files)"
+  BILGE_BIN="$PWD/target/debug/bilge" bash scripts/check-bundle.sh
+fi
+
+say "all checks passed"

@@ -1,0 +1,407 @@
+//! `bilge serve` and `bilge df` against a real daemon.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Fills a daemon with known objects of every type.
+fn populate(d: &Daemon) {
+    d.build(
+        Some("app:1"),
+        &["RUN dd if=/dev/zero of=/blob bs=1k count=3000"],
+    );
+    // Two builds of one tag: the first becomes dangling.
+    d.build(
+        Some("dangle:1"),
+        &["RUN dd if=/dev/zero of=/a bs=1k count=1000"],
+    );
+    d.build(
+        Some("dangle:1"),
+        &["RUN dd if=/dev/zero of=/b bs=1k count=1500"],
+    );
+    d.build(
+        Some("keep:1"),
+        &["LABEL bilge.keep=true", "RUN echo kept > /kept"],
+    );
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "running",
+        "--network",
+        "none",
+        "app:1",
+        "sleep",
+        "600",
+    ]);
+    d.docker(&[
+        "run", "--name", "exited", "--network", "none", "app:1", "sh", "-c",
+        "dd if=/dev/zero of=/w bs=1k count=2048 2>/dev/null; i=0; while [ $i -lt 200 ]; do echo log line $i; i=$((i+1)); done",
+    ]);
+    d.docker(&["volume", "create", "data"]);
+    d.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "data:/data",
+        "app:1",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/data/f bs=1k count=1024 2>/dev/null",
+    ]);
+    d.docker(&["volume", "create", "empty"]);
+    d.docker(&[
+        "create",
+        "--name",
+        "created",
+        "--network",
+        "none",
+        "app:1",
+        "true",
+    ]);
+}
+
+fn df_json(d: &Daemon) -> serde_json::Value {
+    let out = Command::new(BILGE)
+        .args(["df", "--json", "--docker.host", &d.host])
+        .arg("--state.path")
+        .arg(d.dir.join("state.db"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bilge df failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn figures_agree_with_docker_system_df() {
+    let d = Daemon::start("agree");
+    populate(&d);
+    let ours = df_json(&d);
+    let cli = d.system_df();
+    let verbose = d.system_df_verbose();
+    let docker = &ours["docker"];
+    for row in &cli {
+        let t = match row["Type"].as_str().unwrap() {
+            "Images" => "images",
+            "Containers" => "containers",
+            "Local Volumes" => "volumes",
+            "Build Cache" => "build_cache",
+            other => panic!("unknown type {other}"),
+        };
+        let u = &docker[t];
+        let count: u64 = row["TotalCount"].as_str().unwrap().parse().unwrap();
+        let active: u64 = row["Active"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            u["objects"].as_u64(),
+            Some(count),
+            "{t} count: {row} vs {u}"
+        );
+        assert_eq!(
+            u["active"].as_u64(),
+            Some(active),
+            "{t} active: {row} vs {u}"
+        );
+        let size = u["size"].as_u64().unwrap();
+        let recl = u["reclaimable"].as_u64().unwrap();
+        assert!(
+            size_agrees(size, row["Size"].as_str().unwrap()),
+            "{t} size {size} vs CLI {row}"
+        );
+        assert!(
+            size_agrees(recl, row["Reclaimable"].as_str().unwrap()),
+            "{t} reclaimable {recl} vs CLI {row}"
+        );
+    }
+    // The objects we made are all there.
+    assert_eq!(docker["images"]["objects"], 4);
+    assert_eq!(docker["containers"]["objects"], 3);
+    assert_eq!(docker["volumes"]["objects"], 2);
+    assert_eq!(docker["dangling_images"], 1);
+    assert!(docker["build_cache"]["objects"].as_u64().unwrap() > 0);
+    assert_eq!(docker["containers_by_state"]["running"], 1);
+    assert_eq!(docker["containers_by_state"]["exited"], 1);
+    assert_eq!(docker["containers_by_state"]["created"], 1);
+
+    // Per object, as `docker system df -v` lists them.
+    let top_images: Vec<(String, u64)> =
+        serde_json::from_value(docker["top_images"].clone()).unwrap();
+    for img in verbose["Images"].as_array().unwrap() {
+        let name = format!(
+            "{}:{}",
+            img["Repository"].as_str().unwrap(),
+            img["Tag"].as_str().unwrap()
+        );
+        if name == "<none>:<none>" {
+            continue;
+        }
+        let ours = top_images.iter().find(|(n, _)| *n == name);
+        let (_, bytes) = ours.unwrap_or_else(|| panic!("{name} missing from {top_images:?}"));
+        assert!(
+            size_agrees(*bytes, img["Size"].as_str().unwrap()),
+            "{name}: {bytes} vs {img}"
+        );
+    }
+    let top_volumes: Vec<(String, u64)> =
+        serde_json::from_value(docker["top_volumes"].clone()).unwrap();
+    for v in verbose["Volumes"].as_array().unwrap() {
+        let name = v["Name"].as_str().unwrap();
+        let (_, bytes) = top_volumes.iter().find(|(n, _)| n == name).unwrap();
+        assert!(size_agrees(*bytes, v["Size"].as_str().unwrap()), "{v}");
+    }
+    // The exited container logged 200 lines; json-file wraps each in ~80 bytes.
+    let top_logs: Vec<(String, u64)> = serde_json::from_value(docker["top_logs"].clone()).unwrap();
+    let exited_log = top_logs.iter().find(|(n, _)| n == "exited").unwrap().1;
+    assert!(exited_log > 200 * 40, "log bytes {exited_log}");
+    assert!(docker["logs_bytes"].as_u64().unwrap() >= exited_log);
+
+    // The data root's filesystem is reported and marked.
+    let root = &ours["data_root"];
+    assert_eq!(root["path"].as_str(), Some(d.data_root.to_str().unwrap()));
+    assert!(root["size"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn metrics_match_the_df_figures_and_name_the_data_root() {
+    let d = Daemon::start_on_loop_fs("metrics", 256);
+    populate(&d);
+    let s = Server::start(&d.host, &["--docker.refresh-interval", "1s"]);
+    s.wait_ready();
+    let m = wait_for("docker metrics", Duration::from_secs(30), || {
+        let m = s.metrics();
+        (sample(&m, "bilge_docker_up") == Some(1.0)).then_some(m)
+    });
+    let cli = d.system_df();
+    let images = &cli[0];
+    assert_eq!(
+        sample(&m, "bilge_docker_objects{type=\"image\"}"),
+        Some(images["TotalCount"].as_str().unwrap().parse().unwrap())
+    );
+    assert_eq!(sample(&m, "bilge_docker_dangling_images"), Some(1.0));
+    assert_eq!(
+        sample(&m, "bilge_docker_containers{state=\"running\"}"),
+        Some(1.0)
+    );
+    let mp = d.data_root.display().to_string();
+    let size = sample(
+        &m,
+        &format!("bilge_docker_data_root_size_bytes{{mountpoint=\"{mp}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no data root size for {mp} in\n{m}"));
+    assert!(
+        (200e6..=270e6).contains(&size),
+        "a 256 MiB filesystem reports {size}"
+    );
+    let fs = format!("bilge_filesystem_size_bytes{{device=\"/dev/loop");
+    assert!(
+        m.contains(&fs) && m.contains(&format!("fstype=\"ext4\",mountpoint=\"{mp}\"")),
+        "{m}"
+    );
+    assert!(m.contains("bilge_docker_info{"));
+    assert!(m.contains("api_version=\"1.41\""));
+    assert!(m.contains("bilge_docker_largest_image_bytes{image=\"app:1\"}"));
+    assert!(m.contains("bilge_docker_largest_volume_bytes{volume=\"data\"}"));
+    assert!(m.contains("bilge_docker_largest_container_log_bytes{container=\"exited\"}"));
+    assert!(m.contains("bilge_docker_build_cache_reclaimable_bytes{older_than=\"1h\"}"));
+    assert_eq!(
+        sample(&m, "bilge_collector_success{collector=\"docker\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "bilge_collector_success{collector=\"filesystem\"}"),
+        Some(1.0)
+    );
+    assert!(m.contains("process_resident_memory_bytes"));
+}
+
+#[test]
+fn a_daemon_that_goes_away_gives_docker_up_0_and_comes_back_by_itself() {
+    let mut d = Daemon::start("restart");
+    d.build(Some("app:1"), &[]);
+    let s = Server::start(
+        &d.host,
+        &["--docker.refresh-interval", "1s", "--docker.timeout", "2s"],
+    );
+    s.wait_ready();
+    wait_for("docker up", Duration::from_secs(20), || {
+        (s.metric("bilge_docker_up") == Some(1.0)).then_some(())
+    });
+    let before = s.metric("bilge_collector_last_success_timestamp_seconds{collector=\"docker\"}");
+    d.stop();
+    wait_for("docker down", Duration::from_secs(20), || {
+        (s.metric("bilge_docker_up") == Some(0.0)).then_some(())
+    });
+    // /metrics keeps answering fast, with the last good values and the filesystems.
+    for _ in 0..5 {
+        let t = Instant::now();
+        let m = s.metrics();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "/metrics took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            sample(&m, "bilge_collector_success{collector=\"docker\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&m, "bilge_docker_objects{type=\"image\"}"),
+            Some(1.0)
+        );
+        assert!(m.contains("bilge_filesystem_avail_bytes{"));
+        assert_eq!(
+            sample(
+                &m,
+                "bilge_collector_last_success_timestamp_seconds{collector=\"docker\"}"
+            )
+            .map(|v| v >= before.unwrap()),
+            Some(true)
+        );
+    }
+    d.restart();
+    wait_for("docker up again", Duration::from_secs(30), || {
+        (s.metric("bilge_docker_up") == Some(1.0)).then_some(())
+    });
+    assert_eq!(
+        s.metric("bilge_collector_success{collector=\"docker\"}"),
+        Some(1.0)
+    );
+    assert!(s.log_text().contains("reachable again"), "{}", s.log_text());
+}
+
+#[test]
+fn serve_without_a_daemon_starts_and_says_what_to_do() {
+    let dir = temp_dir("nodocker");
+    let sock = format!("unix://{}/missing.sock", dir.display());
+    let s = Server::start(&sock, &[]);
+    s.wait_ready();
+    let m = s.metrics();
+    assert_eq!(sample(&m, "bilge_docker_up"), Some(0.0));
+    assert!(m.contains("bilge_filesystem_size_bytes{"), "{m}");
+    let log = s.log_text();
+    assert!(log.contains("is dockerd running?"), "{log}");
+    assert!(log.contains("--docker.host"), "{log}");
+    let page = s.get("/").text();
+    assert!(page.contains("No Docker data yet"));
+    let status = s.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM should end bilge cleanly: {status:?}"
+    );
+}
+
+#[test]
+fn bad_flags_stop_start_up_with_one_line_and_exit_code_2() {
+    for (args, needle) in [
+        (
+            vec!["serve", "--docker.timeout", "soon"],
+            "--docker.timeout",
+        ),
+        (
+            vec!["serve", "--web.listen-address", "nowhere"],
+            "--web.listen-address",
+        ),
+        (vec!["serve", "--log.level", "loud"], "--log.level"),
+        (
+            vec!["serve", "--collector.filesystem.fs-types-exclude", "("],
+            "fs-types-exclude",
+        ),
+        (
+            vec!["serve", "--webhook.token-file", "/nonexistent/token"],
+            "--webhook.token-file",
+        ),
+        (vec!["df", "--docker.host", "ftp://x"], "--docker.host"),
+    ] {
+        let out = Command::new(BILGE).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?} printed: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = Command::new(BILGE)
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn df_prints_aligned_tables_and_marks_the_data_root() {
+    let d = Daemon::start("dftext");
+    d.build(Some("app:1"), &[]);
+    let out = Command::new(BILGE)
+        .args(["df", "--docker.host", &d.host])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("TYPE") && text.contains("RECLAIMABLE"),
+        "{text}"
+    );
+    assert!(text.contains("build_cache"), "{text}");
+    assert!(text.contains(" *"), "data root not marked: {text}");
+    assert!(text.contains("holds Docker's data root"), "{text}");
+    assert!(text.contains("LARGEST IMAGES"), "{text}");
+    // Columns align: every row of the Docker table is as wide as its header.
+    let header = text.lines().find(|l| l.starts_with("TYPE")).unwrap();
+    let row = text.lines().find(|l| l.starts_with("image ")).unwrap();
+    assert_eq!(header.len(), row.len(), "{text}");
+}
+
+#[test]
+fn the_status_page_renders_in_a_real_browser() {
+    require("/usr/bin/chromium", "apt-get install chromium");
+    let d = Daemon::start("page");
+    d.build(Some("app:1"), &[]);
+    let s = Server::start(&d.host, &["--docker.refresh-interval", "1s"]);
+    s.wait_ready();
+    wait_for("docker up", Duration::from_secs(20), || {
+        (s.metric("bilge_docker_up") == Some(1.0)).then_some(())
+    });
+    let profile = temp_dir("chromium");
+    let shot = profile.join("page.png");
+    let out = Command::new("/usr/bin/chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,1600",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--dump-dom")
+        .arg(s.url("/"))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<h2 id=\"filesystems\">Filesystems</h2>"),
+        "{dom}"
+    );
+    assert!(dom.contains("Docker storage"), "{dom}");
+    assert!(dom.contains("build_cache"), "{dom}");
+    assert!(dom.contains("(Docker data root)"), "{dom}");
+    assert!(dom.contains("id=\"docker-status\">up<"), "{dom}");
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Ok(keep) = std::env::var("BILGE_TEST_ARTIFACTS") {
+        let _ = std::fs::copy(&shot, std::path::Path::new(&keep).join("status-page.png"));
+    }
+    let _ = std::fs::remove_dir_all(&profile);
+}

@@ -1,0 +1,9 @@
+//! Integration tests against a real Docker Engine (a private dockerd per test), a real
+//! Prometheus and Alertmanager, and a real browser. Run them through `scripts/test.sh`, which
+//! installs the tools and runs as root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod util;
+
+mod exporter;
