@@ -198,7 +198,7 @@ fn metrics_match_the_df_figures_and_name_the_data_root() {
         (200e6..=270e6).contains(&size),
         "a 256 MiB filesystem reports {size}"
     );
-    let fs = format!("bilge_filesystem_size_bytes{{device=\"/dev/loop");
+    let fs = "bilge_filesystem_size_bytes{device=\"/dev/loop";
     assert!(
         m.contains(&fs) && m.contains(&format!("fstype=\"ext4\",mountpoint=\"{mp}\"")),
         "{m}"
