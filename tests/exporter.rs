@@ -200,7 +200,7 @@ fn metrics_match_the_df_figures_and_name_the_data_root() {
     );
     let fs = "bilge_filesystem_size_bytes{device=\"/dev/loop";
     assert!(
-        m.contains(&fs) && m.contains(&format!("fstype=\"ext4\",mountpoint=\"{mp}\"")),
+        m.contains(fs) && m.contains(&format!("fstype=\"ext4\",mountpoint=\"{mp}\"")),
         "{m}"
     );
     assert!(m.contains("bilge_docker_info{"));
