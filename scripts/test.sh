@@ -38,7 +38,7 @@ missing=()
 for bin in "${!NEED[@]}"; do
   [ -x "$bin" ] || missing+=("${NEED[$bin]}")
 done
-python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if [ "${#missing[@]}" -gt 0 ]; then
   pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
   say "installing Debian packages: $pkgs"
@@ -47,7 +47,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $pkgs
 fi
-if [ -f scripts/requirements-test.txt ]; then
+if ! python3 -c 'import yaml, kubernetes_validate' 2>/dev/null; then
+  say "installing Python test tools (scripts/requirements-test.txt)"
   python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 
