@@ -45,7 +45,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   # shellcheck disable=SC2086
-  apt-get install -y -q --no-install-recommends $pkgs
+  apt-get install -y -q $pkgs
 fi
 if ! python3 -c 'import yaml, kubernetes_validate' 2>/dev/null; then
   say "installing Python test tools (scripts/requirements-test.txt)"
