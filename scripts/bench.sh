@@ -1,0 +1,601 @@
+#!/usr/bin/env bash
+# bilge's side-by-side benchmark (issue 6). On this Debian machine, as root, it:
+#   1. installs what it needs (wrk, hyperfine, prometheus-node-exporter, docker.io, busybox-static
+#      from Debian; docuum from crates.io) and builds bilge in release mode;
+#   2. starts a private dockerd on a loop filesystem under a temporary directory;
+#   3. runs each section, anchor and bilge back to back in one run, and keeps every raw figure in
+#      target/bench/SECTION.tsv;
+#   4. renders BENCHMARKS.md from those figures (scripts/bench_report.py);
+#   5. stops every process it started (by pid) and removes its files, whatever happens.
+#
+#   sudo scripts/bench.sh                      # every section
+#   sudo scripts/bench.sh scrape docker        # some: scrape docker build clean watermark
+#   sudo scripts/bench.sh render               # only re-render BENCHMARKS.md from target/bench
+#
+# Only loopback addresses and the private daemon's unix socket are ever targets; every loop is
+# bounded in count and time. Nothing here is part of CI and nothing asserts: a missed target is
+# reported, not failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+ALL_SECTIONS=(docker scrape build clean watermark)
+SECTIONS=("$@")
+[ "${#SECTIONS[@]}" -gt 0 ] || SECTIONS=("${ALL_SECTIONS[@]}")
+for s in "${SECTIONS[@]}"; do
+  case " ${ALL_SECTIONS[*]} render " in
+    *" $s "*) ;;
+    *) echo "scripts/bench.sh: unknown section '$s' (known: ${ALL_SECTIONS[*]} render)" >&2; exit 2 ;;
+  esac
+done
+
+RESULTS="${BILGE_BENCH_RESULTS:-$ROOT/target/bench}"
+TOOLS="${BILGE_BENCH_TOOLS:-$HOME/.cache/bilge-bench}"
+DOCUUM="$TOOLS/bin/docuum"
+BILGE="$ROOT/target/release/bilge"
+DOCKER=/usr/bin/docker # Debian's CLI: the one with BuildKit
+# Scale points of section 2 and runs per figure.
+SIZES=(${BILGE_BENCH_SIZES:-0 500 2000})
+RUNS="${BILGE_BENCH_RUNS:-3}"
+WRK_SECONDS="${BILGE_BENCH_WRK_SECONDS:-10}"
+mkdir -p "$RESULTS"
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
+now_ns() { date +%s%N; }
+
+if [ "${SECTIONS[*]}" = render ]; then
+  python3 scripts/bench_report.py "$RESULTS" BENCHMARKS.md
+  exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/bench.sh: run as root (it starts dockerd and mounts loop filesystems)" >&2
+  exit 1
+fi
+
+# ---- 1. tools -----------------------------------------------------------------------------
+declare -A NEED=(
+  [/usr/bin/wrk]=wrk
+  [/usr/bin/hyperfine]=hyperfine
+  [/usr/bin/prometheus-node-exporter]=prometheus-node-exporter
+  [/usr/sbin/dockerd]=docker.io
+  [/usr/bin/docker]=docker.io
+  [/bin/busybox]=busybox-static
+  [/sbin/mkfs.ext4]=e2fsprogs
+  [/usr/bin/curl]=curl
+  [/usr/bin/jq]=jq
+)
+missing=()
+for bin in "${!NEED[@]}"; do
+  [ -x "$bin" ] || missing+=("${NEED[$bin]}")
+done
+command -v python3 >/dev/null || missing+=(python3)
+if [ "${#missing[@]}" -gt 0 ]; then
+  pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+  say "installing Debian packages: $pkgs"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # shellcheck disable=SC2086
+  apt-get install -y -q $pkgs
+fi
+if [ ! -x "$DOCUUM" ] && [[ " ${SECTIONS[*]} " == *" watermark "* ]]; then
+  say "installing docuum from crates.io into $TOOLS (a few minutes of compiling, once)"
+  t0=$(date +%s)
+  nice -n 10 cargo install docuum --locked --root "$TOOLS"
+  echo "docuum installed in $(( $(date +%s) - t0 ))s" >&2
+fi
+say "cargo build --release"
+nice -n 10 cargo build --release --locked
+[ -x "$BILGE" ] || { echo "no $BILGE after cargo build" >&2; exit 1; }
+
+# ---- 2. a temporary directory, and clean-up of everything started -------------------------
+BENCH=$(mktemp -d /tmp/bilge-bench.XXXXXX)
+PIDS=()      # every background process this script started
+DAEMONS=()   # "pid dir" of every dockerd
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  for d in "${DAEMONS[@]}"; do
+    local pid=${d%% *} dir=${d#* }
+    ids=$(DOCKER_HOST="unix://$dir/docker.sock" $DOCKER ps -q 2>/dev/null)
+    # shellcheck disable=SC2086
+    [ -n "$ids" ] && DOCKER_HOST="unix://$dir/docker.sock" $DOCKER kill $ids >/dev/null 2>&1
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  done
+  # Whatever is still running from this bench's paths (shims, build steps): by pid.
+  for p in /proc/[0-9]*; do
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$BENCH/"; then
+      kill -9 "${p#/proc/}" 2>/dev/null
+    fi
+  done
+  grep -oE " $BENCH[^ ]* " /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+  rm -rf "$BENCH"
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+# bg NAME CMD...: starts CMD in the background, logging to $BENCH/NAME.log; sets BG_PID.
+bg() {
+  local name=$1
+  shift
+  "$@" >"$BENCH/$name.log" 2>&1 &
+  BG_PID=$!
+  PIDS+=("$BG_PID")
+}
+# stop PID: SIGTERM, then SIGKILL after 10 s.
+stop() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+# wait_http URL [SECONDS]: until URL answers 200.
+wait_http() {
+  local url=$1 limit=${2:-60}
+  for _ in $(seq $((limit * 10))); do
+    curl -sf -o /dev/null "$url" && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for $url" >&2
+  return 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Resident memory of a pid, in MiB.
+rss_mib() { awk '/^VmRSS:/ { printf "%.2f", $2 / 1024 }' "/proc/$1/status"; }
+# User+system CPU of a pid, in seconds.
+cpu_s() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+# The value of one sample in Prometheus text from URL (exact series name, labels included).
+metric() { curl -sf "$1" | awk -v s="$2" '$1 == s { print $2; exit }'; }
+
+# ---- results ------------------------------------------------------------------------------
+# Each section writes target/bench/SECTION.tsv (metric, subject, value per line) and
+# SECTION.md (the exact commands and notes); the renderer computes medians and ratios.
+begin_section() {
+  SEC=$1
+  : >"$RESULTS/$SEC.tsv"
+  : >"$RESULTS/$SEC.md"
+  emit date - "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  say "section $SEC"
+}
+emit() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS/$SEC.tsv"; }
+note() { printf '%s\n' "$*" >>"$RESULTS/$SEC.md"; }
+cmds() { { echo '```sh'; printf '%s\n' "$@"; echo '```'; } >>"$RESULTS/$SEC.md"; }
+skip_section() { emit skipped - "$1"; echo "skipped: $1" >&2; }
+
+machine() {
+  {
+    printf 'date\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    printf 'cpu\t%s\n' "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    printf 'cores\t%s\n' "$(nproc)"
+    printf 'memory\t%s\n' "$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    printf 'kernel\t%s\n' "$(uname -r)"
+    printf 'os\t%s\n' "$(. /etc/os-release && echo "$PRETTY_NAME")"
+    printf 'load\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+    printf 'bilge\t%s\n' "$("$BILGE" --version 2>/dev/null | head -1) ($(git rev-parse --short HEAD 2>/dev/null))"
+    printf 'docker\t%s\n' "$(/usr/sbin/dockerd --version)"
+    printf 'node_exporter\t%s\n' "$(prometheus-node-exporter --version 2>&1 | head -1)"
+    printf 'wrk\t%s\n' "$(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
+    printf 'hyperfine\t%s\n' "$(hyperfine --version)"
+    [ -x "$DOCUUM" ] && printf 'docuum\t%s\n' "$("$DOCUUM" --version 2>&1 | head -1)"
+    true
+  } >"$RESULTS/machine.tsv"
+}
+machine
+
+# ---- Docker daemons -----------------------------------------------------------------------
+# start_daemon NAME SIZE_MIB: a private dockerd whose data root is a fresh ext4 loop filesystem
+# (so "bytes used" is the daemon's alone). Sets SOCK, DATA, DHOST.
+start_daemon() {
+  local name=$1 size=$2 dir="$BENCH/$1"
+  mkdir -p "$dir/data"
+  truncate -s "${size}M" "$dir/disk.img"
+  mkfs.ext4 -q -F "$dir/disk.img"
+  mount -o loop "$dir/disk.img" "$dir/data"
+  /usr/sbin/dockerd --host "unix://$dir/docker.sock" --data-root "$dir/data" \
+    --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
+    --iptables=false --bridge=none --ip-masq=false >"$dir/dockerd.log" 2>&1 &
+  local pid=$!
+  DAEMONS+=("$pid $dir")
+  SOCK="$dir/docker.sock"
+  DATA="$dir/data"
+  DHOST="unix://$SOCK"
+  for _ in $(seq 300); do
+    DOCKER_HOST=$DHOST $DOCKER version >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$dir/dockerd.log" >&2; echo "dockerd died" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "dockerd did not answer in 30 s" >&2
+  return 1
+}
+dk() { DOCKER_HOST=$DHOST DOCKER_BUILDKIT=1 $DOCKER "$@"; }
+api() { curl -sf --unix-socket "$SOCK" "$@"; }
+API=http://docker/v1.41
+# Used bytes of the daemon's data root filesystem (statvfs, as df computes it).
+used_bytes() { df -B1 --output=used "$DATA" | tail -1 | tr -d ' '; }
+avail_bytes() { df -B1 --output=avail "$DATA" | tail -1 | tr -d ' '; }
+
+# A Dockerfile context: FROM scratch, busybox installed, then the given lines.
+context() {
+  local dir=$1
+  shift
+  mkdir -p "$dir"
+  cp /bin/busybox "$dir/busybox"
+  {
+    echo 'FROM scratch'
+    echo 'COPY busybox /bin/busybox'
+    echo 'RUN ["/bin/busybox", "--install", "-s", "/bin"]'
+    printf '%s\n' "$@"
+  } >"$dir/Dockerfile"
+}
+base_image() {
+  dk image inspect bench/base >/dev/null 2>&1 && return 0
+  context "$BENCH/ctx-base"
+  dk build --network none -q -t bench/base "$BENCH/ctx-base" >/dev/null
+}
+
+# Counts of each object type /system/df reports: "images containers volumes build_cache".
+df_counts() {
+  api "$API/system/df" | jq -r '[(.Images|length), (.Containers|length), (.Volumes|length), (.BuildCache|length)] | @tsv'
+}
+
+# ---- population (section 2) ---------------------------------------------------------------
+# populate TOTAL: brings the daemon to about TOTAL objects, a quarter of each type: containers
+# created but never started, volumes holding three small files, images imported from tiny
+# tarballs (FROM-scratch images with one layer), and BuildKit build cache records (builds of
+# 49 unique COPY steps and one unique RUN step each, exported to /dev/null so they add no
+# image). Everything is made in parallel batches through the API socket.
+POP_C=0 POP_V=0 POP_I=0
+populate() {
+  local q=$(($1 / 4))
+  [ "$q" -gt 0 ] || return 0
+  base_image
+  if [ "$POP_C" -lt "$q" ]; then
+    seq $((POP_C + 1)) "$q" | nice -n 10 xargs -P4 -I{} curl -sf --unix-socket "$SOCK" -o /dev/null \
+      -H 'Content-Type: application/json' -d '{"Image":"bench/base","Cmd":["/bin/true"]}' \
+      "$API/containers/create?name=bench-c{}"
+    POP_C=$q
+  fi
+  if [ "$POP_V" -lt "$q" ]; then
+    seq $((POP_V + 1)) "$q" | SOCK=$SOCK API=$API DATA=$DATA nice -n 10 xargs -P4 -I{} sh -c '
+      curl -sf --unix-socket "$SOCK" -o /dev/null -H "Content-Type: application/json" \
+        -d "{\"Name\":\"bench-v$1\"}" "$API/volumes/create" &&
+      d="$DATA/volumes/bench-v$1/_data" &&
+      printf "%01000d" "$1" >"$d/a" && printf "%02000d" "$1" >"$d/b" && printf "%04000d" "$1" >"$d/c"' _ {}
+    POP_V=$q
+  fi
+  if [ "$POP_I" -lt "$q" ]; then
+    mkdir -p "$BENCH/imports"
+    seq $((POP_I + 1)) "$q" | SOCK=$SOCK API=$API T="$BENCH/imports" nice -n 10 xargs -P4 -I{} sh -c '
+      mkdir -p "$T/$1" && printf "image %s\n" "$1" >"$T/$1/id" &&
+      tar -C "$T/$1" -cf - id | curl -sf --unix-socket "$SOCK" -o /dev/null -X POST \
+        -H "Content-Type: application/x-tar" --data-binary @- \
+        "$API/images/create?fromSrc=-&repo=bench/img&tag=$1"' _ {}
+    POP_I=$q
+  fi
+  local have builds k
+  have=$(df_counts | cut -f4)
+  if [ "$have" -lt "$q" ]; then
+    builds=$(((q - have + 49) / 50))
+    for k in $(seq "$builds"); do
+      local c="$BENCH/cache/$1-$k"
+      mkdir -p "$c"
+      for j in $(seq 49); do echo "$1-$k-$j" >"$c/f$j"; done
+      {
+        echo 'FROM bench/base'
+        for j in $(seq 49); do echo "COPY f$j /f$j"; done
+        echo "RUN echo $1-$k >/run-$1-$k"
+      } >"$c/Dockerfile"
+    done
+    # shellcheck disable=SC2016
+    seq "$builds" | DOCKER_HOST=$DHOST DOCKER_BUILDKIT=1 D=$DOCKER C="$BENCH/cache/$1" nice -n 10 \
+      xargs -P2 -I{} sh -c '$D build --network none -q -o type=tar,dest=/dev/null "$C-$1" >/dev/null' _ {}
+  fi
+}
+
+# ---- section 2: Docker collection at scale --------------------------------------------------
+# For each size: the raw GET /system/df (curl's own time_total, no process start-up counted)
+# against bilge's bilge_collector_duration_seconds{collector="docker"} (one collection: /info,
+# /version, /system/df, log file sizes), interleaved one after the other. Then, at the largest
+# size, wrk against /metrics while collections run back to back.
+section_docker() {
+  begin_section docker
+  local samples=${BILGE_BENCH_COLLECTIONS:-7}
+  cmds "curl -s -o /dev/null -w '%{time_total}' --unix-socket \$SOCK 'http://docker/v1.41/system/df?verbose=1'" \
+    "bilge serve --docker.host unix://\$SOCK --docker.refresh-interval \${INTERVAL} ...   # then read bilge_collector_duration_seconds{collector=\"docker\"} after each collection" \
+    "hyperfine -N --runs $RUNS 'curl -s -o /dev/null --unix-socket \$SOCK http://docker/v1.41/system/df?verbose=1' 'bilge df --json --docker.host unix://\$SOCK'"
+  note "Population per size: a quarter each of containers created but never started, volumes holding three small files, images imported from tiny FROM-scratch tarballs, and BuildKit build cache records (builds of 49 unique COPY steps and one unique RUN step). Raw and bilge samples alternate, one right after the other, $samples of each per size; the refresh interval is set to at least four times the raw call so they never overlap."
+  local n
+  for n in "${SIZES[@]}"; do
+    say "populating to $n objects"
+    local t0 t1
+    t0=$(date +%s)
+    populate "$n"
+    t1=$(date +%s)
+    read -r ci cc cv cb <<<"$(df_counts)"
+    emit "objects@$n" bilge "$((ci + cc + cv + cb))"
+    emit "populate_s@$n" bilge "$((t1 - t0))"
+    note "- size $n: $ci images, $cc containers, $cv volumes, $cb build cache records ($((ci + cc + cv + cb)) objects; populated in $((t1 - t0)) s)"
+    local raw interval port dir pid
+    raw=$(curl -s -o /dev/null -w '%{time_total}' --unix-socket "$SOCK" "$API/system/df?verbose=1")
+    interval=$(awk -v r="$raw" 'BEGIN { i = r * 4 + 0.5; if (i < 1) i = 1; printf "%d", i + 0.999 }')
+    port=$(free_port)
+    dir="$BENCH/serve-$n"
+    mkdir -p "$dir"
+    bg "bilge-docker-$n" "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
+      --state.path "$dir/bilge.db" --docker.refresh-interval "${interval}s" --log.level warn
+    pid=$BG_PID
+    local url="http://127.0.0.1:$port/metrics"
+    wait_http "http://127.0.0.1:$port/-/ready" 120
+    emit "first_collect_s@$n" bilge "$(metric "$url" 'bilge_collector_duration_seconds{collector="docker"}')"
+    local last k ts d
+    last=$(metric "$url" 'bilge_collector_last_success_timestamp_seconds{collector="docker"}')
+    for k in $(seq "$samples"); do
+      # The next collection: at most two intervals away.
+      for _ in $(seq $((interval * 2 * 50 + 100))); do
+        ts=$(metric "$url" 'bilge_collector_last_success_timestamp_seconds{collector="docker"}')
+        [ "$ts" != "$last" ] && break
+        sleep 0.02
+      done
+      last=$ts
+      d=$(metric "$url" 'bilge_collector_duration_seconds{collector="docker"}')
+      raw=$(curl -s -o /dev/null -w '%{time_total}' --unix-socket "$SOCK" "$API/system/df?verbose=1")
+      emit "collect_ms@$n" bilge "$(calc "$d * 1000")"
+      emit "collect_ms@$n" raw "$(calc "$raw * 1000")"
+    done
+    stop "$pid"
+    # bilge df as a command: a fresh process, one collection including a first look at every
+    # container's log path.
+    hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$BENCH/df-$n.json" \
+      "curl -s -o /dev/null --unix-socket $SOCK $API/system/df?verbose=1" \
+      "$BILGE df --json --docker.host $DHOST --state.path $dir/df.db" >/dev/null
+    jq -r '.results[0].times[]' "$BENCH/df-$n.json" | while read -r t; do emit "df_cmd_ms@$n" raw "$(calc "$t * 1000")"; done
+    jq -r '.results[1].times[]' "$BENCH/df-$n.json" | while read -r t; do emit "df_cmd_ms@$n" bilge "$(calc "$t * 1000")"; done
+  done
+
+  # Scrapes while a collection is in flight: the refresh interval is below one collection's
+  # duration, so collections run back to back for the whole wrk run.
+  local top=${SIZES[-1]}
+  say "scrape latency with collections in flight ($top objects)"
+  local port dir
+  port=$(free_port)
+  dir="$BENCH/serve-inflight"
+  mkdir -p "$dir"
+  bg bilge-inflight "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
+    --state.path "$dir/bilge.db" --docker.refresh-interval 100ms --log.level warn
+  local pid=$BG_PID
+  wait_http "http://127.0.0.1:$port/-/ready" 120
+  cmds "bilge serve --docker.refresh-interval 100ms ...   # collections back to back" \
+    "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics"
+  for _ in $(seq "$RUNS"); do
+    local out d
+    out=$(wrk -t2 -c16 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/metrics" | grep '^WRK ')
+    d=$(metric "http://127.0.0.1:$port/metrics" 'bilge_collector_duration_seconds{collector="docker"}')
+    emit "inflight_p99_ms@$top" bilge "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
+    emit "inflight_p50_ms@$top" bilge "$(wrk_field "$out" p50_us | awk '{ printf "%.3f", $1 / 1000 }')"
+    emit "inflight_req_s@$top" bilge "$(wrk_rate "$out")"
+    emit "inflight_collect_ms@$top" bilge "$(calc "$d * 1000")"
+  done
+  stop "$pid"
+}
+
+# wrk_field "WRK k=v ..." KEY
+wrk_field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+wrk_rate() { awk -v r="$(wrk_field "$1" requests)" -v d="$(wrk_field "$1" duration_us)" 'BEGIN { printf "%.1f", r / (d / 1e6) }'; }
+
+# ---- section 1: scrape --------------------------------------------------------------------
+# wrk, 16 connections for WRK_SECONDS, RUNS times against each exporter, alternating which goes
+# first. CPU is the server's utime+stime over the run, per 1,000 answered scrapes; RSS is read
+# right after each run.
+section_scrape() {
+  begin_section scrape
+  local pb pn dir
+  pb=$(free_port)
+  pn=$(free_port)
+  dir="$BENCH/scrape"
+  mkdir -p "$dir"
+  bg bilge-scrape "$BILGE" serve --web.listen-address "127.0.0.1:$pb" --docker.host "$DHOST" \
+    --state.path "$dir/bilge.db" --log.level warn
+  local bpid=$BG_PID
+  bg node-exporter prometheus-node-exporter --web.listen-address="127.0.0.1:$pn" \
+    --collector.disable-defaults --collector.filesystem --log.level=warn
+  local npid=$BG_PID
+  wait_http "http://127.0.0.1:$pb/-/ready" 120
+  wait_http "http://127.0.0.1:$pn/metrics" 30
+  cmds "bilge serve --web.listen-address 127.0.0.1:\$PB --docker.host unix://\$SOCK --log.level warn" \
+    "prometheus-node-exporter --web.listen-address=127.0.0.1:\$PN --collector.disable-defaults --collector.filesystem" \
+    "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics   # $RUNS times each, alternating"
+  local objects
+  read -r ci cc cv cb <<<"$(df_counts)"
+  objects=$((ci + cc + cv + cb))
+  note "bilge serves from its last snapshot of the private daemon ($objects Docker objects), refreshed every 60 s (the default); node_exporter stats every filesystem on each scrape. Both see the same mounts. CPU is the server's user+system time over the run (from /proc/PID/stat), per 1,000 answered scrapes; RSS is VmRSS right after each run."
+  for who in node_exporter bilge; do
+    local port=$pn
+    [ "$who" = bilge ] && port=$pb
+    local body
+    body=$(curl -sf "http://127.0.0.1:$port/metrics")
+    emit body_bytes "$who" "$(printf '%s' "$body" | wc -c)"
+    emit series "$who" "$(printf '%s\n' "$body" | grep -vc '^#')"
+  done
+  local r
+  for r in $(seq "$RUNS"); do
+    local order=(node_exporter bilge)
+    [ $((r % 2)) -eq 0 ] && order=(bilge node_exporter)
+    for who in "${order[@]}"; do
+      local port=$pn pid=$npid
+      [ "$who" = bilge ] && port=$pb pid=$bpid
+      local c0 c1 out req
+      c0=$(cpu_s "$pid")
+      out=$(wrk -t2 -c16 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/metrics" | grep '^WRK ')
+      c1=$(cpu_s "$pid")
+      req=$(wrk_field "$out" requests)
+      emit req_s "$who" "$(wrk_rate "$out")"
+      emit p50_ms "$who" "$(wrk_field "$out" p50_us | awk '{ printf "%.3f", $1 / 1000 }')"
+      emit p99_ms "$who" "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
+      emit errors "$who" "$(wrk_field "$out" errors)"
+      emit cpu_s_per_1k "$who" "$(calc "($c1 - $c0) / ($req / 1000)")"
+      emit rss_mib "$who" "$(rss_mib "$pid")"
+    done
+  done
+  stop "$bpid"
+  stop "$npid"
+}
+
+# ---- section 3: build wrapper overhead ----------------------------------------------------
+section_build() {
+  begin_section build
+  if ! "$BILGE" build --help >/dev/null 2>&1; then
+    skip_section "\`bilge build\` does not exist in this checkout yet (branch builds not merged)"
+    return 0
+  fi
+  local dir="$BENCH/build"
+  mkdir -p "$dir"
+  local wrap="$BILGE build --project bench --state.path $dir/bilge.db --docker.host $DHOST --"
+  local stream="head -c 1G /dev/zero | tr \"\\0\" x | fold"
+  cmds "hyperfine -N --warmup 3 --runs 30 'true' 'bilge build --project bench -- true'" \
+    "hyperfine -N --runs $RUNS \"sh -c '$stream'\" \"bilge build --project bench -- sh -c '$stream'\"   # output to /dev/null (hyperfine's default)"
+  hyperfine -N --warmup 3 --runs 30 --export-json "$dir/fixed.json" "true" "$wrap true" >/dev/null
+  jq -r '.results[0].times[]' "$dir/fixed.json" | while read -r t; do emit fixed_ms plain "$(calc "$t * 1000")"; done
+  jq -r '.results[1].times[]' "$dir/fixed.json" | while read -r t; do emit fixed_ms bilge "$(calc "$t * 1000")"; done
+  hyperfine -N --runs "$RUNS" --export-json "$dir/stream.json" \
+    "sh -c '$stream'" "$wrap sh -c '$stream'" >/dev/null
+  # head -c 1G, plus the newline fold writes after every 80 columns.
+  local bytes=$((1073741824 + 1073741824 / 80))
+  note "The stream is $bytes bytes (1 GiB of 'x' plus the newline fold adds every 80 columns). hyperfine sends both commands' output to /dev/null. Throughput is the stream's bytes over each run's wall time (MB = 10^6 bytes)."
+  jq -r '.results[0].times[]' "$dir/stream.json" | while read -r t; do
+    emit stream_s plain "$t"
+    emit stream_mb_s plain "$(calc "$bytes / $t / 1e6")"
+  done
+  jq -r '.results[1].times[]' "$dir/stream.json" | while read -r t; do
+    emit stream_s bilge "$t"
+    emit stream_mb_s bilge "$(calc "$bytes / $t / 1e6")"
+  done
+}
+
+# ---- section 4: cleanup -------------------------------------------------------------------
+# The same state, made fresh before each timed run: build cache (BuildKit builds of 16 MiB each,
+# exported to /dev/null), stopped containers with 1 MiB written each, and dangling images (one
+# tag rebuilt with new content).
+prepare_cleanup_state() {
+  local tag=$1 i
+  base_image
+  for i in 1 2 3 4; do
+    context "$BENCH/clean-ctx-$tag-c$i" "RUN head -c 16777216 /dev/urandom >/cache-$tag-$i"
+    dk build --network none -q -o type=tar,dest=/dev/null "$BENCH/clean-ctx-$tag-c$i" >/dev/null
+  done
+  for i in $(seq 8); do
+    dk run --network none --name "clean-$tag-$i" bench/base sh -c 'head -c 1048576 /dev/urandom >/x' >/dev/null
+  done
+  for i in 1 2 3 4; do
+    context "$BENCH/clean-ctx-$tag-d$i" "RUN head -c 4194304 /dev/urandom >/img-$tag-$i"
+    dk build --network none -q -t "bench/dangling-$tag" "$BENCH/clean-ctx-$tag-d$i" >/dev/null
+  done
+  sync
+}
+
+section_clean() {
+  begin_section clean
+  if ! "$BILGE" clean --help >/dev/null 2>&1; then
+    skip_section "\`bilge clean\` does not exist in this checkout yet (branch cleanup not merged)"
+    return 0
+  fi
+  local dir="$BENCH/clean"
+  mkdir -p "$dir"
+  cmds "docker builder prune -f && docker container prune -f && docker image prune -f" \
+    "bilge clean --level standard --until 0s --yes --docker.host unix://\$SOCK"
+  note "Before every timed run the same state is made afresh on the daemon's own ext4 loop filesystem: 4 BuildKit builds of 16 MiB each (build cache only), 8 stopped containers that wrote 1 MiB each, and one tag rebuilt 4 times with 4 MiB of new content (3 dangling images). Bytes freed are the filesystem's used bytes before minus after (statvfs, after sync). \`--until 0s\`: bilge's default minimum age (24h) would spare objects made seconds ago, and Docker's prunes have no age filter."
+  local r
+  for r in $(seq "$RUNS"); do
+    local order=(docker bilge)
+    [ $((r % 2)) -eq 0 ] && order=(bilge docker)
+    for who in "${order[@]}"; do
+      prepare_cleanup_state "$who$r"
+      local u0 u1 t0 t1
+      u0=$(used_bytes)
+      t0=$(now_ns)
+      if [ "$who" = docker ]; then
+        dk builder prune -f >/dev/null && dk container prune -f >/dev/null && dk image prune -f >/dev/null
+      else
+        "$BILGE" clean --level standard --until 0s --yes --docker.host "$DHOST" \
+          --state.path "$dir/bilge.db" >"$dir/clean-$r.log" 2>&1
+      fi
+      t1=$(now_ns)
+      sync
+      u1=$(used_bytes)
+      emit clean_s "$who" "$(calc "($t1 - $t0) / 1e9")"
+      emit freed_mib "$who" "$(calc "($u0 - $u1) / 1048576")"
+    done
+  done
+
+  # Webhook delivery -> prune start: an Alertmanager payload posted to a running bilge serve;
+  # the cleanup record's started_at against the moment the POST was sent.
+  local port token="$dir/token"
+  head -c 24 /dev/urandom | base64 >"$token"
+  port=$(free_port)
+  bg bilge-webhook "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
+    --state.path "$dir/webhook.db" --webhook.token-file "$token" --log.level info --log.format json
+  local pid=$BG_PID
+  wait_http "http://127.0.0.1:$port/-/ready" 120
+  cmds "curl -X POST -H 'Authorization: Bearer \$TOKEN' --data @alert.json http://127.0.0.1:\$PORT/api/v1/alerts   # then started_at of /api/v1/cleanups?limit=1"
+  for r in $(seq "$RUNS"); do
+    prepare_cleanup_state "hook$r"
+    local sent body started
+    body=$(alert_payload "127.0.0.1:$port" "bench-$r")
+    sent=$(now_ns)
+    curl -sf -o /dev/null -X POST -H "Authorization: Bearer $(cat "$token")" \
+      -H 'Content-Type: application/json' --data "$body" "http://127.0.0.1:$port/api/v1/alerts"
+    started=""
+    for _ in $(seq 600); do
+      started=$(curl -sf "http://127.0.0.1:$port/api/v1/cleanups?limit=1" | jq -r '.cleanups[0].started_at // empty')
+      [ -n "$started" ] && [ "$(date -d "$started" +%s%N)" -ge $((sent - 1000000000)) ] && break
+      started=""
+      sleep 0.1
+    done
+    [ -n "$started" ] && emit webhook_start_ms bilge "$(calc "($(date -d "$started" +%s%N) - $sent) / 1e6")"
+    # The cooldown between runs: wait until this run is over before the next delivery.
+    for _ in $(seq 600); do
+      [ "$(metric "http://127.0.0.1:$port/metrics" bilge_cleanup_in_progress)" = 0 ] && break
+      sleep 0.1
+    done
+  done
+  stop "$pid"
+}
+
+alert_payload() {
+  local instance=$1 fp=$2
+  cat <<EOF
+{"version":"4","groupKey":"{}:{alertname=\"DockerDataRootFilling\"}","status":"firing","receiver":"bilge",
+ "groupLabels":{"alertname":"DockerDataRootFilling"},"commonLabels":{},"commonAnnotations":{},
+ "externalURL":"http://127.0.0.1:9093","truncatedAlerts":0,
+ "alerts":[{"status":"firing","labels":{"alertname":"DockerDataRootFilling","instance":"$instance","bilge_action":"standard","severity":"warning"},
+   "annotations":{},"startsAt":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","endsAt":"0001-01-01T00:00:00Z",
+   "generatorURL":"http://127.0.0.1:9090/graph","fingerprint":"$fp"}]}
+EOF
+}
+
+# ---- section 5: watermark reaction, against docuum ----------------------------------------
+section_watermark() {
+  begin_section watermark
+  if ! "$BILGE" clean --help >/dev/null 2>&1; then
+    skip_section "bilge's watermarks do not exist in this checkout yet (branch cleanup not merged)"
+    return 0
+  fi
+  skip_section "not written yet"
+}
+
+# ---- run ----------------------------------------------------------------------------------
+say "starting a private dockerd in $BENCH/main"
+start_daemon main 8192
+for s in "${ALL_SECTIONS[@]}"; do
+  [[ " ${SECTIONS[*]} " == *" $s "* ]] || continue
+  "section_$s"
+done
+python3 scripts/bench_report.py "$RESULTS" BENCHMARKS.md
+say "wrote BENCHMARKS.md (raw figures in $RESULTS)"
