@@ -30,6 +30,7 @@ for s in "${SECTIONS[@]}"; do
 done
 
 RESULTS="${BILGE_BENCH_RESULTS:-$ROOT/target/bench}"
+OUTPUT="${BILGE_BENCH_OUTPUT:-$ROOT/BENCHMARKS.md}"
 TOOLS="${BILGE_BENCH_TOOLS:-$HOME/.cache/bilge-bench}"
 DOCUUM="$TOOLS/bin/docuum"
 BILGE="$ROOT/target/release/bilge"
@@ -45,7 +46,7 @@ calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
 now_ns() { date +%s%N; }
 
 if [ "${SECTIONS[*]}" = render ]; then
-  python3 scripts/bench_report.py "$RESULTS" BENCHMARKS.md
+  python3 scripts/bench_report.py "$RESULTS" "$OUTPUT"
   exit 0
 fi
 
@@ -112,7 +113,7 @@ cleanup() {
   done
   # Whatever is still running from this bench's paths (shims, build steps): by pid.
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$BENCH/"; then
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF "$BENCH/"; then
       kill -9 "${p#/proc/}" 2>/dev/null
     fi
   done
@@ -153,7 +154,7 @@ rss_mib() { awk '/^VmRSS:/ { printf "%.2f", $2 / 1024 }' "/proc/$1/status"; }
 # User+system CPU of a pid, in seconds.
 cpu_s() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
 # The value of one sample in Prometheus text from URL (exact series name, labels included).
-metric() { curl -sf "$1" | awk -v s="$2" '$1 == s { print $2; exit }'; }
+metric() { curl -sf "$1" | awk -v s="$2" '$1 == s { v = $2 } END { print v }'; }
 
 # ---- results ------------------------------------------------------------------------------
 # Each section writes target/bench/SECTION.tsv (metric, subject, value per line) and
@@ -444,6 +445,16 @@ section_scrape() {
       emit rss_mib "$who" "$(rss_mib "$pid")"
     done
   done
+  # The noise floor: the same load on bilge's constant /-/healthy answer (no encoding at all).
+  # Its p99 is what scheduling on this shared machine alone adds.
+  cmds "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PB/-/healthy   # control, $RUNS times"
+  for r in $(seq "$RUNS"); do
+    local out
+    out=$(wrk -t2 -c16 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$pb/-/healthy" | grep '^WRK ')
+    emit control_p99_ms bilge "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
+    emit control_req_s bilge "$(wrk_rate "$out")"
+  done
+  emit load - "$(cut -d' ' -f1-3 /proc/loadavg)"
   stop "$bpid"
   stop "$npid"
 }
@@ -597,5 +608,5 @@ for s in "${ALL_SECTIONS[@]}"; do
   [[ " ${SECTIONS[*]} " == *" $s "* ]] || continue
   "section_$s"
 done
-python3 scripts/bench_report.py "$RESULTS" BENCHMARKS.md
-say "wrote BENCHMARKS.md (raw figures in $RESULTS)"
+python3 scripts/bench_report.py "$RESULTS" "$OUTPUT"
+say "wrote $OUTPUT (raw figures in $RESULTS)"

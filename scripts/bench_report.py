@@ -51,6 +51,8 @@ SECTIONS = [
             Row("response size", "body_bytes", "bytes", 0),
             Row("series in the response", "series", "", 0),
             Row("failed requests", "errors", "", 0),
+            Row("control: p99 of `/-/healthy` (a constant answer) under the same load", "control_p99_ms", "ms", 3, anchor=False),
+            Row("control: throughput of `/-/healthy`", "control_req_s", "req/s", 0, anchor=False),
         ],
     },
     {
