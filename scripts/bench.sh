@@ -15,6 +15,9 @@
 # Only loopback addresses and the private daemon's unix socket are ever targets; every loop is
 # bounded in count and time. Nothing here is part of CI and nothing asserts: a missed target is
 # reported, not failed.
+# The whole script is one brace group, read completely before it runs: editing the file while
+# a run is going on does not change that run.
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -498,16 +501,20 @@ prepare_cleanup_state() {
   local tag=$1 i
   base_image
   for i in 1 2 3 4; do
-    context "$BENCH/clean-ctx-$tag-c$i" "RUN head -c 16777216 /dev/urandom >/cache-$tag-$i"
-    dk build --network none -q -o type=tar,dest=/dev/null "$BENCH/clean-ctx-$tag-c$i" >/dev/null
+    context "$BENCH/ctx/clean-$tag-c$i" "RUN head -c 16777216 /dev/urandom >/cache-$tag-$i"
+    context "$BENCH/ctx/clean-$tag-d$i" "RUN head -c 4194304 /dev/urandom >/img-$tag-$i"
   done
-  for i in $(seq 8); do
-    dk run --network none --name "clean-$tag-$i" bench/base sh -c 'head -c 1048576 /dev/urandom >/x' >/dev/null
-  done
+  # shellcheck disable=SC2016
+  printf '%s\n' 1 2 3 4 | DOCKER_HOST=$DHOST DOCKER_BUILDKIT=1 D=$DOCKER C="$BENCH/ctx/clean-$tag-c" nice -n 10 \
+    xargs -P2 -I{} sh -c '$D build --network none -q -o type=tar,dest=/dev/null "$C$1" >/dev/null' _ {}
+  # shellcheck disable=SC2016
+  seq 8 | DOCKER_HOST=$DHOST D=$DOCKER T=$tag nice -n 10 xargs -P4 -I{} sh -c \
+    '$D run --network none --name "clean-$T-$1" bench/base sh -c "head -c 1048576 /dev/urandom >/x" >/dev/null' _ {}
   for i in 1 2 3 4; do
-    context "$BENCH/clean-ctx-$tag-d$i" "RUN head -c 4194304 /dev/urandom >/img-$tag-$i"
-    dk build --network none -q -t "bench/dangling-$tag" "$BENCH/clean-ctx-$tag-d$i" >/dev/null
+    nice -n 10 env DOCKER_HOST="$DHOST" DOCKER_BUILDKIT=1 $DOCKER build --network none -q \
+      -t "bench/dangling-$tag" "$BENCH/ctx/clean-$tag-d$i" >/dev/null
   done
+  rm -rf "$BENCH/ctx"
   sync
 }
 
@@ -520,13 +527,14 @@ section_clean() {
   local dir="$BENCH/clean"
   mkdir -p "$dir"
   cmds "docker builder prune -f && docker container prune -f && docker image prune -f" \
-    "bilge clean --level standard --until 0s --yes --docker.host unix://\$SOCK"
-  note "Before every timed run the same state is made afresh on the daemon's own ext4 loop filesystem: 4 BuildKit builds of 16 MiB each (build cache only), 8 stopped containers that wrote 1 MiB each, and one tag rebuilt 4 times with 4 MiB of new content (3 dangling images). Bytes freed are the filesystem's used bytes before minus after (statvfs, after sync). \`--until 0s\`: bilge's default minimum age (24h) would spare objects made seconds ago, and Docker's prunes have no age filter."
+    "bilge clean --level standard --until 0s --target-free 100% --yes --docker.host unix://\$SOCK"
+  note "Before every timed run the same state is made afresh on the daemon's own ext4 loop filesystem: 4 BuildKit builds of 16 MiB each (build cache only), 8 stopped containers that wrote 1 MiB each, and one tag rebuilt 4 times with 4 MiB of new content (3 dangling images). The two tools alternate which goes first. Bytes freed are the filesystem's used bytes before minus after (statvfs, after sync). \`--until 0s\` and \`--target-free 100%\`: bilge's defaults (only objects older than 24 h; stop once 15 % is free) would spare objects made seconds ago and stop early on this roomy filesystem, while Docker's prunes have neither."
   local r
   for r in $(seq "$RUNS"); do
     local order=(docker bilge)
     [ $((r % 2)) -eq 0 ] && order=(bilge docker)
     for who in "${order[@]}"; do
+      say "cleanup run $r: $who"
       prepare_cleanup_state "$who$r"
       local u0 u1 t0 t1
       u0=$(used_bytes)
@@ -534,7 +542,7 @@ section_clean() {
       if [ "$who" = docker ]; then
         dk builder prune -f >/dev/null && dk container prune -f >/dev/null && dk image prune -f >/dev/null
       else
-        "$BILGE" clean --level standard --until 0s --yes --docker.host "$DHOST" \
+        "$BILGE" clean --level standard --until 0s --target-free 100% --yes --docker.host "$DHOST" \
           --state.path "$dir/bilge.db" >"$dir/clean-$r.log" 2>&1
       fi
       t1=$(now_ns)
@@ -547,30 +555,41 @@ section_clean() {
 
   # Webhook delivery -> prune start: an Alertmanager payload posted to a running bilge serve;
   # the cleanup record's started_at against the moment the POST was sent.
-  local port token="$dir/token"
+  local port token="$dir/token" cfg="$dir/webhook.toml"
   head -c 24 /dev/urandom | base64 >"$token"
+  printf '[cleanup]\nuntil = "0s"\ncooldown = "0s"\n' >"$cfg"
   port=$(free_port)
   bg bilge-webhook "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
-    --state.path "$dir/webhook.db" --webhook.token-file "$token" --log.level info --log.format json
+    --state.path "$dir/webhook.db" --webhook.token-file "$token" --config "$cfg" --log.level info
   local pid=$BG_PID
   wait_http "http://127.0.0.1:$port/-/ready" 120
-  cmds "curl -X POST -H 'Authorization: Bearer \$TOKEN' --data @alert.json http://127.0.0.1:\$PORT/api/v1/alerts   # then started_at of /api/v1/cleanups?limit=1"
+  cmds "# webhook.toml: [cleanup] until = \"0s\", cooldown = \"0s\" (so consecutive deliveries each start a run)" \
+    "bilge serve --webhook.token-file token --config webhook.toml ..." \
+    "curl -X POST -H 'Authorization: Bearer \$TOKEN' --data @alert.json http://127.0.0.1:\$PORT/api/v1/alerts   # then started_at of /api/v1/cleanups?limit=1"
+  note "Webhook latency: the time from sending an Alertmanager v4 payload (one firing alert, \`bilge_action=standard\`, \`instance=127.0.0.1:PORT\`) to the \`started_at\` bilge records for the run it starts; $RUNS deliveries, each on fresh state after the previous run finished."
   for r in $(seq "$RUNS"); do
     prepare_cleanup_state "hook$r"
-    local sent body started
-    body=$(alert_payload "127.0.0.1:$port" "bench-$r")
+    local sent body started s_ns
+    body=$(alert_payload "127.0.0.1:$port" "bench-$r-$$")
     sent=$(now_ns)
-    curl -sf -o /dev/null -X POST -H "Authorization: Bearer $(cat "$token")" \
-      -H 'Content-Type: application/json' --data "$body" "http://127.0.0.1:$port/api/v1/alerts"
+    curl -sf -o "$dir/hook-$r.json" -X POST -H "Authorization: Bearer $(cat "$token")" \
+      -H 'Content-Type: application/json' --data "$body" "http://127.0.0.1:$port/api/v1/alerts" || true
     started=""
     for _ in $(seq 600); do
       started=$(curl -sf "http://127.0.0.1:$port/api/v1/cleanups?limit=1" | jq -r '.cleanups[0].started_at // empty')
-      [ -n "$started" ] && [ "$(date -d "$started" +%s%N)" -ge $((sent - 1000000000)) ] && break
+      if [ -n "$started" ]; then
+        s_ns=$(date -d "$started" +%s%N)
+        [ "$s_ns" -ge $((sent - 1000000000)) ] && break
+      fi
       started=""
-      sleep 0.1
+      sleep 0.05
     done
-    [ -n "$started" ] && emit webhook_start_ms bilge "$(calc "($(date -d "$started" +%s%N) - $sent) / 1e6")"
-    # The cooldown between runs: wait until this run is over before the next delivery.
+    if [ -n "$started" ]; then
+      emit webhook_start_ms bilge "$(calc "($s_ns - $sent) / 1e6")"
+    else
+      echo "webhook run $r: no cleanup started; answer: $(cat "$dir/hook-$r.json" 2>/dev/null)" >&2
+    fi
+    # Let this run finish before the next delivery.
     for _ in $(seq 600); do
       [ "$(metric "http://127.0.0.1:$port/metrics" bilge_cleanup_in_progress)" = 0 ] && break
       sleep 0.1
@@ -581,24 +600,145 @@ section_clean() {
 
 alert_payload() {
   local instance=$1 fp=$2
-  cat <<EOF
-{"version":"4","groupKey":"{}:{alertname=\"DockerDataRootFilling\"}","status":"firing","receiver":"bilge",
- "groupLabels":{"alertname":"DockerDataRootFilling"},"commonLabels":{},"commonAnnotations":{},
- "externalURL":"http://127.0.0.1:9093","truncatedAlerts":0,
- "alerts":[{"status":"firing","labels":{"alertname":"DockerDataRootFilling","instance":"$instance","bilge_action":"standard","severity":"warning"},
-   "annotations":{},"startsAt":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","endsAt":"0001-01-01T00:00:00Z",
-   "generatorURL":"http://127.0.0.1:9090/graph","fingerprint":"$fp"}]}
-EOF
+  printf '%s' '{"version":"4","groupKey":"{}:{alertname=\"DockerDataRootFilling\"}","status":"firing","receiver":"bilge",'
+  printf '%s' '"groupLabels":{"alertname":"DockerDataRootFilling"},"commonLabels":{},"commonAnnotations":{},'
+  printf '%s' '"externalURL":"http://127.0.0.1:9093","truncatedAlerts":0,'
+  printf '"alerts":[{"status":"firing","labels":{"alertname":"DockerDataRootFilling","instance":"%s","bilge_action":"standard","severity":"warning"},' "$instance"
+  printf '"annotations":{},"startsAt":"%s","endsAt":"0001-01-01T00:00:00Z",' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  printf '"generatorURL":"http://127.0.0.1:9090/graph","fingerprint":"%s"}]}\n' "$fp"
 }
 
-# ---- section 5: watermark reaction, against docuum ----------------------------------------
+# ---- section 5: watermark reaction, against docuum -----------------------------------------
+# A second daemon on a 2 GiB loop filesystem. Each run starts from an empty daemon with one
+# image app:latest holding GROW_MIB of its own. Then a build crosses the mark:
+#   image: app:latest is rebuilt with GROW_MIB new bytes, so the old one is left dangling (the
+#          usual CI pattern). docuum's --threshold and bilge's low_watermark are both set
+#          halfway through that growth.
+#   cache: a build that only makes build cache (exported to /dev/null, no image) grows by as
+#          much.
+# Reaction time: from the build command's exit to the filesystem having at least half of the
+# growth back (polled every 50 ms, for at most 20 s).
+GROW_MIB=${BILGE_BENCH_GROW_MIB:-200}
+wm_build() { # wm_build NAME [-t TAG | -o ...]: a build adding GROW_MIB of new bytes
+  local name=$1
+  shift
+  context "$BENCH/wm-ctx/$name" "RUN head -c $((GROW_MIB * 1048576)) /dev/urandom >/blob-$name"
+  dk build --network none -q "$@" "$BENCH/wm-ctx/$name" >/dev/null
+}
+wm_reset() {
+  local ids
+  ids=$(dk ps -aq)
+  # shellcheck disable=SC2086
+  [ -z "$ids" ] || dk rm -f $ids >/dev/null
+  ids=$(dk image ls -q | sort -u)
+  # shellcheck disable=SC2086
+  [ -z "$ids" ] || dk image rm -f $ids >/dev/null 2>&1 || true
+  dk builder prune -af >/dev/null
+  sync
+}
+# Images' total size as `docker system df` counts it (what docuum's threshold measures).
+images_bytes() { api "$API/system/df" | jq '.LayersSize'; }
+# wm_wait_freed T0_NS NEED_AVAIL: seconds from T0 until avail >= NEED_AVAIL; empty after 20 s.
+wm_wait_freed() {
+  local t0=$1 need=$2
+  for _ in $(seq 400); do
+    if [ "$(avail_bytes)" -ge "$need" ]; then
+      calc "($(now_ns) - $t0) / 1e9"
+      return 0
+    fi
+    sleep 0.05
+  done
+}
+# RSS of a pid and its children, in MiB.
+rss_tree_mib() {
+  local pids=$1 total=0 p kb
+  for p in $(pgrep -P "$1"); do pids="$pids $p"; done
+  for p in $pids; do
+    kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || true)
+    total=$((total + ${kb:-0}))
+  done
+  awk -v k="$total" 'BEGIN { printf "%.2f", k / 1024 }'
+}
+
 section_watermark() {
   begin_section watermark
   if ! "$BILGE" clean --help >/dev/null 2>&1; then
     skip_section "bilge's watermarks do not exist in this checkout yet (branch cleanup not merged)"
     return 0
   fi
-  skip_section "not written yet"
+  if [ ! -x "$DOCUUM" ]; then
+    skip_section "docuum is not installed at $DOCUUM"
+    return 0
+  fi
+  local main_sock=$SOCK main_data=$DATA main_host=$DHOST
+  start_daemon wm 2048
+  base_image
+  local grow=$((GROW_MIB * 1048576))
+  mkdir -p "$BENCH/wm-bin" "$BENCH/wm"
+  ln -sf "$DOCKER" "$BENCH/wm-bin/docker"
+  cmds "docuum --threshold '\$THRESHOLD B'   # DOCKER_HOST=unix://\$SOCK; docker on its PATH = Debian's CLI" \
+    "bilge serve --config wm.toml --docker.host unix://\$SOCK   # wm.toml: [cleanup] low_watermark = high_watermark = \"\$LOW\", until = \"0s\", cooldown = \"0s\"" \
+    "docker build -t app:latest .   # the crossing build: RUN head -c ${GROW_MIB}MiB /dev/urandom >/blob" \
+    "docker build -o type=tar,dest=/dev/null .   # the same growth as build cache only"
+  note "A second daemon on a 2 GiB ext4 loop filesystem. Each run starts from an empty daemon and one image \`app:latest\` holding ${GROW_MIB} MiB of its own; the crossing build adds ${GROW_MIB} MiB more. docuum's \`--threshold\` is the images' total (\`LayersSize\` of \`/system/df\`) plus half the growth; bilge's \`low_watermark\` (and \`high_watermark\`) is the available space minus half the growth, with \`until = \"0s\"\` and \`cooldown = \"0s\"\` so fresh objects count; bilge checks it every \`--collector.filesystem.interval\` (2 s, the default). Reaction: from the crossing build's exit to the filesystem having half the growth back (polled every 50 ms); 20 s without that counts as no reaction. Image growth: app:latest is rebuilt, so the old one is left dangling (docuum evicts it as least recently used; bilge's standard level prunes build cache and dangling images). Build cache growth: a build exported to /dev/null adds only build cache. Memory: VmRSS after each run; docuum keeps \`docker system events\` running as a child, so the figure with children is given too."
+  local r who kind
+  for kind in image cache; do
+    for r in $(seq "$RUNS"); do
+      local order=(docuum bilge)
+      [ $((r % 2)) -eq 0 ] && order=(bilge docuum)
+      for who in "${order[@]}"; do
+        say "watermark ($kind growth) run $r: $who"
+        wm_reset
+        base_image
+        wm_build "v0-$kind$r$who" -t app:latest
+        sync
+        local avail0 img0 pid
+        avail0=$(avail_bytes)
+        img0=$(images_bytes)
+        if [ "$who" = docuum ]; then
+          rm -rf "$BENCH/wm/docuum-home"
+          mkdir -p "$BENCH/wm/docuum-home"
+          bg "docuum-$kind-$r" env HOME="$BENCH/wm/docuum-home" XDG_DATA_HOME="$BENCH/wm/docuum-home" \
+            PATH="$BENCH/wm-bin:$PATH" DOCKER_HOST="$DHOST" "$DOCUUM" --threshold "$((img0 + grow / 2)) B"
+          pid=$BG_PID
+          for _ in $(seq 300); do
+            grep -q 'Listening for Docker events' "$BENCH/docuum-$kind-$r.log" && break
+            sleep 0.1
+          done
+        else
+          local cfg="$BENCH/wm/wm.toml" low port
+          low=$(((avail0 - grow / 2) / 1048576))
+          printf '[cleanup]\nlow_watermark = "%sMiB"\nhigh_watermark = "%sMiB"\nuntil = "0s"\ncooldown = "0s"\n' \
+            "$low" "$low" >"$cfg"
+          port=$(free_port)
+          bg "bilge-wm-$kind-$r" "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
+            --state.path "$BENCH/wm/bilge-$kind-$r.db" --config "$cfg" --log.level info
+          pid=$BG_PID
+          wait_http "http://127.0.0.1:$port/-/ready" 120
+        fi
+        sleep 1
+        if [ "$kind" = image ]; then
+          wm_build "v1-$kind$r$who" -t app:latest
+        else
+          wm_build "v1-$kind$r$who" -o type=tar,dest=/dev/null
+        fi
+        local t0 after took
+        t0=$(now_ns)
+        after=$(avail_bytes)
+        took=$(wm_wait_freed "$t0" $((after + grow / 2)))
+        if [ -n "$took" ]; then
+          emit "react_s@$kind" "$who" "$took"
+        else
+          emit "no_reaction@$kind" "$who" 1
+        fi
+        emit rss_mib "$who" "$(rss_mib "$pid")"
+        emit rss_tree_mib "$who" "$(rss_tree_mib "$pid")"
+        stop "$pid"
+      done
+    done
+  done
+  rm -rf "$BENCH/wm-ctx"
+  SOCK=$main_sock DATA=$main_data DHOST=$main_host
 }
 
 # ---- run ----------------------------------------------------------------------------------
@@ -610,3 +750,5 @@ for s in "${ALL_SECTIONS[@]}"; do
 done
 python3 scripts/bench_report.py "$RESULTS" "$OUTPUT"
 say "wrote $OUTPUT (raw figures in $RESULTS)"
+exit 0
+}
