@@ -6,5 +6,6 @@
 
 mod util;
 
+mod deploy;
 mod exporter;
 mod stack;
