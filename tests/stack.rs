@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -149,19 +149,7 @@ rule_files:\n  - {}\n{alerting}scrape_configs:\n  - job_name: bilge\n    static_
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -237,7 +225,10 @@ impl Alertmanager {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
         let child = Command::new("/usr/bin/prometheus-alertmanager")
-            .arg(format!("--config.file={}", dir.join("alertmanager.yml").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("alertmanager.yml").display()
+            ))
             .arg(format!("--storage.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--cluster.listen-address=")
@@ -279,7 +270,12 @@ impl Alertmanager {
             alerts.to_string().as_bytes(),
         )
         .unwrap();
-        assert_eq!(r.status, 200, "alertmanager refused the alerts: {}", r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "alertmanager refused the alerts: {}",
+            r.text()
+        );
     }
 
     /// Its log.
@@ -290,8 +286,7 @@ impl Alertmanager {
 
 impl Drop for Alertmanager {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -316,6 +311,9 @@ pub fn bundled_alertmanager_config(webhook_url: &str, token_file: &Path) -> Stri
             }
         })
         .collect();
-    assert!(url_done && cred_done, "alerts/alertmanager.yml changed shape: the bilge receiver's url/credentials_file lines were not found");
+    assert!(
+        url_done && cred_done,
+        "alerts/alertmanager.yml changed shape: the bilge receiver's url/credentials_file lines were not found"
+    );
     out.join("\n") + "\n"
 }
