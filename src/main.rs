@@ -42,7 +42,10 @@ fn main() -> ExitCode {
         Command::Healthcheck(args) => rt
             .block_on(bilge::healthcheck(&args.url))
             .map_err(Into::into),
-        Command::Build(_) | Command::Clean(_) => {
+        Command::Clean(args) => rt
+            .block_on(bilge::cleanup::cli::run(cfg, &args))
+            .map_err(Into::into),
+        Command::Build(_) => {
             eprintln!("bilge: this subcommand is not available in this build yet");
             return ExitCode::from(2);
         }

@@ -299,7 +299,11 @@ pub fn plan(
         }
         levels.push(level_plan(Level::StoppedContainers, cands, kept));
     }
-    let staying = || du.containers.iter().filter(|c| !removed.contains(c.id.as_str()));
+    let staying = || {
+        du.containers
+            .iter()
+            .filter(|c| !removed.contains(c.id.as_str()))
+    };
     let used_images: HashSet<&str> = staying().map(|c| c.image_id.as_str()).collect();
 
     for (img_level, dangling) in [(Level::DanglingImages, true), (Level::UnusedImages, false)] {
