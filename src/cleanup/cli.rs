@@ -334,9 +334,9 @@ mod tests {
         assert!(t.contains("objects older than 1h"), "{t}");
         assert!(t.contains("unused_images was asked for"), "{t}");
         assert!(
-            t.contains("build_cache               3  3.00MiB    2 in use"),
+            t.contains("build_cache               3    3.00MiB  2 in use"),
             "{t}"
         );
-        assert!(t.contains("total                     4  3.00MiB"), "{t}");
+        assert!(t.contains("total                     4    3.00MiB"), "{t}");
     }
 }

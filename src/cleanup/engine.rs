@@ -218,24 +218,11 @@ pub struct Engine {
 
 impl Engine {
     /// An engine over `collector`'s Docker daemon and data root, with the collector's policy,
-    /// writing to `store` and `metrics`. The host lock file is `<store path>.lock`. The cooldown
-    /// continues from the last automatic run in the audit table.
+    /// writing to `store` and `metrics`. The host lock file is `<store path>.lock`.
     pub fn new(collector: Arc<Collector>, store: Store, metrics: Metrics) -> Engine {
         let policy = collector.config().policy.clone();
         let mut lock = store.path().as_os_str().to_owned();
         lock.push(".lock");
-        let last_automatic = store
-            .list_cleanups(50)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|r| {
-                matches!(r.trigger.as_str(), "webhook" | "watermark")
-                    && matches!(r.result.as_str(), "success" | "failure")
-            })
-            .and_then(|r| {
-                let ago = (Utc::now() - r.started_at).to_std().ok()?;
-                Instant::now().checked_sub(ago)
-            });
         let engine = Engine {
             collector,
             store,
@@ -245,7 +232,7 @@ impl Engine {
             lock_file: Mutex::new(None),
             lock_warned: AtomicBool::new(false),
             slot: Arc::new(tokio::sync::Mutex::new(())),
-            last_automatic: Mutex::new(last_automatic),
+            last_automatic: Mutex::new(None),
         };
         // Open the lock file now, while the filesystem may still have room for it.
         drop(engine.lock_handle());
@@ -258,6 +245,27 @@ impl Engine {
         let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
         let collector = Arc::new(Collector::new(cfg, metrics.clone()));
         Ok(Arc::new(Engine::new(collector, store, metrics)))
+    }
+
+    /// Continues the cooldown from the last automatic run in the audit table, so a restart does
+    /// not allow an immediate second prune.
+    pub fn resume_cooldown(&self) {
+        let last = self
+            .store
+            .list_cleanups(50)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| {
+                matches!(r.trigger.as_str(), "webhook" | "watermark")
+                    && matches!(r.result.as_str(), "success" | "failure")
+            })
+            .and_then(|r| {
+                let ago = (Utc::now() - r.started_at).to_std().ok()?;
+                Instant::now().checked_sub(ago)
+            });
+        if last.is_some() {
+            *lock(&self.last_automatic) = last;
+        }
     }
 
     /// The host's policy.
