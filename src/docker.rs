@@ -371,6 +371,8 @@ pub struct DockerApi {
     host: String,
     version: String,
     timeout: Duration,
+    /// Serializes this process's `/system/df` calls: the daemon refuses a second concurrent one.
+    df_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DockerApi {
@@ -396,6 +398,7 @@ impl DockerApi {
             host: cfg.host.clone(),
             version: format!("{}.{}", v.major_version, v.minor_version),
             timeout: cfg.timeout,
+            df_lock: Default::default(),
         })
     }
 
@@ -433,9 +436,26 @@ impl DockerApi {
     }
 
     /// `GET /system/df` (verbose where the API has summaries), parsed for either generation.
+    ///
+    /// The daemon runs one disk usage operation at a time and refuses others ("a disk usage
+    /// operation is already running"): calls from this process wait for each other, and a call
+    /// that meets another process's (a `bilge clean` next to `bilge serve`) retries within the
+    /// timeout.
     pub async fn disk_usage(&self) -> Result<DiskUsage> {
-        let body = self.raw_get("/system/df?verbose=1").await?;
-        parse_disk_usage(&body)
+        let _one = self.df_lock.lock().await;
+        let start = std::time::Instant::now();
+        loop {
+            match self.raw_get("/system/df?verbose=1").await {
+                Ok(body) => return parse_disk_usage(&body),
+                Err(Error::Docker(m))
+                    if m.contains("already running") && start.elapsed() < self.timeout =>
+                {
+                    tracing::debug!("another disk usage operation is running; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The `LogPath` of a container (empty when its log driver keeps no file).

@@ -364,8 +364,10 @@ impl Webhook {
             relay: serve.relay,
             window: policy.cooldown.max(MIN_DEDUP_WINDOW),
             dedup: Mutex::new(Dedup::default()),
+            // Relays go host to host inside the fleet, never through an HTTP proxy.
             client: reqwest::Client::builder()
                 .timeout(RELAY_TIMEOUT)
+                .no_proxy()
                 .build()
                 .unwrap_or_default(),
         }

@@ -6,4 +6,6 @@
 
 mod util;
 
+mod cleanup;
 mod exporter;
+mod webhook;

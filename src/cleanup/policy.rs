@@ -248,13 +248,16 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> Plan {
     let level = policy.cap(wanted);
-    // Objects touched at or before the cut-off are old enough (Docker prunes `!created.After(until)`).
     // An `until` beyond chrono's range leaves no cut-off: nothing is old enough.
     let cutoff = TimeDelta::from_std(until)
         .ok()
         .and_then(|d| now.checked_sub_signed(d));
+    // BuildKit compares exact times: a record last used at or before the cut-off goes.
     let old = |t: Option<DateTime<Utc>>| matches!((t, cutoff), (Some(t), Some(c)) if t <= c);
-    let old_secs = |secs: i64| old(DateTime::from_timestamp(secs, 0));
+    // Docker turns `until` into whole Unix seconds and keeps objects created after that, while
+    // `/system/df` reports creation in whole seconds: an object created in the cut-off's own
+    // second is (but for its first nanosecond) younger, so only earlier seconds are old enough.
+    let old_secs = |secs: i64| cutoff.is_some_and(|c| secs < c.timestamp());
     let mut levels = Vec::new();
 
     if level >= Level::BuildCache {
@@ -347,7 +350,7 @@ pub fn plan(
                 kept.in_use += 1;
             } else if policy.protects(&v.labels) {
                 kept.protected += 1;
-            } else if !old(v.created_at) {
+            } else if !v.created_at.is_some_and(|t| old_secs(t.timestamp())) {
                 kept.too_young += 1;
             } else {
                 cands.push(Candidate {
@@ -646,7 +649,8 @@ mod tests {
     }
 
     #[test]
-    fn objects_exactly_at_the_cutoff_are_old_enough_as_docker_counts_them() {
+    fn objects_at_the_cutoff_are_judged_as_docker_judges_them() {
+        // BuildKit: exact times, a record last used at the cut-off goes.
         let p = plan(
             &host(),
             &Policy::default(),
@@ -655,6 +659,19 @@ mod tests {
             now(),
         );
         assert_eq!(ids(&p, Level::BuildCache), ["never-used", "old"]);
+        // Containers and images: Docker's cut-off is whole seconds and keeps what was created
+        // after it, so an object from the cut-off's second stays; one a second older goes.
+        let mut du = host();
+        du.containers = vec![
+            container("same-second", "exited", "sha256:A", 0),
+            Container {
+                created: NOW - 1,
+                ..container("second-before", "exited", "sha256:A", 0)
+            },
+        ];
+        let at = DateTime::from_timestamp(NOW, 500_000_000).unwrap_or_default();
+        let p = plan(&du, &Policy::default(), Level::STANDARD, Duration::ZERO, at);
+        assert_eq!(ids(&p, Level::StoppedContainers), ["id-second-before"]);
     }
 
     #[test]
