@@ -389,6 +389,21 @@ fn bilge_clean_prints_its_plan_and_what_each_level_freed() {
     assert_eq!(results, ["success", "dry_run"]);
     assert!(rows.iter().all(|r| r["trigger"] == "cli"));
     assert!(rows[0]["reclaimed_bytes"].as_u64().unwrap() > 3 * 1000 * 1000);
+    drop(s);
+
+    // A run that fails exits 1, says why, and is recorded as failed.
+    let out = Command::new(BILGE)
+        .args(["clean", "--docker.host", "unix:///nonexistent/docker.sock"])
+        .arg("--state.path")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cleanup failed"));
+    let s = Server::start_with_state(temp_dir("clilog"), &state, &d.host, &[]);
+    let rows = cleanups(&s);
+    assert_eq!(rows[0]["result"], "failure", "{rows:#?}");
+    assert!(rows[0]["detail"].as_str().unwrap().contains("no socket"));
 }
 
 #[test]

@@ -66,6 +66,17 @@ fn an_alert_through_a_real_alertmanager_prunes_and_is_audited() {
     d.make_stopped("stopped", "dangle:1", 2, &[]);
     let s = serve(&d, &["until = \"0s\"", "target_free = \"100%\""], &[]);
     s.wait_ready();
+    // What the alert will do can be read first.
+    let plan = wait_for("a plan", Duration::from_secs(30), || {
+        let r = s.get("/api/v1/plan");
+        (r.status == 200).then(|| r.json())
+    });
+    let levels = plan["plan"]["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 3, "{plan:#}");
+    assert_eq!(levels[2]["level"], "dangling_images");
+    assert_eq!(levels[2]["objects"], 1);
+    assert!(levels[2]["bytes"].as_u64().unwrap() >= 20 * 1000 * 1000);
+    assert_eq!(s.get("/api/v1/plan?level=everything").status, 400);
     let token = token_file(&d.dir, TOKEN);
     let am = Alertmanager::start_for_bilge(&s.url("/api/v1/alerts"), &token);
     am.post(&am_alert(&s.addr, "standard"));

@@ -89,17 +89,23 @@ pub async fn run(cfg: Config, args: &CleanArgs) -> Result<()> {
         ..Request::new(Trigger::Cli, opts.level)
     };
     let mut out = std::io::stdout();
-    if !opts.dry_run && !opts.json {
-        let p = engine.plan_now(opts.level, opts.until).await?;
-        print(&mut out, &render_plan(&p, engine.policy()));
-        if confirm && !ask(&format!("Run these {} levels? [y/N] ", p.levels.len())).await {
-            return Err(Error::Other("aborted; nothing was deleted".into()));
-        }
-    } else if confirm {
-        let p = engine.plan_now(opts.level, opts.until).await?;
-        eprint!("{}", render_plan(&p, engine.policy()));
-        if !ask(&format!("Run these {} levels? [y/N] ", p.levels.len())).await {
-            return Err(Error::Other("aborted; nothing was deleted".into()));
+    if !opts.dry_run && (confirm || !opts.json) {
+        // The plan first, from a fresh look at the daemon. When the daemon cannot be asked, the
+        // run below fails and is recorded as failed (unless a confirmation was needed).
+        match engine.plan_now(opts.level, opts.until).await {
+            Ok(p) => {
+                let text = render_plan(&p, engine.policy());
+                if opts.json {
+                    eprint!("{text}");
+                } else {
+                    print(&mut out, &text);
+                }
+                if confirm && !ask(&format!("Run these {} levels? [y/N] ", p.levels.len())).await {
+                    return Err(Error::Other("aborted; nothing was deleted".into()));
+                }
+            }
+            Err(e) if confirm => return Err(e),
+            Err(_) => {}
         }
     }
     let report = engine.run(req).await;
