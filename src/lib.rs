@@ -18,6 +18,7 @@ pub mod page;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod webhook;
 
 pub use error::{Error, Result};
 

@@ -45,7 +45,10 @@ fn main() -> ExitCode {
                 std::env::var("BILGE_WEB_LISTEN_ADDRESS").ok(),
             )))
             .map_err(Into::into),
-        Command::Build(_) | Command::Clean(_) => {
+        Command::Clean(args) => rt
+            .block_on(bilge::cleanup::cli::run(cfg, &args))
+            .map_err(Into::into),
+        Command::Build(_) => {
             eprintln!("bilge: this subcommand is not available in this build yet");
             return ExitCode::from(2);
         }

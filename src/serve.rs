@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cleanup::Engine;
 use crate::collect::Collector;
 use crate::config::{Config, ServeConfig};
 use crate::metrics::Metrics;
@@ -44,12 +45,20 @@ pub async fn shutdown_signal() {
 pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
     let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
+    let webhook = Arc::new(crate::webhook::Webhook::new(&serve, &cfg.policy));
     let collector = Arc::new(Collector::new(cfg, metrics.clone()));
+    let engine = Arc::new(Engine::new(
+        collector.clone(),
+        store.clone(),
+        metrics.clone(),
+    ));
     Ok(AppState {
         metrics,
         collector,
         store,
         serve: Arc::new(serve),
+        engine,
+        webhook,
         started: Instant::now(),
     })
 }
@@ -68,16 +77,25 @@ pub async fn run_until(
         )
     })?;
     let state = state(cfg, serve)?;
-    if let Err(e) = state.store.check() {
-        tracing::warn!(error = %e, "the state store is not usable yet; history will not be kept until it is (see --state.path)");
+    match state.store.check() {
+        Ok(()) => state.engine.resume_cooldown(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the state store is not usable yet; history will not be kept until it is (see --state.path)")
+        }
     }
     let cancel = CancellationToken::new();
     let collectors = tokio::spawn(state.collector.clone().run(cancel.clone()));
+    let watermarks = tokio::spawn(crate::cleanup::watermark::watch(
+        state.engine.clone(),
+        cancel.clone(),
+    ));
     tracing::info!(
         address = %listen,
         docker = %state.collector.config().docker.host,
         state = %state.store.path().display(),
         webhook = state.serve.token.is_some(),
+        relay = state.serve.relay,
+        max_level = %state.engine.policy().max_level,
         version = crate::VERSION,
         "bilge serving"
     );
@@ -87,6 +105,9 @@ pub async fn run_until(
     cancel.cancel();
     if let Err(e) = collectors.await {
         tracing::warn!(error = %e, "collector task ended abnormally");
+    }
+    if let Err(e) = watermarks.await {
+        tracing::warn!(error = %e, "watermark task ended abnormally");
     }
     tracing::info!("bilge stopped");
     result

@@ -6,6 +6,8 @@
 
 mod util;
 
+mod cleanup;
 mod deploy;
 mod exporter;
 mod stack;
+mod webhook;
