@@ -42,7 +42,21 @@ fn main() -> ExitCode {
         Command::Healthcheck(args) => rt
             .block_on(bilge::healthcheck(&args.url))
             .map_err(Into::into),
-        Command::Build(_) | Command::Clean(_) => {
+        Command::Build(args) => {
+            let build = match cfg.apply_build(&args) {
+                Ok(b) => b,
+                Err(e) => return usage_error(&e),
+            };
+            let cleaner = bilge::build::run::NoCleaner;
+            return match rt.block_on(bilge::build::run::run(&cfg, &build, &cleaner)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("bilge: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Clean(_) => {
             eprintln!("bilge: this subcommand is not available in this build yet");
             return ExitCode::from(2);
         }
