@@ -38,16 +38,17 @@ missing=()
 for bin in "${!NEED[@]}"; do
   [ -x "$bin" ] || missing+=("${NEED[$bin]}")
 done
-python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if [ "${#missing[@]}" -gt 0 ]; then
   pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
   say "installing Debian packages: $pkgs"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   # shellcheck disable=SC2086
-  apt-get install -y -q --no-install-recommends $pkgs
+  apt-get install -y -q $pkgs
 fi
-if [ -f scripts/requirements-test.txt ]; then
+if ! python3 -c 'import yaml, kubernetes_validate' 2>/dev/null; then
+  say "installing Python test tools (scripts/requirements-test.txt)"
   python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 
@@ -96,8 +97,10 @@ done
 /usr/bin/docker version --format 'dockerd {{.Server.Version}} (API {{.Server.APIVersion}}) is up'
 
 # ---- 4. tests -----------------------------------------------------------------------------
-say "cargo build (debug and release binaries)"
+say "cargo build (debug, and the static release binary for the deploy image test)"
 cargo build --locked --all-targets
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target x86_64-unknown-linux-gnu
+export BILGE_STATIC_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/bilge"
 say "cargo test"
 cargo test --locked -- --test-threads="${BILGE_TEST_THREADS:-4}"
 

@@ -40,7 +40,10 @@ fn main() -> ExitCode {
             .block_on(bilge::df::run(cfg, args.json))
             .map_err(Into::into),
         Command::Healthcheck(args) => rt
-            .block_on(bilge::healthcheck(&args.url))
+            .block_on(bilge::healthcheck(&bilge::healthcheck_url(
+                args.url,
+                std::env::var("BILGE_WEB_LISTEN_ADDRESS").ok(),
+            )))
             .map_err(Into::into),
         Command::Build(args) => {
             let build = match cfg.apply_build(&args) {

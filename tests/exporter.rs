@@ -218,6 +218,42 @@ fn metrics_match_the_df_figures_and_name_the_data_root() {
         Some(1.0)
     );
     assert!(m.contains("process_resident_memory_bytes"));
+    // Every exporter, filesystem and Docker family DESIGN names is there, with its labels.
+    for family in [
+        "bilge_exporter_build_info{revision=",
+        "bilge_collector_success{collector=",
+        "bilge_collector_duration_seconds{collector=",
+        "bilge_collector_last_success_timestamp_seconds{collector=",
+        "bilge_store_errors_total ",
+        "bilge_filesystem_size_bytes{device=",
+        "bilge_filesystem_free_bytes{device=",
+        "bilge_filesystem_avail_bytes{device=",
+        "bilge_filesystem_files{device=",
+        "bilge_filesystem_files_free{device=",
+        "bilge_filesystem_readonly{device=",
+        "bilge_docker_data_root_size_bytes{mountpoint=",
+        "bilge_docker_data_root_avail_bytes{mountpoint=",
+        "bilge_docker_data_root_files{mountpoint=",
+        "bilge_docker_data_root_files_free{mountpoint=",
+        "bilge_docker_up ",
+        "bilge_docker_info{api_version=",
+        "bilge_docker_objects{type=\"build_cache\"}",
+        "bilge_docker_active_objects{type=\"volume\"}",
+        "bilge_docker_size_bytes{type=\"container\"}",
+        "bilge_docker_reclaimable_bytes{type=\"image\"}",
+        "bilge_docker_containers{state=\"exited\"}",
+        "bilge_docker_dangling_images ",
+        "bilge_docker_dangling_images_bytes ",
+        "bilge_docker_build_cache_reclaimable_bytes{older_than=\"168h\"}",
+        "bilge_docker_logs_bytes ",
+        "bilge_docker_largest_image_bytes{image=",
+        "bilge_docker_largest_volume_bytes{volume=",
+        "bilge_docker_largest_container_log_bytes{container=",
+        "bilge_cleanup_last_run_timestamp_seconds ",
+        "bilge_cleanup_in_progress ",
+    ] {
+        assert!(m.contains(family), "{family} missing from /metrics");
+    }
 }
 
 #[test]

@@ -7,4 +7,6 @@
 mod util;
 
 mod builds;
+mod deploy;
 mod exporter;
+mod stack;

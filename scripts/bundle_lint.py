@@ -1,0 +1,785 @@
+#!/usr/bin/env python3
+"""Static checks for bilge's operational bundle: dashboard, rules, runbook, Kubernetes manifests.
+
+Needs Python 3.9+ and PyYAML (Debian: python3-yaml; pip: pyyaml). No network, no Prometheus.
+
+Modes (default: run every static check, one line per check, exit 1 if any fails):
+
+  --list-metrics          print every metric name the dashboard and the rules read, one per line
+  --metrics FILE          fail, listing them, if any of those names is missing from FILE
+                          (the /metrics text of a real bilge)
+  --dashboard-queries     print every dashboard panel query as one JSON object a line,
+                          {"panel": id, "title": ..., "expr": ...}, with Grafana's variables
+                          replaced ($instance -> .*, $__rate_interval -> 5m, $__interval -> 1m,
+                          $__range -> 1h), ready to evaluate in a real Prometheus
+  --promql-rules FILE     write every dashboard query (panels and annotations, variables
+                          replaced) as recording rules to FILE, so `promtool check rules FILE`
+                          checks their syntax
+  --sync-prometheusrule   rewrite deploy/kubernetes/prometheusrule.yaml from alerts/bilge.rules.yml
+"""
+
+import argparse
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover - depends on the host
+    sys.exit("bundle_lint.py needs PyYAML: apt-get install python3-yaml, or pip install pyyaml")
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = "alerts/bilge.rules.yml"
+RULE_TESTS = "alerts/tests"
+DASHBOARD = "dashboards/bilge.json"
+RUNBOOK = "docs/runbook.md"
+RUNBOOK_URL = "https://github.com/bilge-dev/bilge/blob/main/docs/runbook.md#"
+K8S = "deploy/kubernetes"
+
+# Grafana's variables and the values used when a query runs outside Grafana.
+SUBSTITUTIONS = [
+    ("${instance}", ".*"),
+    ("$instance", ".*"),
+    ("${__rate_interval}", "5m"),
+    ("$__rate_interval", "5m"),
+    ("${__interval}", "1m"),
+    ("$__interval", "1m"),
+    ("${__range}", "1h"),
+    ("$__range", "1h"),
+]
+
+# Series Prometheus makes itself: never in bilge's /metrics.
+SYNTHETIC = {
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+    "ALERTS",
+    "ALERTS_FOR_STATE",
+}
+
+KEYWORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan", "atan2", "start", "end"}
+LABEL_LIST_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+# Aggregations may be followed by `by (...)` before their parenthesis: `sum by (x) (...)`.
+AGGREGATIONS = {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
+                "bottomk", "topk", "quantile", "limitk", "limit_ratio"}
+CLEANUP_LEVELS = {
+    "build_cache",
+    "stopped_containers",
+    "dangling_images",
+    "unused_images",
+    "unused_volumes",
+    "standard",
+    "aggressive",
+}
+SEVERITIES = {"warning", "critical", "info"}
+UNIT_PANELS = {"stat", "timeseries", "bargauge", "gauge", "table", "state-timeline"}
+
+
+# --- PromQL, just enough of it -------------------------------------------------------------------
+
+
+class Selector:
+    """One vector selector in a PromQL expression: a metric name and its label matchers."""
+
+    def __init__(self, name, matchers):
+        self.name = name
+        self.matchers = matchers  # list of (label, op, value)
+
+    def has(self, label, op, value):
+        return (label, op, value) in self.matchers
+
+
+def _skip_string(s, i):
+    quote = s[i]
+    i += 1
+    while i < len(s) and s[i] != quote:
+        i += 2 if s[i] == "\\" and quote != "`" else 1
+    return i + 1
+
+
+def _matching(s, i, open_, close):
+    """Index just past the bracket that closes the one at s[i], skipping strings."""
+    depth = 0
+    while i < len(s):
+        c = s[i]
+        if c in "\"'`":
+            i = _skip_string(s, i)
+            continue
+        if c == open_:
+            depth += 1
+        elif c == close:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ValueError(f"unbalanced {open_!r} in: {s}")
+
+
+def _parse_matchers(body):
+    matchers = []
+    for m in re.finditer(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`)\s*,?', body):
+        matchers.append((m.group(1), m.group(2), m.group(3)[1:-1]))
+    return matchers
+
+
+def selectors(expr):
+    """Every vector selector in expr. Functions, keywords, label lists and variables are skipped."""
+    out = []
+    s = expr
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c in "\"'`":
+            i = _skip_string(s, i)
+        elif c == "#":  # comment to end of line
+            while i < len(s) and s[i] != "\n":
+                i += 1
+        elif c == "[":
+            i = _matching(s, i, "[", "]")
+        elif c == "{":  # selector without a metric name
+            end = _matching(s, i, "{", "}")
+            out.append(Selector(None, _parse_matchers(s[i + 1:end - 1])))
+            i = end
+        elif c == "$":  # a Grafana variable outside a string
+            i += 1
+            while i < len(s) and (s[i].isalnum() or s[i] in "_{}"):
+                i += 1
+        elif c.isdigit() or (c == "." and i + 1 < len(s) and s[i + 1].isdigit()):
+            # A number or a duration (5m, 1h30m, 1e9, 0x1f): never a metric name.
+            while i < len(s) and (s[i].isalnum() or s[i] in "._"):
+                i += 1
+        elif c.isalpha() or c in "_:":
+            j = i
+            while j < len(s) and (s[j].isalnum() or s[j] in "_:"):
+                j += 1
+            word = s[i:j]
+            k = j
+            while k < len(s) and s[k].isspace():
+                k += 1
+            nxt = s[k] if k < len(s) else ""
+            if word in LABEL_LIST_KEYWORDS:
+                i = _matching(s, k, "(", ")") if nxt == "(" else j
+            elif word.lower() in KEYWORDS or word in AGGREGATIONS:
+                i = j
+            elif nxt == "(":  # function or aggregation
+                i = j
+            elif nxt == "{":
+                end = _matching(s, k, "{", "}")
+                out.append(Selector(word, _parse_matchers(s[k + 1:end - 1])))
+                i = end
+            else:
+                out.append(Selector(word, []))
+                i = j
+        else:
+            i += 1
+    return out
+
+
+def metric_names(expr):
+    names = set()
+    for sel in selectors(expr):
+        if sel.name:
+            names.add(sel.name)
+        for label, op, value in sel.matchers:
+            if label == "__name__" and op == "=":
+                names.add(value)
+    return names
+
+
+def substitute(expr):
+    for var, value in SUBSTITUTIONS:
+        expr = expr.replace(var, value)
+    return expr
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_yaml(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def load_yaml_all(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def load_dashboard(root):
+    with open(root / DASHBOARD, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def all_panels(dashboard):
+    """Every panel, including those inside collapsed rows, in order."""
+    for p in dashboard.get("panels", []):
+        yield p
+        for child in p.get("panels", []) or []:
+            yield child
+
+
+def panel_targets(dashboard):
+    for p in all_panels(dashboard):
+        for t in p.get("targets", []) or []:
+            if t.get("expr"):
+                yield p, t
+
+
+def annotation_queries(dashboard):
+    for a in dashboard.get("annotations", {}).get("list", []):
+        if a.get("expr"):
+            yield a
+
+
+def rules_of(root):
+    doc = load_yaml(root / RULES)
+    for group in doc.get("groups", []):
+        for rule in group.get("rules", []):
+            yield group["name"], rule
+
+
+def github_anchor(heading):
+    slug = heading.strip().lower()
+    slug = re.sub(r"[^\w\- ]", "", slug)
+    return slug.replace(" ", "-")
+
+
+def runbook_anchors(root):
+    anchors = []
+    for line in (root / RUNBOOK).read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^(#{1,6})\s+(.*)$", line)
+        if m:
+            anchors.append((len(m.group(1)), m.group(2).strip(), github_anchor(m.group(2))))
+    return anchors
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+class Report:
+    def __init__(self):
+        self.failed = False
+
+    def check(self, name, problems, note=""):
+        if problems:
+            self.failed = True
+            print(f"FAIL  {name}")
+            for p in problems:
+                print(f"        - {p}")
+        else:
+            print(f"ok    {name}{(' (' + note + ')') if note else ''}")
+
+
+def _overlaps(a, b):
+    return (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+            and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
+
+
+def _grid_problems(panels, where):
+    problems = []
+    for p in panels:
+        g = p.get("gridPos")
+        if not g or any(k not in g for k in "xywh"):
+            problems.append(f"{where}: panel {p.get('id')} {p.get('title')!r} has no complete gridPos")
+            continue
+        if g["x"] < 0 or g["w"] <= 0 or g["h"] <= 0 or g["x"] + g["w"] > 24:
+            problems.append(f"{where}: panel {p.get('id')} {p.get('title')!r} is outside the 24-column grid: {g}")
+    placed = [p for p in panels if p.get("gridPos") and all(k in p["gridPos"] for k in "xywh")]
+    for n, a in enumerate(placed):
+        for b in placed[n + 1:]:
+            if _overlaps(a["gridPos"], b["gridPos"]):
+                problems.append(f"{where}: panels {a.get('id')} {a.get('title')!r} and "
+                                f"{b.get('id')} {b.get('title')!r} overlap")
+    return problems
+
+
+def _instance_filter_problems(expr, where):
+    problems = []
+    sels = selectors(expr)
+    if not sels:
+        problems.append(f"{where}: no series selector in {expr!r}")
+    for sel in sels:
+        if not sel.has("instance", "=~", "$instance"):
+            problems.append(f'{where}: selector {sel.name or "{...}"} does not filter instance=~"$instance"')
+    return problems
+
+
+def check_dashboard(root, report):
+    try:
+        d = load_dashboard(root)
+    except (OSError, ValueError) as e:
+        report.check("dashboard parses", [str(e)])
+        return
+    report.check("dashboard parses", [])
+
+    problems = []
+    if d.get("uid") != "bilge":
+        problems.append(f"uid is {d.get('uid')!r}, expected 'bilge'")
+    if not isinstance(d.get("schemaVersion"), int) or not 36 <= d["schemaVersion"] <= 41:
+        problems.append(f"schemaVersion {d.get('schemaVersion')!r} is not a current one (36..41)")
+    variables = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
+    ds = variables.get("datasource")
+    if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        problems.append("no variable 'datasource' of type datasource with query prometheus")
+    inst = variables.get("instance")
+    inst_query = inst.get("query") if inst else None
+    if isinstance(inst_query, dict):
+        inst_query = inst_query.get("query")
+    if not inst or inst.get("type") != "query" or \
+            (inst_query or "").replace(" ", "") != "label_values(bilge_exporter_build_info,instance)":
+        problems.append("no variable 'instance' = label_values(bilge_exporter_build_info, instance)")
+    elif (inst.get("datasource") or {}).get("uid") != "${datasource}":
+        problems.append("variable 'instance' does not use ${datasource}")
+    report.check("dashboard uid, schemaVersion and variables", problems)
+
+    ids = [p.get("id") for p in all_panels(d)]
+    dupes = sorted({i for i in ids if ids.count(i) > 1}, key=str)
+    missing = [p.get("title") for p in all_panels(d) if not isinstance(p.get("id"), int)]
+    report.check("dashboard panel ids are unique",
+                 [f"duplicate id {i}" for i in dupes] + [f"panel {t!r} has no integer id" for t in missing],
+                 note=f"{len(ids)} panels")
+
+    problems = _grid_problems(d.get("panels", []), "top level")
+    for p in d.get("panels", []):
+        if p.get("type") != "row":
+            continue
+        if p.get("collapsed"):
+            problems += _grid_problems(p.get("panels", []), f"collapsed row {p.get('title')!r}")
+            if not p.get("panels"):
+                problems.append(f"collapsed row {p.get('title')!r} holds no panels")
+        elif p.get("panels"):
+            problems.append(f"expanded row {p.get('title')!r} must not hold panels itself")
+    report.check("dashboard gridPos do not overlap (top level and inside collapsed rows)", problems)
+
+    problems = []
+    for p in all_panels(d):
+        if p.get("type") == "row":
+            continue
+        where = f"panel {p.get('id')} {p.get('title')!r}"
+        if (p.get("datasource") or {}).get("uid") != "${datasource}":
+            problems.append(f"{where}: datasource is not ${{datasource}}")
+        if not p.get("targets"):
+            problems.append(f"{where}: no targets")
+        for t in p.get("targets", []):
+            if "datasource" in t and (t["datasource"] or {}).get("uid") != "${datasource}":
+                problems.append(f"{where} target {t.get('refId')}: datasource is not ${{datasource}}")
+    for a in annotation_queries(d):
+        if (a.get("datasource") or {}).get("uid") != "${datasource}":
+            problems.append(f"annotation {a.get('name')!r}: datasource is not ${{datasource}}")
+    report.check("dashboard panels and annotations use ${datasource}", problems)
+
+    problems = []
+    n = 0
+    for p, t in panel_targets(d):
+        n += 1
+        problems += _instance_filter_problems(t["expr"], f"panel {p.get('id')} {p.get('title')!r} target {t.get('refId')}")
+    for a in annotation_queries(d):
+        n += 1
+        problems += _instance_filter_problems(a["expr"], f"annotation {a.get('name')!r}")
+    report.check('dashboard queries filter every selector on instance=~"$instance"', problems,
+                 note=f"{n} queries")
+
+    problems = []
+    for p in all_panels(d):
+        if p.get("type") in UNIT_PANELS:
+            unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit")
+            if not unit:
+                problems.append(f"panel {p.get('id')} {p.get('title')!r} ({p['type']}) has no unit")
+    report.check("dashboard stat/timeseries/bargauge/table panels have units", problems)
+
+
+def check_rules(root, report):
+    try:
+        rules = list(rules_of(root))
+    except (OSError, yaml.YAMLError) as e:
+        report.check("rules parse", [str(e)])
+        return
+    alerts = [r for _, r in rules if "alert" in r]
+    records = [r for _, r in rules if "record" in r]
+
+    problems = []
+    names = [a["alert"] for a in alerts]
+    problems += [f"alert {n} is defined twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    anchors = {a for _, _, a in runbook_anchors(root)}
+    for a in alerts:
+        name = a["alert"]
+        labels = a.get("labels") or {}
+        ann = a.get("annotations") or {}
+        if labels.get("severity") not in SEVERITIES:
+            problems.append(f"{name}: severity {labels.get('severity')!r} not one of {sorted(SEVERITIES)}")
+        for key in ("summary", "description", "runbook_url"):
+            if not str(ann.get(key, "")).strip():
+                problems.append(f"{name}: annotation {key} missing")
+        url = str(ann.get("runbook_url", ""))
+        if url and not url.startswith(RUNBOOK_URL):
+            problems.append(f"{name}: runbook_url does not start with {RUNBOOK_URL}")
+        anchor = url.split("#", 1)[1] if "#" in url else ""
+        if url and anchor != name.lower():
+            problems.append(f"{name}: runbook anchor {anchor!r} should be {name.lower()!r} (one per alert)")
+        if anchor and anchor not in anchors:
+            problems.append(f"{name}: anchor #{anchor} not found in {RUNBOOK}")
+        if "for" not in a:
+            problems.append(f"{name}: no for: duration")
+        action = labels.get("bilge_action")
+        if action is not None:
+            if action not in CLEANUP_LEVELS:
+                problems.append(f"{name}: bilge_action {action!r} is not a cleanup level")
+            # The webhook acts on the alert's instance label: aggregations must keep it.
+            for m in re.finditer(r"\b(by|without)\s*\(([^)]*)\)", a["expr"]):
+                labels_in = {x.strip() for x in m.group(2).split(",")}
+                if (m.group(1) == "by") != ("instance" in labels_in):
+                    problems.append(f"{name}: carries bilge_action but '{m.group(0)}' drops instance")
+            if re.search(r"\b(absent|absent_over_time|vector|scalar)\s*\(", a["expr"]):
+                problems.append(f"{name}: carries bilge_action but its expression cannot keep instance")
+    report.check("alerts have severity, summary, description, runbook_url with a runbook anchor",
+                 problems, note=f"{len(alerts)} alerts, {len(records)} recording rules")
+
+    # Runbook sections without an alert are stale.
+    alert_anchors = {n.lower() for n in names}
+    stale = [f"runbook section {h!r} matches no alert" for level, h, a in runbook_anchors(root)
+             if level == 2 and h.startswith("Bilge") and a not in alert_anchors]
+    report.check("runbook has no section for a removed alert", stale)
+
+    # `for:` must be rewritable by `sed -E 's/for: .*/for: 1s/'` without touching anything else.
+    problems = []
+    for n, line in enumerate((root / RULES).read_text(encoding="utf-8").splitlines(), 1):
+        if line.lstrip().startswith("#"):
+            continue
+        if re.search(r"for: ", line) and not re.fullmatch(r"\s+for: \d+[smhdwy]", line):
+            problems.append(f"{RULES}:{n}: {line.strip()!r} is not a plain 'for: <duration>' line")
+    report.check("every for: is a plain duration on its own line", problems)
+
+    check_rule_tests(root, report, alerts, records)
+
+
+def check_rule_tests(root, report, alerts, records):
+    firing, quiet, exprs = set(), set(), []
+    files = sorted((root / RULE_TESTS).glob("*.yml"))
+    for f in files:
+        doc = load_yaml(f) or {}
+        for test in doc.get("tests", []):
+            for at in test.get("alert_rule_test", []) or []:
+                (firing if at.get("exp_alerts") else quiet).add(at.get("alertname"))
+            for pt in test.get("promql_expr_test", []) or []:
+                exprs.append(pt.get("expr", ""))
+    problems = []
+    for a in alerts:
+        if a["alert"] not in firing:
+            problems.append(f"{a['alert']}: no test shows it firing")
+        if a["alert"] not in quiet:
+            problems.append(f"{a['alert']}: no test shows it staying quiet")
+    for r in records:
+        if not any(r["record"] in metric_names(e) for e in exprs):
+            problems.append(f"recording rule {r['record']}: no promql_expr_test evaluates it")
+    report.check("rule tests show every alert firing and quiet, every recording rule evaluated",
+                 problems, note=f"{len(files)} test files")
+
+
+def _normalise(x):
+    if isinstance(x, dict):
+        return {k: _normalise(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_normalise(v) for v in x]
+    if isinstance(x, str):
+        return "\n".join(line.rstrip() for line in x.strip().splitlines())
+    return x
+
+
+def _first_difference(a, b, path="groups"):
+    if type(a) is not type(b):
+        return f"{path}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                return f"{path}.{k}: only in {'prometheusrule.yaml' if k in b else RULES}"
+            d = _first_difference(a[k], b[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} items in {RULES}, {len(b)} in prometheusrule.yaml"
+        for n, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{path}[{n}]")
+            if d:
+                return d
+        return None
+    return None if a == b else f"{path}: {a!r} != {b!r}"
+
+
+def _by_kind(root):
+    objs = {}
+    for f in sorted((root / K8S).glob("*.yaml")):
+        for d in load_yaml_all(f):
+            objs.setdefault(d.get("kind"), []).append((f.name, d))
+    return objs
+
+
+def check_kubernetes(root, report):
+    try:
+        objs = _by_kind(root)
+    except (OSError, yaml.YAMLError) as e:
+        report.check("kubernetes manifests parse", [str(e)])
+        return
+
+    # PrometheusRule == alerts/bilge.rules.yml
+    problems = []
+    prs = objs.get("PrometheusRule", [])
+    if len(prs) != 1:
+        problems.append(f"expected one PrometheusRule, found {len(prs)}")
+    else:
+        fname, pr = prs[0]
+        if pr.get("apiVersion") != "monitoring.coreos.com/v1":
+            problems.append(f"{fname}: apiVersion is not monitoring.coreos.com/v1")
+        if not (pr.get("metadata") or {}).get("name"):
+            problems.append(f"{fname}: no metadata.name")
+        want = _normalise(load_yaml(root / RULES).get("groups"))
+        got = _normalise((pr.get("spec") or {}).get("groups"))
+        diff = _first_difference(want, got)
+        if diff:
+            problems.append(f"{fname} drifted from {RULES} ({diff}); "
+                            "run scripts/bundle_lint.py --sync-prometheusrule")
+    report.check("PrometheusRule groups equal alerts/bilge.rules.yml groups", problems)
+
+    # ServiceMonitor -> Service -> DaemonSet wiring (CRDs checked here, structurally; the core
+    # objects are validated against the Kubernetes schema by check-bundle.sh).
+    problems = []
+    sms, svcs, dss = objs.get("ServiceMonitor", []), objs.get("Service", []), objs.get("DaemonSet", [])
+    if len(sms) != 1 or len(svcs) != 1 or len(dss) != 1:
+        problems.append(f"expected one ServiceMonitor, Service and DaemonSet; found "
+                        f"{len(sms)}, {len(svcs)}, {len(dss)}")
+    else:
+        (smf, sm), (svcf, svc), (dsf, ds) = sms[0], svcs[0], dss[0]
+        if sm.get("apiVersion") != "monitoring.coreos.com/v1":
+            problems.append(f"{smf}: apiVersion is not monitoring.coreos.com/v1")
+        svc_labels = (svc.get("metadata") or {}).get("labels") or {}
+        sel = ((sm.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if not sel or any(svc_labels.get(k) != v for k, v in sel.items()):
+            problems.append(f"{smf}: selector {sel} does not select the Service's labels {svc_labels}")
+        ns = [(x.get("metadata") or {}).get("namespace") for x in (sm, svc, ds)]
+        sm_ns = ((sm.get("spec") or {}).get("namespaceSelector") or {}).get("matchNames")
+        if len(set(ns)) != 1 or (sm_ns is not None and ns[1] not in sm_ns):
+            problems.append(f"namespaces disagree: ServiceMonitor/Service/DaemonSet in {ns}, "
+                            f"namespaceSelector {sm_ns}")
+        if (svc.get("metadata") or {}).get("name") != "bilge":
+            problems.append(f"{svcf}: the Service must be named 'bilge': the ServiceMonitor takes "
+                            "the job label from it and the rules select job=\"bilge\"")
+        port_names = {p.get("name") for p in (svc.get("spec") or {}).get("ports", [])}
+        for ep in (sm.get("spec") or {}).get("endpoints", []):
+            if ep.get("port") not in port_names:
+                problems.append(f"{smf}: endpoint port {ep.get('port')!r} is not a Service port {sorted(port_names)}")
+            if ep.get("path", "/metrics") != "/metrics":
+                problems.append(f"{smf}: endpoint path {ep.get('path')!r} is not /metrics")
+        pod = ((ds.get("spec") or {}).get("template") or {})
+        pod_labels = (pod.get("metadata") or {}).get("labels") or {}
+        svc_sel = (svc.get("spec") or {}).get("selector") or {}
+        if not svc_sel or any(pod_labels.get(k) != v for k, v in svc_sel.items()):
+            problems.append(f"{svcf}: selector {svc_sel} does not select the DaemonSet's pods {pod_labels}")
+        containers = (pod.get("spec") or {}).get("containers") or []
+        cports = {p.get("name"): p.get("containerPort") for c in containers for p in c.get("ports", [])}
+        for p in (svc.get("spec") or {}).get("ports", []):
+            tp = p.get("targetPort")
+            if tp not in cports and tp not in cports.values():
+                problems.append(f"{svcf}: targetPort {tp!r} is not a container port {cports}")
+        bilge = next((c for c in containers if c.get("name") == "bilge"), None)
+        if not bilge:
+            problems.append(f"{dsf}: no container named bilge")
+        else:
+            live = ((bilge.get("livenessProbe") or {}).get("httpGet") or {}).get("path")
+            ready = ((bilge.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
+            if live != "/-/healthy" or ready != "/-/ready":
+                problems.append(f"{dsf}: probes should be /-/healthy (liveness) and /-/ready "
+                                f"(readiness), are {live!r} and {ready!r}")
+            if not (bilge.get("resources") or {}).get("limits"):
+                problems.append(f"{dsf}: bilge has no resource limits")
+            sc = bilge.get("securityContext") or {}
+            if sc.get("allowPrivilegeEscalation") is not False or sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{dsf}: bilge's securityContext must forbid privilege escalation "
+                                "and use a read-only root filesystem")
+    report.check("ServiceMonitor/Service/DaemonSet wiring and PrometheusRule structure "
+                 "(CRDs checked structurally here)", problems)
+
+
+def check_alertmanager(root, report):
+    problems = []
+    path = root / "alerts/alertmanager.yml"
+    text = path.read_text(encoding="utf-8")
+    cfg = yaml.safe_load(text)
+    receivers = {r["name"]: r for r in cfg.get("receivers", [])}
+    bilge = receivers.get("bilge")
+    if not bilge or len(bilge.get("webhook_configs", [])) != 1:
+        problems.append("receiver 'bilge' must have exactly one webhook_config")
+    else:
+        wh = bilge["webhook_configs"][0]
+        if not str(wh.get("url", "")).endswith(":9830/api/v1/alerts"):
+            problems.append(f"bilge webhook url {wh.get('url')!r} is not bilge's /api/v1/alerts")
+        if wh.get("send_resolved") is not False:
+            problems.append("bilge webhook must set send_resolved: false")
+        cred = ((wh.get("http_config") or {}).get("authorization") or {}).get("credentials_file")
+        if not cred:
+            problems.append("bilge webhook has no http_config.authorization.credentials_file")
+        # The end-to-end tests rewrite these two lines with a regex.
+        if len(re.findall(r"(?m)^\s+- url: \S+/api/v1/alerts$", text)) != 1:
+            problems.append("the bilge webhook url must sit alone on one '- url: ...' line")
+        if len(re.findall(r"(?m)^\s+credentials_file: \S+$", text)) != 1:
+            problems.append("credentials_file must appear once, alone on its line")
+    routes = (cfg.get("route") or {}).get("routes", [])
+    if not any(r.get("receiver") == "bilge" and any("bilge_action" in m for m in r.get("matchers", []))
+               for r in routes):
+        problems.append("no route sends bilge_action alerts to receiver bilge")
+    report.check("alertmanager.yml wiring for bilge's webhook", problems)
+
+
+def static_checks(root):
+    report = Report()
+    check_dashboard(root, report)
+    check_rules(root, report)
+    check_alertmanager(root, report)
+    check_kubernetes(root, report)
+    return 1 if report.failed else 0
+
+
+# --- modes -----------------------------------------------------------------------------------
+
+
+def referenced_metrics(root):
+    """Metric name -> where it is read. Recording rules and Prometheus' own series are left out."""
+    d = load_dashboard(root)
+    rules = list(rules_of(root))
+    recorded = {r["record"] for _, r in rules if "record" in r}
+    used = {}
+
+    def add(expr, where):
+        for name in metric_names(expr):
+            if name not in recorded and name not in SYNTHETIC:
+                used.setdefault(name, set()).add(where)
+
+    for p, t in panel_targets(d):
+        add(t["expr"], f"dashboard panel {p.get('id')} {p.get('title')!r}")
+    for a in annotation_queries(d):
+        add(a["expr"], f"dashboard annotation {a.get('name')!r}")
+    for v in d.get("templating", {}).get("list", []):
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        m = re.match(r"\s*label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)", q or "")
+        if v.get("type") == "query" and m:
+            used.setdefault(m.group(1), set()).add(f"dashboard variable {v.get('name')}")
+    for group, r in rules:
+        add(r["expr"], f"rule {r.get('alert') or r.get('record')}")
+    return used
+
+
+def exposed_metrics(text):
+    """Names in a Prometheus text exposition: families declared, and samples present."""
+    declared, sampled, histograms = set(), set(), set()
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                declared.add(parts[2])
+                if parts[1] == "TYPE" and len(parts) >= 4 and parts[3] in ("histogram", "summary"):
+                    histograms.add(parts[2])
+            continue
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)", line)
+        if m:
+            sampled.add(m.group(1))
+    for h in histograms:
+        declared |= {h + "_bucket", h + "_sum", h + "_count"}
+    return declared, sampled
+
+
+def check_metrics(root, path):
+    used = referenced_metrics(root)
+    declared, sampled = exposed_metrics(Path(path).read_text(encoding="utf-8"))
+    missing = sorted(n for n in used if n not in declared and n not in sampled)
+    empty = sorted(n for n in used if n in declared and n not in sampled)
+    for n in empty:
+        print(f"note  {n} is declared in {path} but has no samples yet")
+    if missing:
+        print(f"FAIL  {len(missing)} metric names read by the bundle are not in {path}:")
+        for n in missing:
+            print(f"        - {n}  (read by {'; '.join(sorted(used[n]))})")
+        return 1
+    print(f"ok    all {len(used)} metric names read by the dashboard and the rules are in {path}")
+    return 0
+
+
+def dashboard_queries(root):
+    d = load_dashboard(root)
+    for p, t in panel_targets(d):
+        print(json.dumps({"panel": p.get("id"), "title": p.get("title"), "expr": substitute(t["expr"])}))
+    return 0
+
+
+def promql_rules(root, out):
+    d = load_dashboard(root)
+    rules = []
+    for p, t in panel_targets(d):
+        rules.append({"record": f"dashboard:panel_{p.get('id')}_{t.get('refId', 'A')}",
+                      "expr": substitute(t["expr"])})
+    for n, a in enumerate(annotation_queries(d)):
+        rules.append({"record": f"dashboard:annotation_{n}", "expr": substitute(a["expr"])})
+    with open(out, "w", encoding="utf-8") as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, f, sort_keys=False)
+    print(f"wrote {len(rules)} dashboard queries to {out}")
+    return 0
+
+
+def sync_prometheusrule(root):
+    text = (root / RULES).read_text(encoding="utf-8")
+    body = text[text.index("\ngroups:") + 1:]
+    indented = "".join(("  " + line) if line.strip() else line for line in body.splitlines(True))
+    header = (
+        "# Generated from alerts/bilge.rules.yml by `scripts/bundle_lint.py --sync-prometheusrule`;\n"
+        "# scripts/check-bundle.sh fails if the two drift apart. Edit the rules file, not this one.\n"
+        "# For the Prometheus Operator: its ruleSelector must match the labels below.\n"
+        "apiVersion: monitoring.coreos.com/v1\n"
+        "kind: PrometheusRule\n"
+        "metadata:\n"
+        "  name: bilge\n"
+        "  namespace: monitoring\n"
+        "  labels:\n"
+        "    app.kubernetes.io/name: bilge\n"
+        "    app.kubernetes.io/component: alerting-rules\n"
+        "spec:\n"
+    )
+    out = root / K8S / "prometheusrule.yaml"
+    out.write_text(header + indented, encoding="utf-8")
+    print(f"wrote {out.relative_to(root)}")
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this script's ..)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--list-metrics", action="store_true")
+    mode.add_argument("--metrics", metavar="FILE")
+    mode.add_argument("--dashboard-queries", action="store_true")
+    mode.add_argument("--promql-rules", metavar="FILE")
+    mode.add_argument("--sync-prometheusrule", action="store_true")
+    args = ap.parse_args(argv)
+    # Printing into `| head` is fine: die quietly on a closed pipe.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    root = args.root.resolve()
+    if args.list_metrics:
+        for name in sorted(referenced_metrics(root)):
+            print(name)
+        return 0
+    if args.metrics:
+        return check_metrics(root, args.metrics)
+    if args.dashboard_queries:
+        return dashboard_queries(root)
+    if args.promql_rules:
+        return promql_rules(root, args.promql_rules)
+    if args.sync_prometheusrule:
+        return sync_prometheusrule(root)
+    return static_checks(root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
