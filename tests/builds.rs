@@ -191,6 +191,49 @@ fn output_passes_through_byte_for_byte_and_exit_codes_match() {
 }
 
 #[test]
+fn signals_sent_to_bilge_reach_the_build_and_it_is_recorded_as_canceled() {
+    use std::io::BufRead;
+    let dir = temp_dir("signals");
+    for (sig, code) in [
+        (nix::sys::signal::Signal::SIGTERM, 143),
+        (nix::sys::signal::Signal::SIGINT, 130),
+    ] {
+        let mut child = Command::new(BILGE)
+            .args(["build", "--project", "sig", "--docker.host", NO_DOCKER])
+            .arg("--state.path")
+            .arg(dir.join("bilge.db"))
+            .args(["--", "sh", "-c", "echo ready; exec sleep 60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let status = wait_for(
+            "bilge to end after the signal",
+            Duration::from_secs(10),
+            || child.try_wait().unwrap(),
+        );
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{sig}: {err}");
+        assert!(
+            err.contains(&format!("(canceled, exit {code})")),
+            "{sig}: {err}"
+        );
+    }
+}
+
+#[test]
 fn a_command_that_cannot_start_exits_127_and_is_recorded() {
     let dir = temp_dir("nostart");
     let state = dir.join("bilge.db");
@@ -206,6 +249,18 @@ fn a_command_that_cannot_start_exits_127_and_is_recorded() {
         line.contains("command_failed") && line.contains("/nonexistent/make"),
         "{line}"
     );
+    let stored = stored_builds(&state);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].reason, "command_failed");
+    assert_eq!(stored[0].exit_code, Some(127));
+}
+
+/// The builds in a state file, newest first.
+fn stored_builds(state: &Path) -> Vec<bilge::store::BuildRecord> {
+    let errors = prometheus::IntCounter::new("e", "e").unwrap();
+    bilge::store::Store::new(state, errors)
+        .list_builds(100)
+        .unwrap()
 }
 
 #[test]
