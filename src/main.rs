@@ -48,9 +48,19 @@ fn main() -> ExitCode {
         Command::Clean(args) => rt
             .block_on(bilge::cleanup::cli::run(cfg, &args))
             .map_err(Into::into),
-        Command::Build(_) => {
-            eprintln!("bilge: this subcommand is not available in this build yet");
-            return ExitCode::from(2);
+        Command::Build(args) => {
+            let build = match cfg.apply_build(&args) {
+                Ok(b) => b,
+                Err(e) => return usage_error(&e),
+            };
+            let cleaner = bilge::build::run::NoCleaner;
+            return match rt.block_on(bilge::build::run::run(&cfg, &build, &cleaner)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("bilge: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
     };
     match result {

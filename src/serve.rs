@@ -1,10 +1,11 @@
 //! `bilge serve`: starts the collectors and the HTTP server, and stops both on SIGINT/SIGTERM.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::build::history::{self, BuildMetrics};
 use crate::cleanup::Engine;
 use crate::collect::Collector;
 use crate::config::{Config, ServeConfig};
@@ -12,6 +13,9 @@ use crate::metrics::Metrics;
 use crate::server::{AppState, router};
 use crate::store::Store;
 use crate::{Error, Result};
+
+/// How often the build metrics look for outcomes written to the store by others.
+const BUILD_FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -60,6 +64,7 @@ pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
         engine,
         webhook,
         started: Instant::now(),
+        builds_changed: Arc::new(tokio::sync::Notify::new()),
     })
 }
 
@@ -84,6 +89,24 @@ pub async fn run_until(
         }
     }
     let cancel = CancellationToken::new();
+    // Replay the build history into the metrics before answering scrapes, then follow it.
+    let builds = Arc::new(Mutex::new(BuildMetrics::new(
+        state.metrics.clone(),
+        state.collector.config().max_projects,
+    )));
+    match history::catch_up(builds.clone(), state.store.clone()).await {
+        Ok(n) => tracing::debug!(builds = n, "build history replayed into the metrics"),
+        Err(_) => tracing::warn!(
+            "the build history could not be read; build metrics start empty and follow the store once it is readable"
+        ),
+    }
+    let follower = tokio::spawn(history::follow(
+        builds,
+        state.store.clone(),
+        state.builds_changed.clone(),
+        BUILD_FOLLOW_INTERVAL,
+        cancel.clone(),
+    ));
     let collectors = tokio::spawn(state.collector.clone().run(cancel.clone()));
     let watermarks = tokio::spawn(crate::cleanup::watermark::watch(
         state.engine.clone(),
@@ -108,6 +131,9 @@ pub async fn run_until(
     }
     if let Err(e) = watermarks.await {
         tracing::warn!(error = %e, "watermark task ended abnormally");
+    }
+    if let Err(e) = follower.await {
+        tracing::warn!(error = %e, "build metrics task ended abnormally");
     }
     tracing::info!("bilge stopped");
     result

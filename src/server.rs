@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tokio::sync::Notify;
 
 use crate::cleanup::{Engine, Level};
 use crate::collect::Collector;
@@ -38,6 +41,8 @@ pub struct AppState {
     pub webhook: Arc<Webhook>,
     /// When the server started.
     pub started: Instant,
+    /// Notified when the build API stored an outcome, so the build metrics catch up at once.
+    pub builds_changed: Arc<Notify>,
 }
 
 /// An error answer.
@@ -116,7 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route(&telemetry, get(metrics))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
-        .route("/api/v1/builds", get(list_builds))
+        .route("/api/v1/builds", get(list_builds).post(push_build))
         .route("/api/v1/cleanups", get(list_cleanups))
         .route("/api/v1/plan", get(plan))
         .route("/api/v1/alerts", post(alerts))
@@ -167,6 +172,49 @@ async fn list_builds(
         .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
         .map_err(|_| AppError::Unavailable("the state store is unavailable".into()))?;
     Ok(Json(serde_json::json!({ "builds": builds })).into_response())
+}
+
+/// Checks `Authorization` against the API token: `Bearer <token>`, or Basic auth whose password
+/// is the token (any user name), compared in constant time.
+pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), AppError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if crate::webhook::authorized(value, token) {
+        Ok(())
+    } else {
+        Err(AppError::Unauthorized)
+    }
+}
+
+/// `POST /api/v1/builds`: validates one outcome and stores it; the build metrics follow the store.
+async fn push_build(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let Some(token) = s.serve.token.as_deref() else {
+        return Err(AppError::NotFound(
+            "the build API is off: start bilge serve with --webhook.token-file to accept build outcomes".into(),
+        ));
+    };
+    authorize(&headers, token)?;
+    let body = body.map_err(|e| AppError::Refused(e.status(), e.body_text()))?;
+    let mut record =
+        crate::build::record::parse(&body, chrono::Utc::now()).map_err(AppError::BadRequest)?;
+    let store = s.store.clone();
+    let row = record.clone();
+    let id = tokio::task::spawn_blocking(move || store.insert_build(&row))
+        .await
+        .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
+        .map_err(|_| {
+            AppError::Unavailable(
+                "the state store is unavailable; the build was not recorded".into(),
+            )
+        })?;
+    record.id = Some(id);
+    s.builds_changed.notify_one();
+    Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
 async fn list_cleanups(

@@ -6,6 +6,7 @@
 
 mod util;
 
+mod builds;
 mod cleanup;
 mod deploy;
 mod exporter;
