@@ -15,6 +15,7 @@ use crate::util::*;
 /// Seconds since `t0`, for the timeline.
 struct Timeline {
     t0: Instant,
+    wall0: chrono::DateTime<chrono::Utc>,
     events: Vec<(f64, String)>,
 }
 
@@ -24,6 +25,15 @@ impl Timeline {
         let what = what.into();
         eprintln!("[{t:7.1}s] {what}");
         self.events.push((t, what));
+    }
+
+    /// Seconds from the start to an RFC 3339 time another program reported.
+    fn at(&self, rfc3339: &str) -> f64 {
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .map(|t| {
+                (t.with_timezone(&chrono::Utc) - self.wall0).num_milliseconds() as f64 / 1000.0
+            })
+            .unwrap_or(f64::NAN)
     }
 }
 
@@ -74,6 +84,7 @@ const MAY_BE_EMPTY: &[(&str, &str)] = &[(
 fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
     let mut tl = Timeline {
         t0: Instant::now(),
+        wall0: chrono::Utc::now(),
         events: Vec::new(),
     };
     let d = Daemon::start_on_loop_fs("e2e", 1024);
@@ -108,12 +119,24 @@ fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
     p.wait_targets_up();
     tl.mark("stack up: dockerd on a 1 GiB loop fs, bilge, Prometheus, Alertmanager");
 
-    // A volume and a stopped container, so that every dashboard panel has something to show.
+    // A running service with a volume and a log, so that every dashboard panel has something
+    // to show and the prune has something it must leave alone.
     d.build(Some("base:1"), &[]);
     d.docker(&["volume", "create", "cache"]);
+    let service = "echo hello; echo data > /c/f; exec sleep 600";
     d.docker(&[
-        "run", "--name", "once", "--network", "none", "-v", "cache:/c", "base:1", "sh", "-c",
-        "echo hello; echo data > /c/f",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "none",
+        "-v",
+        "cache:/c",
+        "base:1",
+        "sh",
+        "-c",
+        service,
     ]);
 
     // Fill: each build adds a unique layer and re-tags `fill:latest`, leaving the last one
@@ -128,7 +151,9 @@ fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
         }
         let mib = ((free as f64 - 0.075 * size as f64) / 1048576.0).clamp(1.0, 160.0) as u64;
         n += 1;
-        let marker = format!("RUN echo fill {n} > /marker && dd if=/dev/zero of=/fill bs=1M count={mib} 2>/dev/null");
+        let marker = format!(
+            "RUN echo fill {n} > /marker && dd if=/dev/zero of=/fill bs=1M count={mib} 2>/dev/null"
+        );
         let (code, err) = bilge_build(&d, &s, &token, "fill", "fill:latest", &[&marker]);
         assert_eq!(code, 0, "fill build {n} ({mib} MiB) failed: {err}");
         assert!(n < 40, "the disk did not fill up");
@@ -142,35 +167,61 @@ fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
     // The build that needs more than is left.
     let app = ["RUN dd if=/dev/zero of=/app bs=1M count=300"];
     let (code, err) = bilge_build(&d, &s, &token, "app", "app:latest", &app);
-    assert_ne!(code, 0, "the app build should have failed on a full disk: {err}");
-    assert!(err.contains("no_space"), "bilge's summary should say no_space: {err}");
-    assert!(err.to_lowercase().contains("no space left on device"), "{err}");
+    assert_ne!(
+        code, 0,
+        "the app build should have failed on a full disk: {err}"
+    );
+    assert!(
+        err.contains("no_space"),
+        "bilge's summary should say no_space: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains("no space left on device"),
+        "{err}"
+    );
     tl.mark("app build failed: no_space");
 
-    wait_for("the disk alert to fire", Duration::from_secs(120), || {
-        (p.alert_state("BilgeDockerDataRootAlmostFull").as_deref() == Some("firing")).then_some(())
+    let alert = wait_for("the disk alert to fire", Duration::from_secs(120), || {
+        p.alerts().into_iter().find(|a| {
+            a["labels"]["alertname"] == "BilgeDockerDataRootAlmostFull" && a["state"] == "firing"
+        })
     });
-    tl.mark("Prometheus: BilgeDockerDataRootAlmostFull firing");
-    wait_for("Alertmanager to hold the alert", Duration::from_secs(60), || {
-        am.alerts()
-            .iter()
-            .any(|a| a["labels"]["alertname"] == "BilgeDockerDataRootAlmostFull")
-            .then_some(())
-    });
+    let active = tl.at(alert["activeAt"].as_str().unwrap_or_default());
+    tl.mark(format!(
+        "Prometheus: BilgeDockerDataRootAlmostFull firing (active since {active:.1}s)"
+    ));
+    wait_for(
+        "Alertmanager to hold the alert",
+        Duration::from_secs(60),
+        || {
+            am.alerts()
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "BilgeDockerDataRootAlmostFull")
+                .then_some(())
+        },
+    );
     tl.mark("Alertmanager: alert received");
-    wait_for("the webhook to accept an alert", Duration::from_secs(90), || {
-        s.metric("bilge_webhook_requests_total{outcome=\"accepted\"}")
-            .filter(|v| *v >= 1.0)
-    });
+    wait_for(
+        "the webhook to accept an alert",
+        Duration::from_secs(90),
+        || {
+            s.metric("bilge_webhook_requests_total{outcome=\"accepted\"}")
+                .filter(|v| *v >= 1.0)
+        },
+    );
     tl.mark("bilge: webhook accepted the alert");
-    let cleanup = wait_for("a webhook cleanup in the audit", Duration::from_secs(120), || {
-        let v = s.get("/api/v1/cleanups").json();
-        v["cleanups"]
-            .as_array()?
-            .iter()
-            .find(|c| c["trigger"] == "webhook" && c["result"] == "success")
-            .cloned()
-    });
+    let cleanup = wait_for(
+        "a webhook cleanup in the audit",
+        Duration::from_secs(120),
+        || {
+            let v = s.get("/api/v1/cleanups").json();
+            v["cleanups"]
+                .as_array()?
+                .iter()
+                .find(|c| c["trigger"] == "webhook" && c["result"] == "success")
+                .cloned()
+        },
+    );
     let reclaimed = cleanup["reclaimed_bytes"].as_u64().unwrap();
     tl.mark(format!(
         "bilge: pruned {} MiB ({})",
@@ -183,8 +234,14 @@ fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    assert!(reclaimed > 300 << 20, "the prune freed only {reclaimed} bytes: {cleanup}");
-    assert!(cleanup["alert"].as_str().is_some_and(|f| !f.is_empty()), "{cleanup}");
+    assert!(
+        reclaimed > 300 << 20,
+        "the prune freed only {reclaimed} bytes: {cleanup}"
+    );
+    assert!(
+        cleanup["alert"].as_str().is_some_and(|f| !f.is_empty()),
+        "{cleanup}"
+    );
     let (free, _) = avail(&d.data_root);
     assert!(
         free as f64 >= 0.5 * size as f64,
@@ -194,23 +251,43 @@ fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
         "free space above target: {:.1}% available",
         100.0 * free as f64 / size as f64
     ));
-    wait_for("the disk alert to resolve", Duration::from_secs(120), || {
-        p.alert_state("BilgeDockerDataRootAlmostFull").is_none().then_some(())
-    });
+    wait_for(
+        "the disk alert to resolve",
+        Duration::from_secs(120),
+        || {
+            p.alert_state("BilgeDockerDataRootAlmostFull")
+                .is_none()
+                .then_some(())
+        },
+    );
     tl.mark("Prometheus: BilgeDockerDataRootAlmostFull resolved");
 
     let (code, err) = bilge_build(&d, &s, &token, "app", "app:latest", &app);
-    assert_eq!(code, 0, "the same build should succeed after the prune: {err}");
+    assert_eq!(
+        code, 0,
+        "the same build should succeed after the prune: {err}"
+    );
     tl.mark("app build succeeded");
 
     // What Prometheus recorded.
-    wait_for("the failed and the good build in Prometheus", Duration::from_secs(30), || {
-        let failed = p.value("bilge_builds_total{project=\"app\",result=\"failure\",reason=\"no_space\"}");
-        let good = p.value("bilge_builds_total{project=\"app\",result=\"success\"}");
-        (failed == Some(1.0) && good == Some(1.0)).then_some(())
-    });
-    let pruned = p.value("sum(bilge_cleanup_reclaimed_bytes_total)").unwrap_or(0.0);
-    assert!(pruned >= reclaimed as f64, "Prometheus saw {pruned} reclaimed bytes");
+    wait_for(
+        "the failed and the good build in Prometheus",
+        Duration::from_secs(30),
+        || {
+            let failed = p.value(
+                "bilge_builds_total{project=\"app\",result=\"failure\",reason=\"no_space\"}",
+            );
+            let good = p.value("bilge_builds_total{project=\"app\",result=\"success\"}");
+            (failed == Some(1.0) && good == Some(1.0)).then_some(())
+        },
+    );
+    let pruned = p
+        .value("sum(bilge_cleanup_reclaimed_bytes_total)")
+        .unwrap_or(0.0);
+    assert!(
+        pruned >= reclaimed as f64,
+        "Prometheus saw {pruned} reclaimed bytes"
+    );
 
     eprintln!("\ntimeline:");
     for (t, what) in &tl.events {
@@ -223,7 +300,11 @@ fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
         .arg("--dashboard-queries")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut empty = Vec::new();
     let mut count = 0;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -236,7 +317,11 @@ fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
         }
     }
     assert!(count > 20, "only {count} dashboard queries");
-    assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
 
     // Every metric the dashboard and rules name exists in bilge's real output.
     let metrics = state.join("metrics.txt");
