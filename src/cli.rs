@@ -235,13 +235,10 @@ pub struct DfArgs {
 /// Flags of `bilge healthcheck`.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// The URL to ask.
-    #[arg(
-        long,
-        env = "BILGE_HEALTHCHECK_URL",
-        default_value = "http://127.0.0.1:9830/-/healthy"
-    )]
-    pub url: String,
+    /// The URL to ask. Default: `/-/healthy` on loopback at the port of
+    /// `BILGE_WEB_LISTEN_ADDRESS` (so it follows the server's configuration), else 9830.
+    #[arg(long, env = "BILGE_HEALTHCHECK_URL")]
+    pub url: Option<String>,
 }
 
 #[cfg(test)]

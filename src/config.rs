@@ -8,9 +8,11 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::build::record::{check_project, project_from_dir};
+use crate::build::submit::ServerTarget;
 use crate::cleanup::policy::{Level, Policy};
-use crate::cli::{GlobalArgs, LogFormat, ServeArgs};
-use crate::format::{parse_duration, parse_free_target, parse_size};
+use crate::cli::{BuildArgs, GlobalArgs, LogFormat, ServeArgs};
+use crate::format::{FreeTarget, parse_duration, parse_free_target, parse_size};
 use crate::{Error, Result};
 
 /// node_exporter's default `--collector.filesystem.mount-points-exclude`.
@@ -75,6 +77,21 @@ pub struct ServeConfig {
     pub relay: bool,
     /// Largest request body.
     pub max_body: usize,
+}
+
+/// Settings of `bilge build` only.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// The project recorded with the outcome.
+    pub project: String,
+    /// Least free space on Docker's data root to start a build with.
+    pub min_free: Option<FreeTarget>,
+    /// Clean up and build once more after a disk failure.
+    pub clean_and_retry: bool,
+    /// Where to send the outcome (else the local store).
+    pub server: Option<ServerTarget>,
+    /// The command and its arguments.
+    pub command: Vec<String>,
 }
 
 /// The TOML policy file, as written by the user. Unknown keys are refused so typos surface.
@@ -218,6 +235,82 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Validates `bilge build`'s own flags and returns its settings.
+    pub fn apply_build(&self, b: &BuildArgs) -> Result<BuildConfig> {
+        let project = match &b.project {
+            Some(p) => {
+                check_project(p).map_err(|m| Error::config("--project", m))?;
+                p.clone()
+            }
+            None => {
+                let cwd = std::env::current_dir().map_err(|e| {
+                    Error::config(
+                        "--project",
+                        format!(
+                            "no current directory to name the project after ({e}); give --project"
+                        ),
+                    )
+                })?;
+                project_from_dir(&cwd)
+            }
+        };
+        let min_free = match b.min_free.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(flag("--min-free", parse_free_target(s))?),
+        };
+        let server = match b.server.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(ServerTarget {
+                url: parse_server(s)?,
+                token: b
+                    .server_token_file
+                    .as_deref()
+                    .map(|p| read_token_file("--server.token-file", p))
+                    .transpose()?,
+            }),
+        };
+        if b.command.is_empty() {
+            return Err(Error::config(
+                "command",
+                "give the build command after `--`",
+            ));
+        }
+        Ok(BuildConfig {
+            project,
+            min_free,
+            clean_and_retry: b.clean_and_retry,
+            server,
+            command: b.command.clone(),
+        })
+    }
+}
+
+/// Checks `--server`: an `http://host:port` URL (the scheme may be left out); returns it
+/// without a trailing slash.
+pub fn parse_server(s: &str) -> Result<String> {
+    let full = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
+    let bad = |why: &str| Error::config("--server", format!("{s:?} {why}"));
+    let url = reqwest::Url::parse(&full).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(bad(
+                "uses https, which this build of bilge does not speak; use http:// (bilge serve speaks plain HTTP)",
+            ));
+        }
+        other => return Err(bad(&format!("has scheme {other:?}; use http://host:port"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host; example: http://127.0.0.1:9830"));
+    }
+    Ok(full.trim_end_matches('/').to_string())
+}
+
 /// Parses `host:port`, `:port` (every interface) or `[v6]:port`.
 pub fn parse_listen(s: &str) -> Result<SocketAddr> {
     let full = if s.starts_with(':') {
@@ -237,18 +330,16 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr> {
 
 /// Reads a token file: one line, surrounding whitespace ignored, never empty.
 pub fn read_token(path: &Path) -> Result<String> {
-    let raw = std::fs::read_to_string(path).map_err(|e| {
-        Error::config(
-            "--webhook.token-file",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
+    read_token_file("--webhook.token-file", path)
+}
+
+/// Reads the token file given by `flag` (named in errors).
+pub fn read_token_file(flag: &str, path: &Path) -> Result<String> {
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(flag, format!("cannot read {}: {e}", path.display())))?;
     let token = raw.trim().to_string();
     if token.is_empty() {
-        return Err(Error::config(
-            "--webhook.token-file",
-            format!("{} is empty", path.display()),
-        ));
+        return Err(Error::config(flag, format!("{} is empty", path.display())));
     }
     Ok(token)
 }
@@ -352,6 +443,21 @@ mod tests {
             "127.0.0.1:80".parse().ok()
         );
         assert!(parse_listen("9830").is_err());
+    }
+
+    #[test]
+    fn server_urls_are_plain_http_with_a_host() {
+        assert_eq!(
+            parse_server("127.0.0.1:9830/").ok().as_deref(),
+            Some("http://127.0.0.1:9830")
+        );
+        assert_eq!(
+            parse_server("http://bilge.internal").ok().as_deref(),
+            Some("http://bilge.internal")
+        );
+        assert!(parse_server("https://bilge.internal").is_err());
+        assert!(parse_server("ftp://x").is_err());
+        assert!(parse_server("http://").is_err());
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub struct Container {
     pub created: i64,
     /// Container labels.
     pub labels: HashMap<String, String>,
+    /// Names of the volumes it mounts (empty when the daemon does not say).
+    pub volumes: Vec<String>,
 }
 
 impl Container {
@@ -218,6 +220,15 @@ struct WireContainer {
     #[serde(default)]
     created: i64,
     labels: Option<HashMap<String, String>>,
+    mounts: Option<Vec<WireMount>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireMount {
+    #[serde(rename = "Type")]
+    kind: Option<String>,
+    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,6 +328,13 @@ pub fn parse_disk_usage(body: &[u8]) -> Result<DiskUsage> {
                 size_rw: c.size_rw.unwrap_or(-1),
                 created: c.created,
                 labels: c.labels.unwrap_or_default(),
+                volumes: c
+                    .mounts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|m| m.kind.as_deref() == Some("volume"))
+                    .filter_map(|m| m.name)
+                    .collect(),
             })
             .collect(),
         volumes: volumes
@@ -353,6 +371,8 @@ pub struct DockerApi {
     host: String,
     version: String,
     timeout: Duration,
+    /// Serializes this process's `/system/df` calls: the daemon refuses a second concurrent one.
+    df_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DockerApi {
@@ -378,6 +398,7 @@ impl DockerApi {
             host: cfg.host.clone(),
             version: format!("{}.{}", v.major_version, v.minor_version),
             timeout: cfg.timeout,
+            df_lock: Default::default(),
         })
     }
 
@@ -415,9 +436,26 @@ impl DockerApi {
     }
 
     /// `GET /system/df` (verbose where the API has summaries), parsed for either generation.
+    ///
+    /// The daemon runs one disk usage operation at a time and refuses others ("a disk usage
+    /// operation is already running"): calls from this process wait for each other, and a call
+    /// that meets another process's (a `bilge clean` next to `bilge serve`) retries within the
+    /// timeout.
     pub async fn disk_usage(&self) -> Result<DiskUsage> {
-        let body = self.raw_get("/system/df?verbose=1").await?;
-        parse_disk_usage(&body)
+        let _one = self.df_lock.lock().await;
+        let start = std::time::Instant::now();
+        loop {
+            match self.raw_get("/system/df?verbose=1").await {
+                Ok(body) => return parse_disk_usage(&body),
+                Err(Error::Docker(m))
+                    if m.contains("already running") && start.elapsed() < self.timeout =>
+                {
+                    tracing::debug!("another disk usage operation is running; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The `LogPath` of a container (empty when its log driver keeps no file).
@@ -499,7 +537,8 @@ mod tests {
     const OLD: &str = r#"{"LayersSize":3000,"Images":[
         {"Id":"sha256:aaaaaaaaaaaaaaaaaaaa","ParentId":"","RepoTags":["app:1"],"Created":1700000000,"Size":2000,"SharedSize":500,"VirtualSize":2000,"Labels":null,"Containers":1},
         {"Id":"sha256:bbbbbbbbbbbbbbbbbbbb","RepoTags":["<none>:<none>"],"Created":1700000001,"Size":1000,"SharedSize":0,"Labels":{},"Containers":0}],
-      "Containers":[{"Id":"c1","Names":["/web"],"ImageID":"sha256:aaaa","State":"running","SizeRw":10,"Created":1700000002,"Labels":{}},
+      "Containers":[{"Id":"c1","Names":["/web"],"ImageID":"sha256:aaaa","State":"running","SizeRw":10,"Created":1700000002,"Labels":{},
+                     "Mounts":[{"Type":"volume","Name":"data","Destination":"/d"},{"Type":"bind","Source":"/etc","Destination":"/e"}]},
                     {"Id":"c2","Names":["/old"],"ImageID":"sha256:aaaa","State":"exited","SizeRw":20,"Created":1700000003}],
       "Volumes":[{"Name":"data","Driver":"local","UsageData":{"Size":300,"RefCount":0},"CreatedAt":"2024-01-01T00:00:00Z","Labels":null},
                  {"Name":"0123456789012345678901234567890123456789012345678901234567890123","UsageData":{"Size":-1,"RefCount":1}}],
@@ -521,6 +560,7 @@ mod tests {
         assert!(du.images[1].is_dangling());
         assert_eq!(du.images[0].unique_size(), 1500);
         assert_eq!(du.containers[0].name, "web");
+        assert_eq!(du.containers[0].volumes, ["data"]);
         assert!(du.containers[0].is_active() && !du.containers[1].is_active());
         assert_eq!(du.volumes[1].size, -1);
         assert!(du.volumes[1].anonymous && !du.volumes[0].anonymous);

@@ -40,11 +40,27 @@ fn main() -> ExitCode {
             .block_on(bilge::df::run(cfg, args.json))
             .map_err(Into::into),
         Command::Healthcheck(args) => rt
-            .block_on(bilge::healthcheck(&args.url))
+            .block_on(bilge::healthcheck(&bilge::healthcheck_url(
+                args.url,
+                std::env::var("BILGE_WEB_LISTEN_ADDRESS").ok(),
+            )))
             .map_err(Into::into),
-        Command::Build(_) | Command::Clean(_) => {
-            eprintln!("bilge: this subcommand is not available in this build yet");
-            return ExitCode::from(2);
+        Command::Clean(args) => rt
+            .block_on(bilge::cleanup::cli::run(cfg, &args))
+            .map_err(Into::into),
+        Command::Build(args) => {
+            let build = match cfg.apply_build(&args) {
+                Ok(b) => b,
+                Err(e) => return usage_error(&e),
+            };
+            let cleaner = bilge::build::run::NoCleaner;
+            return match rt.block_on(bilge::build::run::run(&cfg, &build, &cleaner)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("bilge: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
     };
     match result {

@@ -62,7 +62,7 @@ const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color
 h1{font-size:1.4rem;margin:0 0 .2rem}h2{font-size:1.1rem;margin:1.6rem 0 .4rem}\
 table{border-collapse:collapse;background:#fff;min-width:40rem}\
 th,td{padding:.3rem .7rem;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top}\
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}\
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.u{white-space:nowrap}\
 .bar{display:inline-block;width:8rem;height:.7rem;background:#e3e6ea;border-radius:3px;vertical-align:middle}\
 .bar div{height:100%;border-radius:3px}.ok{background:#3b8f5a}.warn{background:#d9a300}.crit{background:#c8322b}\
 .bad{color:#c8322b;font-weight:600}.good{color:#3b8f5a;font-weight:600}.muted{color:#69707d}\
@@ -134,7 +134,7 @@ pub fn render(
             .is_some_and(|d| d.mountpoint == f.mount.mountpoint);
         let _ = write!(
             h,
-            "<tr><td>{}{}{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}{}{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"u\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&f.mount.mountpoint),
             if is_root {
                 " <strong>(Docker data root)</strong>"

@@ -1,16 +1,21 @@
 //! `bilge serve`: starts the collectors and the HTTP server, and stops both on SIGINT/SIGTERM.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::build::history::{self, BuildMetrics};
+use crate::cleanup::Engine;
 use crate::collect::Collector;
 use crate::config::{Config, ServeConfig};
 use crate::metrics::Metrics;
 use crate::server::{AppState, router};
 use crate::store::Store;
 use crate::{Error, Result};
+
+/// How often the build metrics look for outcomes written to the store by others.
+const BUILD_FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -44,13 +49,22 @@ pub async fn shutdown_signal() {
 pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
     let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
+    let webhook = Arc::new(crate::webhook::Webhook::new(&serve, &cfg.policy));
     let collector = Arc::new(Collector::new(cfg, metrics.clone()));
+    let engine = Arc::new(Engine::new(
+        collector.clone(),
+        store.clone(),
+        metrics.clone(),
+    ));
     Ok(AppState {
         metrics,
         collector,
         store,
         serve: Arc::new(serve),
+        engine,
+        webhook,
         started: Instant::now(),
+        builds_changed: Arc::new(tokio::sync::Notify::new()),
     })
 }
 
@@ -68,16 +82,43 @@ pub async fn run_until(
         )
     })?;
     let state = state(cfg, serve)?;
-    if let Err(e) = state.store.check() {
-        tracing::warn!(error = %e, "the state store is not usable yet; history will not be kept until it is (see --state.path)");
+    match state.store.check() {
+        Ok(()) => state.engine.resume_cooldown(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the state store is not usable yet; history will not be kept until it is (see --state.path)")
+        }
     }
     let cancel = CancellationToken::new();
+    // Replay the build history into the metrics before answering scrapes, then follow it.
+    let builds = Arc::new(Mutex::new(BuildMetrics::new(
+        state.metrics.clone(),
+        state.collector.config().max_projects,
+    )));
+    match history::catch_up(builds.clone(), state.store.clone()).await {
+        Ok(n) => tracing::debug!(builds = n, "build history replayed into the metrics"),
+        Err(_) => tracing::warn!(
+            "the build history could not be read; build metrics start empty and follow the store once it is readable"
+        ),
+    }
+    let follower = tokio::spawn(history::follow(
+        builds,
+        state.store.clone(),
+        state.builds_changed.clone(),
+        BUILD_FOLLOW_INTERVAL,
+        cancel.clone(),
+    ));
     let collectors = tokio::spawn(state.collector.clone().run(cancel.clone()));
+    let watermarks = tokio::spawn(crate::cleanup::watermark::watch(
+        state.engine.clone(),
+        cancel.clone(),
+    ));
     tracing::info!(
         address = %listen,
         docker = %state.collector.config().docker.host,
         state = %state.store.path().display(),
         webhook = state.serve.token.is_some(),
+        relay = state.serve.relay,
+        max_level = %state.engine.policy().max_level,
         version = crate::VERSION,
         "bilge serving"
     );
@@ -87,6 +128,12 @@ pub async fn run_until(
     cancel.cancel();
     if let Err(e) = collectors.await {
         tracing::warn!(error = %e, "collector task ended abnormally");
+    }
+    if let Err(e) = watermarks.await {
+        tracing::warn!(error = %e, "watermark task ended abnormally");
+    }
+    if let Err(e) = follower.await {
+        tracing::warn!(error = %e, "build metrics task ended abnormally");
     }
     tracing::info!("bilge stopped");
     result

@@ -5,17 +5,24 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tokio::sync::Notify;
 
+use crate::cleanup::{Engine, Level};
 use crate::collect::Collector;
 use crate::config::ServeConfig;
+use crate::format::parse_duration;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::webhook::Webhook;
 
 /// Everything a handler may need.
 #[derive(Debug, Clone)]
@@ -28,8 +35,14 @@ pub struct AppState {
     pub store: Store,
     /// `bilge serve`'s settings.
     pub serve: Arc<ServeConfig>,
+    /// The cleanup engine.
+    pub engine: Arc<Engine>,
+    /// The Alertmanager webhook's settings and memory.
+    pub webhook: Arc<Webhook>,
     /// When the server started.
     pub started: Instant,
+    /// Notified when the build API stored an outcome, so the build metrics catch up at once.
+    pub builds_changed: Arc<Notify>,
 }
 
 /// An error answer.
@@ -108,8 +121,10 @@ pub fn router(state: AppState) -> Router {
         .route(&telemetry, get(metrics))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
-        .route("/api/v1/builds", get(list_builds))
+        .route("/api/v1/builds", get(list_builds).post(push_build))
         .route("/api/v1/cleanups", get(list_cleanups))
+        .route("/api/v1/plan", get(plan))
+        .route("/api/v1/alerts", post(alerts))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -159,6 +174,49 @@ async fn list_builds(
     Ok(Json(serde_json::json!({ "builds": builds })).into_response())
 }
 
+/// Checks `Authorization` against the API token: `Bearer <token>`, or Basic auth whose password
+/// is the token (any user name), compared in constant time.
+pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), AppError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if crate::webhook::authorized(value, token) {
+        Ok(())
+    } else {
+        Err(AppError::Unauthorized)
+    }
+}
+
+/// `POST /api/v1/builds`: validates one outcome and stores it; the build metrics follow the store.
+async fn push_build(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let Some(token) = s.serve.token.as_deref() else {
+        return Err(AppError::NotFound(
+            "the build API is off: start bilge serve with --webhook.token-file to accept build outcomes".into(),
+        ));
+    };
+    authorize(&headers, token)?;
+    let body = body.map_err(|e| AppError::Refused(e.status(), e.body_text()))?;
+    let mut record =
+        crate::build::record::parse(&body, chrono::Utc::now()).map_err(AppError::BadRequest)?;
+    let store = s.store.clone();
+    let row = record.clone();
+    let id = tokio::task::spawn_blocking(move || store.insert_build(&row))
+        .await
+        .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
+        .map_err(|_| {
+            AppError::Unavailable(
+                "the state store is unavailable; the build was not recorded".into(),
+            )
+        })?;
+    record.id = Some(id);
+    s.builds_changed.notify_one();
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
 async fn list_cleanups(
     State(s): State<AppState>,
     Query(q): Query<LimitQuery>,
@@ -170,6 +228,69 @@ async fn list_cleanups(
         .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
         .map_err(|_| AppError::Unavailable("the state store is unavailable".into()))?;
     Ok(Json(serde_json::json!({ "cleanups": cleanups })).into_response())
+}
+
+async fn alerts(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    crate::webhook::handle(
+        &s.webhook,
+        &s.engine,
+        &s.metrics,
+        &headers,
+        body,
+        s.serve.max_body,
+    )
+    .await
+}
+
+/// `?level=` and `?until=` for `/api/v1/plan`.
+#[derive(Debug, Deserialize)]
+pub struct PlanQuery {
+    /// Highest level to plan (default: every level the host allows).
+    pub level: Option<String>,
+    /// Minimum age (default: the policy's `until`).
+    pub until: Option<String>,
+}
+
+/// Candidates listed per level in `/api/v1/plan` (the counts and bytes cover all of them).
+const PLAN_CANDIDATES: usize = 50;
+
+async fn plan(State(s): State<AppState>, Query(q): Query<PlanQuery>) -> Result<Response, AppError> {
+    let level = match q.level.as_deref() {
+        Some(l) => Level::parse(l).map_err(AppError::BadRequest)?,
+        None => Level::AGGRESSIVE,
+    };
+    let until = q
+        .until
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(AppError::BadRequest)?;
+    let Some(mut p) = s.engine.plan_from_snapshot(level, until) else {
+        return Err(AppError::Unavailable(
+            "no Docker usage collected yet; try again after the first Docker collection".into(),
+        ));
+    };
+    let snapshot = s.collector.snapshot();
+    for l in &mut p.levels {
+        l.candidates.truncate(PLAN_CANDIDATES);
+    }
+    let policy = s.engine.policy();
+    let target = snapshot
+        .data_root
+        .as_ref()
+        .map(|d| policy.target_free.bytes_for(d.usage.size));
+    Ok(Json(serde_json::json!({
+        "plan": p,
+        "as_of": snapshot.docker_last_success,
+        "data_root": snapshot.data_root,
+        "target_free": policy.target_free.to_string(),
+        "target_free_bytes": target,
+        "max_level": policy.max_level,
+        "allow_volumes": policy.allow_volumes,
+        "protect_labels": policy.protect_labels,
+        "cleanup_in_progress": s.engine.is_running(),
+    }))
+    .into_response())
 }
 
 async fn page(State(s): State<AppState>) -> Html<String> {

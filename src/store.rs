@@ -115,6 +115,26 @@ CREATE TABLE IF NOT EXISTS cleanups (
 );
 ";
 
+/// The columns [`build_row`] reads, in its order.
+const BUILD_COLUMNS: &str = "id, project, result, reason, exit_code, started_at, finished_at, duration_seconds, evidence, host, attempt";
+
+/// One `builds` row selected with [`BUILD_COLUMNS`].
+fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
+    Ok(BuildRecord {
+        id: Some(r.get(0)?),
+        project: r.get(1)?,
+        result: r.get(2)?,
+        reason: r.get(3)?,
+        exit_code: r.get(4)?,
+        started_at: parse_ts(r.get(5)?)?,
+        finished_at: parse_ts(r.get(6)?)?,
+        duration_seconds: r.get(7)?,
+        evidence: r.get(8)?,
+        host: r.get(9)?,
+        attempt: r.get(10)?,
+    })
+}
+
 /// The store. Cheap to clone; one connection behind a mutex.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -204,25 +224,21 @@ impl Store {
     /// The newest builds first.
     pub fn list_builds(&self, limit: usize) -> Result<Vec<BuildRecord>> {
         self.with("reading builds", |c| {
-            let mut st = c.prepare(
-                "SELECT id, project, result, reason, exit_code, started_at, finished_at, duration_seconds, evidence, host, attempt
-                 FROM builds ORDER BY finished_at DESC, id DESC LIMIT ?1",
-            )?;
-            let rows = st.query_map([limit as i64], |r| {
-                Ok(BuildRecord {
-                    id: Some(r.get(0)?),
-                    project: r.get(1)?,
-                    result: r.get(2)?,
-                    reason: r.get(3)?,
-                    exit_code: r.get(4)?,
-                    started_at: parse_ts(r.get(5)?)?,
-                    finished_at: parse_ts(r.get(6)?)?,
-                    duration_seconds: r.get(7)?,
-                    evidence: r.get(8)?,
-                    host: r.get(9)?,
-                    attempt: r.get(10)?,
-                })
-            })?;
+            let mut st = c.prepare(&format!(
+                "SELECT {BUILD_COLUMNS} FROM builds ORDER BY finished_at DESC, id DESC LIMIT ?1"
+            ))?;
+            let rows = st.query_map([limit as i64], build_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Up to `limit` builds stored after row `id`, oldest first (for metrics that follow the table).
+    pub fn builds_after(&self, id: i64, limit: usize) -> Result<Vec<BuildRecord>> {
+        self.with("reading new builds", |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {BUILD_COLUMNS} FROM builds WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![id, limit as i64], build_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -352,6 +368,13 @@ mod tests {
         assert_eq!(list[1].reason, "no_space");
         assert_eq!(s.last_build_times().unwrap().len(), 3);
         assert_eq!(s.projects().unwrap(), ["a", "b"]);
+        let after: Vec<i64> = s
+            .builds_after(1, 10)
+            .unwrap()
+            .iter()
+            .filter_map(|b| b.id)
+            .collect();
+        assert_eq!(after, [2, 3]);
         assert_eq!(errors.get(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -149,19 +149,7 @@ rule_files:\n  - {}\n{alerting}scrape_configs:\n  - job_name: bilge\n    static_
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -213,109 +201,4 @@ fn prometheus_scrapes_bilge_and_loads_the_bundled_rules() {
                 .then_some(())
         },
     );
-}
-
-/// A running Alertmanager (Debian's), stopped on drop.
-#[derive(Debug)]
-pub struct Alertmanager {
-    /// `127.0.0.1:PORT`.
-    pub addr: String,
-    /// Its directory (config, storage, log).
-    pub dir: PathBuf,
-    child: Child,
-}
-
-impl Alertmanager {
-    /// Starts Alertmanager with `config` (YAML text) on a free loopback port, clustering off.
-    pub fn start(config: &str) -> Self {
-        require(
-            "/usr/bin/prometheus-alertmanager",
-            "apt-get install prometheus-alertmanager",
-        );
-        let dir = temp_dir("am");
-        std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
-        let child = Command::new("/usr/bin/prometheus-alertmanager")
-            .arg(format!("--config.file={}", dir.join("alertmanager.yml").display()))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let am = Alertmanager { addr, dir, child };
-        wait_for("alertmanager to be ready", Duration::from_secs(60), || {
-            http("GET", &am.url("/-/ready"), &[], b"")
-                .ok()
-                .filter(|r| r.status == 200)
-        });
-        am
-    }
-
-    /// `http://addr/path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// Active alerts (API v2).
-    pub fn alerts(&self) -> Vec<serde_json::Value> {
-        http("GET", &self.url("/api/v2/alerts"), &[], b"")
-            .unwrap()
-            .json()
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Posts alerts (API v2): each `(labels, annotations)`, starting now.
-    pub fn post(&self, alerts: &serde_json::Value) {
-        let r = http(
-            "POST",
-            &self.url("/api/v2/alerts"),
-            &[("Content-Type", "application/json")],
-            alerts.to_string().as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "alertmanager refused the alerts: {}", r.text());
-    }
-
-    /// Its log.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.join("alertmanager.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The bundled Alertmanager config with only the bilge webhook's URL and token file changed.
-pub fn bundled_alertmanager_config(webhook_url: &str, token_file: &Path) -> String {
-    let text = std::fs::read_to_string(repo().join("alerts/alertmanager.yml")).unwrap();
-    let mut url_done = false;
-    let mut cred_done = false;
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| {
-            let indent = &l[..l.len() - l.trim_start().len()];
-            if !url_done && l.trim_start().starts_with("- url: http://bilge:") {
-                url_done = true;
-                format!("{indent}- url: {webhook_url}")
-            } else if !cred_done && l.trim_start().starts_with("credentials_file:") {
-                cred_done = true;
-                format!("{indent}credentials_file: {}", token_file.display())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    assert!(url_done && cred_done, "alerts/alertmanager.yml changed shape: the bilge receiver's url/credentials_file lines were not found");
-    out.join("\n") + "\n"
 }

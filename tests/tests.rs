@@ -6,5 +6,10 @@
 
 mod util;
 
+mod builds;
+mod cleanup;
+mod deploy;
+mod e2e;
 mod exporter;
 mod stack;
+mod webhook;

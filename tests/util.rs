@@ -61,6 +61,25 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Sends SIGTERM to `child`, waits up to `grace` for it to exit, then kills it. Returns the
+/// exit status when it exited by itself.
+pub fn stop_child(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// A private dockerd on temporary paths, torn down (containers, shims, mounts, files) on drop.
 #[derive(Debug)]
 pub struct Daemon {
@@ -150,19 +169,7 @@ impl Daemon {
     /// Stops the daemon (keeping its files), as if it had crashed or been stopped by hand.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(20) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            stop_child(&mut c, Duration::from_secs(20));
         }
     }
 
@@ -255,6 +262,36 @@ pub fn make_loop_fs(img: &Path, mnt: &Path, size_mib: u64) {
     run_ok(Command::new("mount").args(["-o", "loop"]).arg(img).arg(mnt));
 }
 
+/// A small ext4 loop filesystem under /tmp, unmounted and removed on drop.
+#[derive(Debug)]
+pub struct LoopFs {
+    /// Where it is mounted.
+    pub mnt: PathBuf,
+    dir: PathBuf,
+}
+
+impl LoopFs {
+    /// Makes and mounts a filesystem of `size_mib` MiB.
+    pub fn new(name: &str, size_mib: u64) -> LoopFs {
+        require_root();
+        let dir = temp_dir(name);
+        let mnt = dir.join("mnt");
+        make_loop_fs(&dir.join("disk.img"), &mnt, size_mib);
+        LoopFs { mnt, dir }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Runs a command and panics with its output when it fails.
 pub fn run_ok(c: &mut Command) -> String {
     let out = c.output().unwrap();
@@ -342,6 +379,17 @@ impl Server {
 
     /// As [`Server::start`], with a chosen state directory.
     pub fn start_in(dir: PathBuf, docker_host: &str, args: &[&str]) -> Server {
+        let state = dir.join("bilge.db");
+        Self::start_with_state(dir, &state, docker_host, args)
+    }
+
+    /// As [`Server::start`], with the log in `dir` and the state at `state`.
+    pub fn start_with_state(
+        dir: PathBuf,
+        state: &Path,
+        docker_host: &str,
+        args: &[&str],
+    ) -> Server {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("bilge-{port}.log"));
@@ -350,7 +398,7 @@ impl Server {
             .args(["--web.listen-address", &addr])
             .args(["--docker.host", docker_host])
             .arg("--state.path")
-            .arg(dir.join("bilge.db"))
+            .arg(state)
             .args(args)
             .env_remove("DOCKER_HOST")
             .stdin(Stdio::null())
@@ -407,39 +455,14 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "bilge did not stop within 15s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        stop_child(&mut self.child, Duration::from_secs(15))
+            .expect("bilge did not stop within 15s of SIGTERM")
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -463,6 +486,14 @@ pub struct Response {
 }
 
 impl Response {
+    /// A header's value (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Body as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -579,4 +610,346 @@ pub fn size_agrees(ours: u64, cli: &str) -> bool {
     let unit = theirs / digits.parse::<f64>().unwrap_or(1.0).max(f64::MIN_POSITIVE);
     let rounding = 0.5 * 10f64.powi(-decimals) * if theirs == 0.0 { 1.0 } else { unit };
     diff <= (theirs * 0.01).max(rounding) + 1.0
+}
+
+/// Writes a `bilge --config` file with a `[cleanup]` table of `lines` into `dir`.
+pub fn policy_file(dir: &Path, lines: &[&str]) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let p = dir.join(format!("policy{n}.toml"));
+    std::fs::write(&p, format!("[cleanup]\n{}\n", lines.join("\n"))).unwrap();
+    p
+}
+
+/// Writes a token file into `dir`.
+pub fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let p = dir.join(format!("token{n}"));
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    p
+}
+
+/// Runs `bilge clean ARGS` against `d`, with the state in `state` (a file path); stdin is not a
+/// terminal.
+pub fn bilge_clean(d: &Daemon, state: &Path, args: &[&str]) -> Output {
+    Command::new(BILGE)
+        .arg("clean")
+        .args(["--docker.host", &d.host])
+        .arg("--state.path")
+        .arg(state)
+        .args(args)
+        .env_remove("DOCKER_HOST")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `bilge clean --json` that must succeed; returns its report.
+pub fn bilge_clean_json(d: &Daemon, state: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = bilge_clean(d, state, &all);
+    assert!(
+        out.status.success(),
+        "bilge clean {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bilge clean --json printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+impl Daemon {
+    /// Image ids, tags and dangling ones alike.
+    pub fn image_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .docker(&["images", "-aq", "--no-trunc"])
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// True when an image (id or tag) exists.
+    pub fn has_image(&self, name: &str) -> bool {
+        self.docker_output(&["image", "inspect", name])
+            .status
+            .success()
+    }
+
+    /// True when a container exists.
+    pub fn has_container(&self, name: &str) -> bool {
+        self.docker_output(&["container", "inspect", name])
+            .status
+            .success()
+    }
+
+    /// True when a volume exists.
+    pub fn has_volume(&self, name: &str) -> bool {
+        self.docker_output(&["volume", "inspect", name])
+            .status
+            .success()
+    }
+
+    /// Names of every container.
+    pub fn container_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .docker(&["ps", "-a", "--format", "{{.Names}}"])
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Names of every volume.
+    pub fn volume_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .docker(&["volume", "ls", "-q"])
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Ids of every build cache record.
+    pub fn build_cache_ids(&self) -> Vec<String> {
+        let v = self.system_df_verbose();
+        let mut ids: Vec<String> = v["BuildCache"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["ID"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Builds `tag` twice with different content: the first build becomes a dangling image of
+    /// about `mib` MiB. Returns the dangling image's id.
+    pub fn make_dangling(&self, tag: &str, mib: u32) -> String {
+        let first = self.build(
+            Some(tag),
+            &[&format!(
+                "RUN dd if=/dev/zero of=/dangling bs=1M count={mib} 2>/dev/null"
+            )],
+        );
+        self.build(Some(tag), &["RUN echo replaced > /replaced"]);
+        first
+    }
+
+    /// Runs a container that writes `mib` MiB into its writable layer and exits.
+    pub fn make_stopped(&self, name: &str, image: &str, mib: u32, labels: &[&str]) {
+        let mut args = vec!["run", "--name", name, "--network", "none"];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        let script = format!("dd if=/dev/zero of=/written bs=1M count={mib} 2>/dev/null");
+        args.extend([image, "sh", "-c", &script]);
+        self.docker(&args);
+    }
+
+    /// Available bytes on the filesystem of the data root (statvfs `f_bavail`).
+    pub fn data_root_avail(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.data_root).unwrap();
+        s.blocks_available() * s.fragment_size()
+    }
+}
+
+/// A webhook payload (version 4) with one firing alert.
+pub fn alert_payload(fingerprint: &str, instance: &str, action: &str, starts_at: &str) -> String {
+    serde_json::json!({
+        "version": "4",
+        "status": "firing",
+        "receiver": "bilge",
+        "groupKey": "{}:{alertname=\"BilgeDockerDataRootAlmostFull\"}",
+        "truncatedAlerts": 0,
+        "groupLabels": {"alertname": "BilgeDockerDataRootAlmostFull"},
+        "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example:9093",
+        "alerts": [{
+            "status": "firing",
+            "labels": {
+                "alertname": "BilgeDockerDataRootAlmostFull",
+                "instance": instance,
+                "bilge_action": action,
+                "severity": "warning"
+            },
+            "annotations": {"summary": "almost full"},
+            "startsAt": starts_at,
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus.example/graph",
+            "fingerprint": fingerprint
+        }]
+    })
+    .to_string()
+}
+
+/// POSTs a payload to a bilge server's webhook with a bearer token.
+pub fn post_alerts(s: &Server, token: Option<&str>, body: &str) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    http("POST", &s.url("/api/v1/alerts"), &headers, body.as_bytes()).unwrap()
+}
+
+/// The audit rows of a server, newest first.
+pub fn cleanups(s: &Server) -> Vec<serde_json::Value> {
+    let r = s.get("/api/v1/cleanups?limit=1000");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["cleanups"].as_array().cloned().unwrap_or_default()
+}
+
+/// A Prometheus Alertmanager (Debian's `prometheus-alertmanager`) on a free loopback port,
+/// stopped on drop.
+#[derive(Debug)]
+pub struct Alertmanager {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its directory (config, storage, log).
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Alertmanager {
+    /// Starts Alertmanager with the project's `alerts/alertmanager.yml`, its `bilge` receiver
+    /// pointed at `webhook_url` with the token in `token_file`, and every `group_wait` at 1s.
+    pub fn start_for_bilge(webhook_url: &str, token_file: &Path) -> Alertmanager {
+        let config: Vec<String> = bundled_alertmanager_config(webhook_url, token_file)
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("group_wait:") {
+                Some(_) => format!("{}group_wait: 1s", &l[..l.len() - l.trim_start().len()]),
+                None => l.to_string(),
+            })
+            .collect();
+        Self::start(&config.join("\n"))
+    }
+
+    /// Starts Alertmanager with `config` (YAML).
+    pub fn start(config: &str) -> Alertmanager {
+        require(
+            "/usr/bin/prometheus-alertmanager",
+            "apt-get install prometheus-alertmanager",
+        );
+        let dir = temp_dir("am");
+        std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("alertmanager.log")).unwrap();
+        let child = Command::new("/usr/bin/prometheus-alertmanager")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("alertmanager.yml").display()
+            ))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect(
+                "prometheus-alertmanager did not start; apt-get install prometheus-alertmanager",
+            );
+        let mut am = Alertmanager { addr, dir, child };
+        let start = Instant::now();
+        loop {
+            let ready = http("GET", &am.url("/-/ready"), &[], b"")
+                .map(|r| r.status == 200)
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            if let Ok(Some(status)) = am.child.try_wait() {
+                panic!("Alertmanager exited ({status}): {}", am.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "Alertmanager not ready after 30s: {}",
+                am.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        am
+    }
+
+    /// `http://addr/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Posts alerts (a JSON array of `{labels, annotations, startsAt}`) to its v2 API.
+    pub fn post(&self, alerts: &serde_json::Value) {
+        let r = http(
+            "POST",
+            &self.url("/api/v2/alerts"),
+            &[("Content-Type", "application/json")],
+            alerts.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "Alertmanager refused the alerts: {}",
+            r.text()
+        );
+    }
+
+    /// The alerts it holds (v2 API).
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let r = http("GET", &self.url("/api/v2/alerts"), &[], b"").unwrap();
+        r.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// Its log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("alertmanager.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The bundled Alertmanager config with only the bilge webhook's URL and token file changed.
+pub fn bundled_alertmanager_config(webhook_url: &str, token_file: &Path) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts/alertmanager.yml"),
+    )
+    .unwrap();
+    let mut url_done = false;
+    let mut cred_done = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            if !url_done && l.trim_start().starts_with("- url: http://bilge:") {
+                url_done = true;
+                format!("{indent}- url: {webhook_url}")
+            } else if !cred_done && l.trim_start().starts_with("credentials_file:") {
+                cred_done = true;
+                format!("{indent}credentials_file: {}", token_file.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(
+        url_done && cred_done,
+        "alerts/alertmanager.yml changed shape: the bilge receiver's url/credentials_file lines were not found"
+    );
+    out.join("\n") + "\n"
 }

@@ -1,4 +1,11 @@
-//! The cleanup engine: a pure policy and planner ([`policy`]) and the executor that runs a plan
-//! through Docker's prune endpoints.
+//! The cleanup engine: a pure policy and planner ([`policy`]), the executor that runs a plan
+//! through Docker's prune endpoints ([`engine`]), the `bilge clean` command ([`cli`]) and the
+//! watermark watcher that `bilge serve` runs ([`watermark`]).
 
+pub mod cli;
+pub mod engine;
 pub mod policy;
+pub mod watermark;
+
+pub use engine::{Engine, Refusal, Report, Request, Trigger};
+pub use policy::{Level, Plan, Policy};

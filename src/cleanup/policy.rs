@@ -1,10 +1,30 @@
-//! Cleanup levels and the host's cleanup policy. Pure: no I/O.
+//! Cleanup levels, the host's cleanup policy and the planner. Pure: no I/O.
+//!
+//! The planner answers "what would each level remove now, and how many bytes would that free?"
+//! from one `/system/df` answer. It uses the definitions Docker's prune endpoints use, so that a
+//! dry run's estimate and a real run's `SpaceReclaimed` agree:
+//!
+//! - build cache: records neither in use nor shared with an image, and not BuildKit's own
+//!   `internal`/`frontend` records (`docker builder prune` without `--all`), last used before the
+//!   cut-off; bytes are the records' sizes;
+//! - containers: every container that is not running, paused, restarting or being removed,
+//!   created before the cut-off; bytes are their writable layers (`SizeRw`);
+//! - images: not used by any container that survives the run (a stopped container removed by an
+//!   earlier level no longer holds its image), created before the cut-off; dangling ones first,
+//!   then tagged ones; bytes are each image's unique size (size minus shared size);
+//! - volumes: not mounted by any surviving container, created before the cut-off; bytes are their
+//!   usage data.
+//!
+//! Every level skips objects that carry a protect label. Build cache records have no labels.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::format::FreeTarget;
+use crate::docker::DiskUsage;
+use crate::format::{FreeTarget, format_duration};
 
 /// One cleanup level. Each level includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -123,11 +143,577 @@ impl Policy {
         }
         top
     }
+
+    /// True when `labels` carry one of the protect labels (`key` matches any value).
+    pub fn protects(&self, labels: &std::collections::HashMap<String, String>) -> bool {
+        self.protect_labels.iter().any(|p| match p.split_once('=') {
+            Some((k, v)) => labels.get(k).is_some_and(|have| have == v),
+            None => labels.contains_key(p.as_str()),
+        })
+    }
+}
+
+/// One object a level would remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    /// Full id (volume name for volumes).
+    pub id: String,
+    /// A readable, bounded name.
+    pub name: String,
+    /// Bytes removing it frees, as Docker counts them.
+    pub bytes: u64,
+}
+
+/// Objects a level leaves alone, by reason (an object is counted under its first reason).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Kept {
+    /// Running, or used by a container that stays (build cache: in use or shared).
+    pub in_use: u64,
+    /// Carrying a protect label.
+    pub protected: u64,
+    /// Younger than `until` (or of unknown age).
+    pub too_young: u64,
+}
+
+/// What one level would remove.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LevelPlan {
+    /// The level.
+    pub level: Level,
+    /// Number of objects it would remove.
+    pub objects: u64,
+    /// Estimated bytes freed.
+    pub bytes: u64,
+    /// What it leaves alone and why.
+    pub kept: Kept,
+    /// The objects, largest first.
+    pub candidates: Vec<Candidate>,
+}
+
+/// A cleanup plan: for each level up to the capped one, what it would remove.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The level asked for.
+    pub requested: Level,
+    /// The level the host's policy allows for that request.
+    pub level: Level,
+    /// Only objects older than this are removed.
+    #[serde(serialize_with = "serialize_duration")]
+    pub until: Duration,
+    /// Levels in the order they run.
+    pub levels: Vec<LevelPlan>,
+    /// Estimated bytes over every level.
+    pub bytes: u64,
+}
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+impl Plan {
+    /// The plan of one level, if the plan includes it.
+    pub fn level(&self, level: Level) -> Option<&LevelPlan> {
+        self.levels.iter().find(|l| l.level == level)
+    }
+
+    /// Objects over every level.
+    pub fn objects(&self) -> u64 {
+        self.levels.iter().map(|l| l.objects).sum()
+    }
+}
+
+fn pos(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Builds one level's plan from its candidates (sorted largest first).
+fn level_plan(level: Level, mut candidates: Vec<Candidate>, kept: Kept) -> LevelPlan {
+    candidates.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    LevelPlan {
+        level,
+        objects: candidates.len() as u64,
+        bytes: candidates.iter().map(|c| c.bytes).sum(),
+        kept,
+        candidates,
+    }
+}
+
+/// Plans a cleanup of `du` up to `wanted` (capped by `policy`), removing only objects older than
+/// `until` at `now`. Pure.
+pub fn plan(
+    du: &DiskUsage,
+    policy: &Policy,
+    wanted: Level,
+    until: Duration,
+    now: DateTime<Utc>,
+) -> Plan {
+    let level = policy.cap(wanted);
+    // An `until` beyond chrono's range leaves no cut-off: nothing is old enough.
+    let cutoff = TimeDelta::from_std(until)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d));
+    // BuildKit compares exact times: a record last used at or before the cut-off goes.
+    let old = |t: Option<DateTime<Utc>>| matches!((t, cutoff), (Some(t), Some(c)) if t <= c);
+    // Docker turns `until` into whole Unix seconds and keeps objects created after that, while
+    // `/system/df` reports creation in whole seconds: an object created in the cut-off's own
+    // second is (but for its first nanosecond) younger, so only earlier seconds are old enough.
+    let old_secs = |secs: i64| cutoff.is_some_and(|c| secs < c.timestamp());
+    let mut levels = Vec::new();
+
+    if level >= Level::BuildCache {
+        let mut kept = Kept::default();
+        let mut cands = Vec::new();
+        for r in &du.build_cache {
+            if r.in_use || r.shared || r.kind == "internal" || r.kind == "frontend" {
+                kept.in_use += 1;
+            } else if !old(r.last_touched()) {
+                kept.too_young += 1;
+            } else {
+                cands.push(Candidate {
+                    id: r.id.clone(),
+                    name: format!("{} {}", r.kind, crate::docker::short_id(&r.id)),
+                    bytes: pos(r.size),
+                });
+            }
+        }
+        levels.push(level_plan(Level::BuildCache, cands, kept));
+    }
+
+    // Containers that this plan removes: their images and volumes are free afterwards.
+    let mut removed: HashSet<&str> = HashSet::new();
+    if level >= Level::StoppedContainers {
+        let mut kept = Kept::default();
+        let mut cands = Vec::new();
+        for c in &du.containers {
+            if c.is_active() || c.state.contains("removing") {
+                kept.in_use += 1;
+            } else if policy.protects(&c.labels) {
+                kept.protected += 1;
+            } else if !old_secs(c.created) {
+                kept.too_young += 1;
+            } else {
+                removed.insert(c.id.as_str());
+                cands.push(Candidate {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    bytes: pos(c.size_rw),
+                });
+            }
+        }
+        levels.push(level_plan(Level::StoppedContainers, cands, kept));
+    }
+    let staying = || {
+        du.containers
+            .iter()
+            .filter(|c| !removed.contains(c.id.as_str()))
+    };
+    let used_images: HashSet<&str> = staying().map(|c| c.image_id.as_str()).collect();
+
+    for (img_level, dangling) in [(Level::DanglingImages, true), (Level::UnusedImages, false)] {
+        if level < img_level {
+            continue;
+        }
+        let mut kept = Kept::default();
+        let mut cands = Vec::new();
+        for i in du.images.iter().filter(|i| i.is_dangling() == dangling) {
+            // A daemon that counts containers per image but lists none we can match: trust it.
+            let counted = i.containers > 0 && du.containers.is_empty();
+            if used_images.contains(i.id.as_str()) || counted {
+                kept.in_use += 1;
+            } else if policy.protects(&i.labels) {
+                kept.protected += 1;
+            } else if !old_secs(i.created) {
+                kept.too_young += 1;
+            } else {
+                cands.push(Candidate {
+                    id: i.id.clone(),
+                    name: i.display_name(),
+                    bytes: pos(i.unique_size()),
+                });
+            }
+        }
+        levels.push(level_plan(img_level, cands, kept));
+    }
+
+    if level >= Level::UnusedVolumes {
+        let mut kept = Kept::default();
+        let mut cands = Vec::new();
+        for v in &du.volumes {
+            let freed = du
+                .containers
+                .iter()
+                .filter(|c| removed.contains(c.id.as_str()) && c.volumes.contains(&v.name))
+                .count() as i64;
+            let mounted = staying().any(|c| c.volumes.contains(&v.name));
+            // An unknown reference count (-1) counts as in use.
+            if mounted || v.ref_count < 0 || v.ref_count - freed > 0 {
+                kept.in_use += 1;
+            } else if policy.protects(&v.labels) {
+                kept.protected += 1;
+            } else if !v.created_at.is_some_and(|t| old_secs(t.timestamp())) {
+                kept.too_young += 1;
+            } else {
+                cands.push(Candidate {
+                    id: v.name.clone(),
+                    name: if v.anonymous {
+                        crate::docker::short_id(&v.name).to_string()
+                    } else {
+                        v.name.clone()
+                    },
+                    bytes: pos(v.size),
+                });
+            }
+        }
+        levels.push(level_plan(Level::UnusedVolumes, cands, kept));
+    }
+
+    Plan {
+        requested: wanted,
+        level,
+        until,
+        bytes: levels.iter().map(|l| l.bytes).sum(),
+        levels,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::{BuildCacheRecord, Container, Image, Volume};
+    use std::collections::HashMap;
+
+    /// The planner's clock: 2023-11-14T22:13:20Z.
+    const NOW: i64 = 1_700_000_000;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(NOW, 0).unwrap_or_default()
+    }
+
+    fn hours_ago(h: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(NOW - h * 3600, 0)
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn cache(id: &str, size: i64, age_h: i64) -> BuildCacheRecord {
+        BuildCacheRecord {
+            id: id.into(),
+            kind: "regular".into(),
+            size,
+            created_at: hours_ago(age_h + 1),
+            last_used_at: hours_ago(age_h),
+            ..BuildCacheRecord::default()
+        }
+    }
+
+    fn container(name: &str, state: &str, image: &str, age_h: i64) -> Container {
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            image_id: image.into(),
+            state: state.into(),
+            size_rw: 10,
+            created: NOW - age_h * 3600,
+            ..Container::default()
+        }
+    }
+
+    fn image(id: &str, tag: Option<&str>, unique: i64, age_h: i64) -> Image {
+        Image {
+            id: id.into(),
+            repo_tags: tag.map(|t| vec![t.to_string()]).unwrap_or_default(),
+            created: NOW - age_h * 3600,
+            size: unique + 100,
+            shared_size: 100,
+            containers: 0,
+            ..Image::default()
+        }
+    }
+
+    fn volume(name: &str, refs: i64, age_h: i64) -> Volume {
+        Volume {
+            name: name.into(),
+            size: 1000,
+            ref_count: refs,
+            created_at: hours_ago(age_h),
+            ..Volume::default()
+        }
+    }
+
+    /// A host with one object for every reason to keep or remove it. Old means 48 h.
+    fn host() -> DiskUsage {
+        let mut shared = cache("shared", 5000, 48);
+        shared.shared = true;
+        let mut busy = cache("busy", 5000, 48);
+        busy.in_use = true;
+        let mut internal = cache("internal", 5000, 48);
+        internal.kind = "internal".into();
+        let mut unused_never = cache("never-used", 30, 48);
+        unused_never.last_used_at = None;
+        let mut keep = container("keep", "exited", "sha256:C", 48);
+        keep.labels = labels(&[("bilge.keep", "true")]);
+        let mut old = container("old", "exited", "sha256:B", 48);
+        old.volumes = vec!["v-old".into()];
+        let mut web = container("web", "running", "sha256:A", 48);
+        web.volumes = vec!["web-vol".into()];
+        let mut f = image("sha256:F", None, 6, 48);
+        f.labels = labels(&[("bilge.keep", "true")]);
+        let mut kept_vol = volume("kept", 0, 48);
+        kept_vol.labels = labels(&[("bilge.keep", "true")]);
+        DiskUsage {
+            build_cache: vec![
+                cache("old", 100, 48),
+                cache("young", 200, 1),
+                shared,
+                busy,
+                internal,
+                unused_never,
+            ],
+            containers: vec![
+                web,
+                old,
+                keep,
+                container("new", "exited", "sha256:D", 1),
+                container("paused", "paused", "sha256:A", 48),
+                container("dead", "dead", "sha256:A", 48),
+            ],
+            images: vec![
+                image("sha256:A", Some("app:1"), 1, 48),
+                image("sha256:B", Some("old:1"), 2, 48),
+                image("sha256:C", Some("kept:1"), 3, 48),
+                image("sha256:D", None, 4, 48),
+                image("sha256:E", None, 5, 48),
+                f,
+                image("sha256:G", Some("young:1"), 7, 1),
+                image("sha256:H", Some("unused:1"), 8, 48),
+            ],
+            volumes: vec![
+                volume("data", 0, 48),
+                volume("v-old", 1, 48),
+                volume("web-vol", 1, 48),
+                kept_vol,
+                volume("fresh", 0, 1),
+            ],
+            ..DiskUsage::default()
+        }
+    }
+
+    fn aggressive_host() -> Policy {
+        Policy {
+            max_level: Level::UnusedVolumes,
+            allow_volumes: true,
+            ..Policy::default()
+        }
+    }
+
+    fn ids(p: &Plan, l: Level) -> Vec<String> {
+        let mut v: Vec<String> = p
+            .level(l)
+            .map(|l| l.candidates.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_standard_plan_has_three_levels_and_removes_only_old_unused_unprotected_objects() {
+        let p = plan(
+            &host(),
+            &Policy::default(),
+            Level::STANDARD,
+            Duration::from_secs(24 * 3600),
+            now(),
+        );
+        assert_eq!(p.levels.len(), 3);
+        assert_eq!(ids(&p, Level::BuildCache), ["never-used", "old"]);
+        assert_eq!(ids(&p, Level::StoppedContainers), ["id-dead", "id-old"]);
+        // D is used by a young container that stays; F is protected.
+        assert_eq!(ids(&p, Level::DanglingImages), ["sha256:E"]);
+        let cache = p.level(Level::BuildCache).map(|l| (l.bytes, l.kept));
+        assert_eq!(
+            cache,
+            Some((
+                130,
+                Kept {
+                    in_use: 3,
+                    protected: 0,
+                    too_young: 1
+                }
+            ))
+        );
+        assert_eq!(p.bytes, 130 + 20 + 5);
+        assert_eq!(p.objects(), 5);
+    }
+
+    #[test]
+    fn running_containers_and_their_images_are_never_candidates() {
+        let p = plan(
+            &host(),
+            &aggressive_host(),
+            Level::AGGRESSIVE,
+            Duration::ZERO,
+            now(),
+        );
+        let containers = ids(&p, Level::StoppedContainers);
+        assert!(!containers.contains(&"id-web".to_string()));
+        assert!(!containers.contains(&"id-paused".to_string()));
+        for l in [Level::DanglingImages, Level::UnusedImages] {
+            assert!(!ids(&p, l).contains(&"sha256:A".to_string()), "{l}");
+        }
+        assert!(!ids(&p, Level::UnusedVolumes).contains(&"web-vol".to_string()));
+    }
+
+    #[test]
+    fn images_of_containers_removed_by_an_earlier_level_are_unused() {
+        let p = plan(
+            &host(),
+            &aggressive_host(),
+            Level::UnusedImages,
+            Duration::from_secs(24 * 3600),
+            now(),
+        );
+        // B's only container ("old") goes in stopped_containers; C's container is protected;
+        // G is too young; H was never used.
+        assert_eq!(ids(&p, Level::UnusedImages), ["sha256:B", "sha256:H"]);
+        let kept = p.level(Level::UnusedImages).map(|l| l.kept);
+        assert_eq!(
+            kept,
+            Some(Kept {
+                in_use: 2,
+                protected: 0,
+                too_young: 1
+            })
+        );
+        assert_eq!(p.level(Level::UnusedImages).map(|l| l.bytes), Some(10));
+    }
+
+    #[test]
+    fn a_plan_that_keeps_stopped_containers_keeps_their_images() {
+        let policy = Policy {
+            protect_labels: vec!["bilge.keep".into()],
+            ..aggressive_host()
+        };
+        // With a week's `until`, no container is old enough to go, so B stays in use.
+        let p = plan(
+            &host(),
+            &policy,
+            Level::UnusedImages,
+            Duration::from_secs(7 * 24 * 3600),
+            now(),
+        );
+        assert!(ids(&p, Level::StoppedContainers).is_empty());
+        assert!(ids(&p, Level::UnusedImages).is_empty());
+    }
+
+    #[test]
+    fn volumes_go_only_where_the_host_allows_them() {
+        let p = plan(
+            &host(),
+            &Policy {
+                max_level: Level::UnusedVolumes,
+                ..Policy::default()
+            },
+            Level::AGGRESSIVE,
+            Duration::ZERO,
+            now(),
+        );
+        assert_eq!(p.level, Level::UnusedImages);
+        assert!(p.level(Level::UnusedVolumes).is_none());
+
+        let p = plan(
+            &host(),
+            &aggressive_host(),
+            Level::AGGRESSIVE,
+            Duration::from_secs(24 * 3600),
+            now(),
+        );
+        // v-old was mounted only by "old", which goes first; "kept" is protected; "fresh" is young.
+        assert_eq!(ids(&p, Level::UnusedVolumes), ["data", "v-old"]);
+    }
+
+    #[test]
+    fn objects_younger_than_until_survive_every_level() {
+        let p = plan(
+            &host(),
+            &aggressive_host(),
+            Level::AGGRESSIVE,
+            Duration::from_secs(1000 * 3600),
+            now(),
+        );
+        assert_eq!(p.objects(), 0, "{p:#?}");
+        assert_eq!(p.bytes, 0);
+    }
+
+    #[test]
+    fn objects_at_the_cutoff_are_judged_as_docker_judges_them() {
+        // BuildKit: exact times, a record last used at the cut-off goes.
+        let p = plan(
+            &host(),
+            &Policy::default(),
+            Level::BuildCache,
+            Duration::from_secs(48 * 3600),
+            now(),
+        );
+        assert_eq!(ids(&p, Level::BuildCache), ["never-used", "old"]);
+        // Containers and images: Docker's cut-off is whole seconds and keeps what was created
+        // after it, so an object from the cut-off's second stays; one a second older goes.
+        let mut du = host();
+        du.containers = vec![
+            container("same-second", "exited", "sha256:A", 0),
+            Container {
+                created: NOW - 1,
+                ..container("second-before", "exited", "sha256:A", 0)
+            },
+        ];
+        let at = DateTime::from_timestamp(NOW, 500_000_000).unwrap_or_default();
+        let p = plan(&du, &Policy::default(), Level::STANDARD, Duration::ZERO, at);
+        assert_eq!(ids(&p, Level::StoppedContainers), ["id-second-before"]);
+    }
+
+    #[test]
+    fn an_until_beyond_the_calendar_keeps_everything() {
+        let p = plan(
+            &host(),
+            &aggressive_host(),
+            Level::AGGRESSIVE,
+            Duration::MAX,
+            now(),
+        );
+        assert_eq!(p.objects(), 0);
+    }
+
+    #[test]
+    fn protect_labels_match_by_key_or_by_key_and_value() {
+        let p = Policy {
+            protect_labels: vec!["keep".into(), "tier=prod".into()],
+            ..Policy::default()
+        };
+        assert!(p.protects(&labels(&[("keep", "")])));
+        assert!(p.protects(&labels(&[("keep", "no")])));
+        assert!(p.protects(&labels(&[("tier", "prod")])));
+        assert!(!p.protects(&labels(&[("tier", "dev")])));
+        assert!(!p.protects(&labels(&[])));
+    }
+
+    #[test]
+    fn a_plan_serializes_with_level_names_and_a_readable_until() {
+        let p = plan(
+            &host(),
+            &Policy::default(),
+            Level::BuildCache,
+            Duration::from_secs(3600),
+            now(),
+        );
+        let v = serde_json::to_value(&p).unwrap_or_default();
+        assert_eq!(v["until"], "1h");
+        assert_eq!(v["levels"][0]["level"], "build_cache");
+        // Largest first.
+        assert_eq!(v["levels"][0]["candidates"][0]["id"], "young");
+    }
 
     #[test]
     fn presets_name_the_highest_level_they_run() {

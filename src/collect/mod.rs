@@ -179,6 +179,27 @@ impl Collector {
         Some(dr)
     }
 
+    /// Measures the data root now, first asking the daemon where it is when that is not known
+    /// yet (a `bilge clean` has not collected anything before).
+    pub async fn data_root_now(&self) -> Option<DataRoot> {
+        if self.data_root_path().is_none() {
+            let info = match self.docker().await {
+                Ok(api) => api.info().await,
+                Err(e) => Err(e),
+            };
+            match info {
+                Ok(info) if !info.data_root.is_empty() => {
+                    if let Ok(mut p) = self.data_root_path.write() {
+                        *p = Some(info.data_root);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot ask Docker for its data root"),
+            }
+        }
+        self.measure_data_root().await
+    }
+
     /// One filesystem collection (all mounts, then the data root).
     pub async fn collect_filesystems(&self) -> Result<()> {
         let start = Instant::now();

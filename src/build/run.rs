@@ -1,0 +1,499 @@
+//! `bilge build`: the seed's "resilient build" script, done properly. It checks free space on
+//! Docker's data root (`--min-free`), runs the command with its output passing through
+//! ([`super::child`]), classifies a failure from the output, the exit status and the disk's state
+//! while it ran, records the outcome ([`super::submit`]), prints one summary line on stderr and
+//! exits with the command's code. With `--clean-and-retry`, a failure that a cleanup can fix
+//! (`no_space`, `no_inodes`, `io_error`) is followed by one cleanup and one more attempt, and
+//! both attempts are recorded.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::OnceCell;
+
+use super::child::{self, Outcome};
+use super::classify::{Classification, DiskState, Exit, Reason};
+use super::submit::Recorder;
+use crate::collect::disk::{Usage, statvfs};
+use crate::config::{BuildConfig, Config, DockerConfig};
+use crate::docker::DockerApi;
+use crate::format::human_bytes;
+use crate::store::{BuildRecord, Store};
+use crate::{Error, Result};
+
+/// Where Docker keeps its data when the daemon cannot be asked.
+pub const DEFAULT_DATA_ROOT: &str = "/var/lib/docker";
+/// Longest time spent asking the daemon for its data root.
+const DATA_ROOT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time between two measurements of the data root while the command runs.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Longest time one statvfs may take.
+const STAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Exit code when bilge refuses to start the build (`--min-free` not met).
+pub const EXIT_NO_SPACE: u8 = 1;
+
+/// Frees disk space for `--clean-and-retry`: the cleanup engine's standard level, with trigger
+/// `build_retry`, capped by the host's policy.
+pub trait Cleaner {
+    /// Runs one cleanup; answers a one-line account of what it did, or why it did nothing.
+    fn clean(&self) -> impl std::future::Future<Output = Result<String>>;
+}
+
+/// A stand-in until the cleanup engine is wired in: it cleans nothing and says so.
+#[derive(Debug, Clone, Copy)]
+pub struct NoCleaner;
+
+impl Cleaner for NoCleaner {
+    async fn clean(&self) -> Result<String> {
+        Err(Error::Other(
+            "the cleanup engine is not part of this build of bilge".into(),
+        ))
+    }
+}
+
+/// Whether a filesystem counts as full: under 64 MiB available, or under 1 % of its size
+/// (at most 1 GiB); out of inodes under 1 % of them (at most 10 000) free.
+pub fn disk_state(u: &Usage) -> DiskState {
+    let floor = (u.size / 100).clamp(64 << 20, 1 << 30);
+    let inode_floor = (u.files / 100).clamp(1, 10_000);
+    DiskState {
+        space_exhausted: u.size > 0 && u.avail < floor,
+        inodes_exhausted: u.files > 0 && u.files_free < inode_floor,
+    }
+}
+
+/// Whether `host` is a daemon on this machine, whose data root bilge can stat.
+fn is_local(host: &str) -> bool {
+    if host.starts_with("unix://") {
+        return true;
+    }
+    let rest = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+        .unwrap_or("");
+    ["127.", "localhost:", "[::1]:"]
+        .iter()
+        .any(|p| rest.starts_with(p))
+}
+
+/// Docker's data root on this host: asked from the daemon, else [`DEFAULT_DATA_ROOT`] when it
+/// exists. None when the daemon runs elsewhere or nothing fits.
+async fn find_data_root(docker: DockerConfig) -> Option<PathBuf> {
+    if !is_local(&docker.host) {
+        return None;
+    }
+    let mut d = docker;
+    d.timeout = d.timeout.min(DATA_ROOT_TIMEOUT);
+    let asked = tokio::time::timeout(DATA_ROOT_TIMEOUT * 2, async {
+        DockerApi::connect(&d).await?.info().await
+    })
+    .await;
+    match asked {
+        Ok(Ok(info)) if !info.data_root.is_empty() => Some(PathBuf::from(info.data_root)),
+        other => {
+            tracing::debug!(answer = ?other.map(|r| r.map(|i| i.data_root)), "could not ask Docker for its data root");
+            Path::new(DEFAULT_DATA_ROOT)
+                .exists()
+                .then(|| PathBuf::from(DEFAULT_DATA_ROOT))
+        }
+    }
+}
+
+/// statvfs on a plain thread with a timeout (a hung mount must not hang the build's end).
+async fn stat(path: &Path) -> Option<Usage> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(statvfs(&p));
+    });
+    match tokio::time::timeout(STAT_TIMEOUT, rx).await {
+        Ok(Ok(Ok(u))) => Some(u),
+        _ => None,
+    }
+}
+
+/// The lowest available space and inodes seen.
+fn lowest(a: Option<Usage>, b: Usage) -> Usage {
+    match a {
+        None => b,
+        Some(a) => Usage {
+            avail: a.avail.min(b.avail),
+            free: a.free.min(b.free),
+            files_free: a.files_free.min(b.files_free),
+            ..b
+        },
+    }
+}
+
+/// Measures the data root every second while an attempt runs, keeping the lowest figures: a
+/// build that filled the disk may have had its layer removed by the time it exits.
+#[derive(Debug)]
+struct DiskWatch {
+    /// The lowest figures so far.
+    low: Arc<Mutex<Option<Usage>>>,
+    /// The sampling task.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DiskWatch {
+    /// Starts sampling once the data root is known.
+    fn start(root: Arc<OnceCell<Option<PathBuf>>>, docker: DockerConfig) -> DiskWatch {
+        let low = Arc::new(Mutex::new(None));
+        let l = low.clone();
+        let task = tokio::spawn(async move {
+            let Some(path) = root.get_or_init(|| find_data_root(docker)).await.clone() else {
+                return;
+            };
+            loop {
+                if let Some(u) = stat(&path).await
+                    && let Ok(mut g) = l.lock()
+                {
+                    *g = Some(lowest(*g, u));
+                }
+                tokio::time::sleep(SAMPLE_EVERY).await;
+            }
+        });
+        DiskWatch { low, task }
+    }
+
+    /// Stops sampling after one last measurement; the disk's state over the attempt.
+    async fn finish(self, root: Option<&Path>) -> DiskState {
+        self.task.abort();
+        let last = match root {
+            Some(p) => stat(p).await,
+            None => None,
+        };
+        let low = self.low.lock().ok().and_then(|g| *g);
+        match (low, last) {
+            (low, Some(u)) => disk_state(&lowest(low, u)),
+            (Some(u), None) => disk_state(&u),
+            (None, None) => DiskState::default(),
+        }
+    }
+}
+
+/// Seconds as the summary prints them: `12.3s`, `4m05s`, `1h02m03s`.
+pub fn format_seconds(s: f64) -> String {
+    if s < 60.0 {
+        return format!("{s:.1}s");
+    }
+    let total = s.round() as u64;
+    let (h, m, sec) = (total / 3600, total / 60 % 60, total % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{sec:02}s")
+    } else {
+        format!("{m}m{sec:02}s")
+    }
+}
+
+/// The one summary line: result, reason, exit code, duration, evidence.
+pub fn summary(rec: &BuildRecord) -> String {
+    let took = format_seconds(rec.duration_seconds);
+    if rec.result == "success" {
+        let attempt = if rec.attempt > 1 {
+            format!(" (attempt {})", rec.attempt)
+        } else {
+            String::new()
+        };
+        return format!("bilge: build success after {took}{attempt}");
+    }
+    let mut detail = rec.reason.clone();
+    if let Some(c) = rec.exit_code {
+        detail.push_str(&format!(", exit {c}"));
+    }
+    if rec.attempt > 1 {
+        detail.push_str(&format!(", attempt {}", rec.attempt));
+    }
+    let evidence = rec
+        .evidence
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    format!("bilge: build failure ({detail}) after {took}{evidence}")
+}
+
+/// The host name recorded with outcomes.
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// What `bilge build` needs while it runs.
+#[derive(Debug)]
+struct Build<'a> {
+    /// The validated flags.
+    b: &'a BuildConfig,
+    /// Docker access (for the data root).
+    docker: DockerConfig,
+    /// The data root, once found.
+    root: Arc<OnceCell<Option<PathBuf>>>,
+    /// Where outcomes go.
+    recorder: Recorder,
+    /// This host's name.
+    host: Option<String>,
+}
+
+/// One attempt's record and the code to exit with.
+#[derive(Debug)]
+struct Attempt {
+    /// What is recorded.
+    record: BuildRecord,
+    /// Why it ended.
+    reason: Reason,
+    /// bilge's exit code for it.
+    code: u8,
+    /// Whether the summary can start on a fresh line.
+    at_line_start: bool,
+}
+
+impl Build<'_> {
+    /// The data root, asking for it if that has not happened yet.
+    async fn data_root(&self) -> Option<PathBuf> {
+        let docker = self.docker.clone();
+        self.root
+            .get_or_init(|| find_data_root(docker))
+            .await
+            .clone()
+    }
+
+    /// A record of this build with the given verdict.
+    fn record(
+        &self,
+        verdict: &Classification,
+        exit_code: Option<i32>,
+        started: chrono::DateTime<Utc>,
+        took: Duration,
+        attempt: u32,
+    ) -> BuildRecord {
+        let success = verdict.reason == Reason::None;
+        BuildRecord {
+            id: None,
+            project: self.b.project.clone(),
+            result: if success { "success" } else { "failure" }.into(),
+            reason: verdict.reason.as_str().into(),
+            exit_code,
+            started_at: started,
+            finished_at: started
+                + chrono::Duration::from_std(took).unwrap_or(chrono::Duration::zero()),
+            duration_seconds: took.as_secs_f64(),
+            evidence: verdict.evidence.clone(),
+            host: self.host.clone(),
+            attempt,
+        }
+    }
+
+    /// Runs the command once and records the outcome.
+    async fn attempt(&self, n: u32) -> Result<Attempt> {
+        let started = Utc::now();
+        let clock = Instant::now();
+        let watch = DiskWatch::start(self.root.clone(), self.docker.clone());
+        let outcome = child::run(&self.b.command).await?;
+        let took = clock.elapsed();
+        let (verdict, exit_code, code, at_line_start) = match outcome {
+            Outcome::Ran(ran) => {
+                let disk = if ran.exit == Exit::Code(0) {
+                    watch.task.abort();
+                    DiskState::default()
+                } else {
+                    let root = self.data_root().await;
+                    watch.finish(root.as_deref()).await
+                };
+                let verdict = ran.classifier.finish(ran.exit, disk);
+                let code = child::exit_code(ran.exit);
+                (verdict, Some(i32::from(code)), code, ran.at_line_start)
+            }
+            Outcome::NotStarted(e) => {
+                watch.task.abort();
+                let code: u8 = if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                let verdict = Classification {
+                    reason: Reason::CommandFailed,
+                    evidence: Some(format!("cannot run {:?}: {e}", self.b.command[0])),
+                };
+                (verdict, Some(i32::from(code)), code, true)
+            }
+        };
+        let record = self.record(&verdict, exit_code, started, took, n);
+        self.recorder.record(&record).await;
+        Ok(Attempt {
+            record,
+            reason: verdict.reason,
+            code,
+            at_line_start,
+        })
+    }
+
+    /// Prints an attempt's summary line (after a line break if the output left a line open).
+    fn print_summary(&self, a: &Attempt, note: &str) {
+        let lead = if a.at_line_start { "" } else { "\n" };
+        eprintln!("{lead}{}{note}", summary(&a.record));
+    }
+
+    /// `--min-free`: Some(exit code) when the build must not start.
+    async fn check_min_free(&self, cleaner: &impl Cleaner) -> Option<u8> {
+        let min = self.b.min_free?;
+        let Some(root) = self.data_root().await else {
+            eprintln!(
+                "bilge: cannot check --min-free: Docker's data root is not on this host or cannot be found; building anyway"
+            );
+            return None;
+        };
+        let short = |u: &Usage| u.avail < min.bytes_for(u.size);
+        let Some(mut usage) = stat(&root).await else {
+            eprintln!(
+                "bilge: cannot check --min-free: {} cannot be measured; building anyway",
+                root.display()
+            );
+            return None;
+        };
+        if short(&usage) && self.b.clean_and_retry {
+            eprintln!(
+                "bilge: {} free on {}, less than --min-free {min}; running the standard cleanup first",
+                human_bytes(usage.avail),
+                root.display()
+            );
+            clean(cleaner).await;
+            usage = stat(&root).await.unwrap_or(usage);
+        }
+        if !short(&usage) {
+            return None;
+        }
+        let evidence = format!(
+            "{} free on {}, less than --min-free {min}; the build was not started",
+            human_bytes(usage.avail),
+            root.display()
+        );
+        let verdict = Classification {
+            reason: Reason::NoSpace,
+            evidence: Some(evidence),
+        };
+        let record = self.record(&verdict, None, Utc::now(), Duration::ZERO, 1);
+        self.recorder.record(&record).await;
+        eprintln!("{}", summary(&record));
+        Some(EXIT_NO_SPACE)
+    }
+}
+
+/// Runs the cleanup and tells the user what it did.
+async fn clean(cleaner: &impl Cleaner) {
+    match cleaner.clean().await {
+        Ok(what) => eprintln!("bilge: cleanup: {what}"),
+        Err(e) => eprintln!("bilge: cleanup failed: {e}"),
+    }
+}
+
+/// Runs `bilge build` to its end; returns the exit code.
+pub async fn run(cfg: &Config, b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
+    let store = Store::new(
+        &cfg.state_path,
+        prometheus::IntCounter::new("bilge_store_errors_total", "store errors")
+            .map_err(|e| Error::Other(e.to_string()))?,
+    );
+    let build = Build {
+        b,
+        docker: cfg.docker.clone(),
+        root: Arc::new(OnceCell::new()),
+        recorder: Recorder::new(b.server.clone(), store),
+        host: hostname(),
+    };
+    // Look for the data root while the build runs, so a failure does not wait for it.
+    let root = build.root.clone();
+    let docker = build.docker.clone();
+    tokio::spawn(async move {
+        root.get_or_init(|| find_data_root(docker)).await;
+    });
+    if let Some(code) = build.check_min_free(cleaner).await {
+        return Ok(code);
+    }
+    let first = build.attempt(1).await?;
+    let retry = b.clean_and_retry && first.reason.is_retryable_by_cleanup();
+    if !retry {
+        build.print_summary(&first, "");
+        return Ok(first.code);
+    }
+    build.print_summary(&first, "; cleaning up and retrying once");
+    clean(cleaner).await;
+    let second = build.attempt(2).await?;
+    build.print_summary(&second, "");
+    Ok(second.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(size: u64, avail: u64, files: u64, files_free: u64) -> Usage {
+        Usage {
+            size,
+            free: avail,
+            avail,
+            files,
+            files_free,
+            readonly: false,
+        }
+    }
+
+    #[test]
+    fn a_disk_is_full_below_a_floor_that_grows_with_its_size() {
+        const GIB: u64 = 1 << 30;
+        assert!(disk_state(&usage(GIB, 10 << 20, 65536, 60000)).space_exhausted);
+        assert!(!disk_state(&usage(GIB, 100 << 20, 65536, 60000)).space_exhausted);
+        assert!(disk_state(&usage(1000 * GIB, GIB / 2, 1 << 26, 1 << 25)).space_exhausted);
+        assert!(!disk_state(&usage(1000 * GIB, 2 * GIB, 1 << 26, 1 << 25)).space_exhausted);
+        assert!(disk_state(&usage(GIB, GIB / 2, 65536, 100)).inodes_exhausted);
+        assert!(!disk_state(&usage(GIB, GIB / 2, 0, 0)).inodes_exhausted);
+    }
+
+    #[test]
+    fn only_local_daemons_have_a_data_root_bilge_can_measure() {
+        assert!(is_local("unix:///var/run/docker.sock"));
+        assert!(is_local("tcp://127.0.0.1:2375"));
+        assert!(!is_local("tcp://build-host:2375"));
+    }
+
+    fn rec(result: &str, reason: &str, evidence: Option<&str>, attempt: u32) -> BuildRecord {
+        BuildRecord {
+            id: None,
+            project: "p".into(),
+            result: result.into(),
+            reason: reason.into(),
+            exit_code: Some(if result == "success" { 0 } else { 1 }),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            duration_seconds: 754.2,
+            evidence: evidence.map(Into::into),
+            host: None,
+            attempt,
+        }
+    }
+
+    #[test]
+    fn the_summary_is_one_line_with_result_reason_duration_and_evidence() {
+        assert_eq!(
+            summary(&rec("success", "none", None, 1)),
+            "bilge: build success after 12m34s"
+        );
+        assert_eq!(
+            summary(&rec("success", "none", None, 2)),
+            "bilge: build success after 12m34s (attempt 2)"
+        );
+        assert_eq!(
+            summary(&rec(
+                "failure",
+                "no_space",
+                Some("write /big: no space left on device"),
+                1
+            )),
+            "bilge: build failure (no_space, exit 1) after 12m34s: write /big: no space left on device"
+        );
+        assert_eq!(format_seconds(3.04), "3.0s");
+        assert_eq!(format_seconds(3723.0), "1h02m03s");
+    }
+}

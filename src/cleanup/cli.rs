@@ -1,0 +1,348 @@
+//! `bilge clean`: the cleanup engine by hand. Prints the plan as a table (estimated bytes per
+//! level), then runs it and prints what each level freed. `--dry-run` stops after the plan.
+//!
+//! The aggressive levels (`unused_images`, `unused_volumes`) ask for confirmation on a terminal
+//! unless `--yes`; when stdin is not a terminal they are refused without `--yes` (exit code 2),
+//! so a script never removes images by accident. Like every trigger, a run is capped by the
+//! host's `max_level`, recorded in the audit table, and waits for a cleanup that is already
+//! running on this host instead of pruning in parallel.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use super::engine::{Engine, Report, Request, Trigger};
+use super::policy::{Level, Plan, Policy};
+use crate::cli::CleanArgs;
+use crate::config::Config;
+use crate::format::{
+    FreeTarget, format_duration, human_bytes, parse_duration, parse_free_target, table,
+};
+use crate::{Error, Result};
+
+/// `bilge clean`'s flags, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanOptions {
+    /// The highest level asked for.
+    pub level: Level,
+    /// Minimum age, overriding the policy's.
+    pub until: Option<Duration>,
+    /// Free-space target, overriding the policy's.
+    pub target_free: Option<FreeTarget>,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Skip the confirmation.
+    pub yes: bool,
+    /// JSON output.
+    pub json: bool,
+}
+
+impl CleanOptions {
+    /// Validates the raw flags.
+    pub fn from_args(a: &CleanArgs) -> Result<CleanOptions> {
+        let level = Level::parse(&a.level).map_err(|m| Error::config("--level", m))?;
+        let until = a
+            .until
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|m| Error::config("--until", m))?;
+        let target_free = a
+            .target_free
+            .as_deref()
+            .map(parse_free_target)
+            .transpose()
+            .map_err(|m| Error::config("--target-free", m))?;
+        Ok(CleanOptions {
+            level,
+            until,
+            target_free,
+            dry_run: a.dry_run,
+            yes: a.yes,
+            json: a.json,
+        })
+    }
+}
+
+/// Runs `bilge clean`. A failed run is an error (exit code 1) after its table is printed.
+pub async fn run(cfg: Config, args: &CleanArgs) -> Result<()> {
+    let opts = CleanOptions::from_args(args)?;
+    let level = cfg.policy.cap(opts.level);
+    let confirm = level.is_aggressive() && !opts.dry_run && !opts.yes;
+    if confirm && !std::io::stdin().is_terminal() {
+        return Err(Error::config(
+            "--yes",
+            format!(
+                "{level} removes unused images{}; stdin is not a terminal to confirm it, so pass --yes (or --dry-run to look first)",
+                if level == Level::UnusedVolumes {
+                    " and volumes"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let engine = Engine::standalone(cfg)?;
+    let req = Request {
+        until: opts.until,
+        target_free: opts.target_free,
+        dry_run: opts.dry_run,
+        ..Request::new(Trigger::Cli, opts.level)
+    };
+    let mut out = std::io::stdout();
+    if !opts.dry_run && (confirm || !opts.json) {
+        // The plan first, from a fresh look at the daemon. When the daemon cannot be asked, the
+        // run below fails and is recorded as failed (unless a confirmation was needed).
+        match engine.plan_now(opts.level, opts.until).await {
+            Ok(p) => {
+                let text = render_plan(&p, engine.policy());
+                if opts.json {
+                    eprint!("{text}");
+                } else {
+                    print(&mut out, &text);
+                }
+                if confirm && !ask(&format!("Run these {} levels? [y/N] ", p.levels.len())).await {
+                    return Err(Error::Other("aborted; nothing was deleted".into()));
+                }
+            }
+            Err(e) if confirm => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let report = engine.run(req).await;
+    if opts.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
+        print(&mut out, &format!("{text}\n"));
+    } else if opts.dry_run {
+        if let Some(p) = &report.plan {
+            print(&mut out, &render_plan(p, engine.policy()));
+        }
+        print(&mut out, "Dry run: nothing was deleted.\n");
+    } else {
+        print(&mut out, &format!("\n{}", render_report(&report)));
+    }
+    if report.succeeded() {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "cleanup failed: {}",
+            report.record.detail.as_deref().unwrap_or("see the log")
+        )))
+    }
+}
+
+fn print(out: &mut std::io::Stdout, s: &str) {
+    // A closed stdout (`| head`) is not worth failing a cleanup for.
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+/// Asks a yes/no question on the terminal; anything but `y`/`yes` is no.
+async fn ask(question: &str) -> bool {
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Describes what a level leaves alone.
+fn kept_text(k: &super::policy::Kept) -> String {
+    let mut parts = Vec::new();
+    if k.in_use > 0 {
+        parts.push(format!("{} in use", k.in_use));
+    }
+    if k.protected > 0 {
+        parts.push(format!("{} protected", k.protected));
+    }
+    if k.too_young > 0 {
+        parts.push(format!("{} too young", k.too_young));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The plan as a table (pure).
+pub fn render_plan(p: &Plan, policy: &Policy) -> String {
+    let mut out = format!(
+        "Cleanup plan: levels up to {}, objects older than {}",
+        p.level,
+        format_duration(p.until)
+    );
+    if !policy.protect_labels.is_empty() {
+        out.push_str(&format!(
+            ", protected by {}",
+            policy.protect_labels.join(", ")
+        ));
+    }
+    out.push('\n');
+    if p.requested > p.level {
+        out.push_str(&format!(
+            "({} was asked for; this host's policy allows up to {}: max_level {}, allow_volumes {})\n",
+            p.requested, p.level, policy.max_level, policy.allow_volumes
+        ));
+    }
+    let mut rows = vec![vec![
+        "LEVEL".to_string(),
+        "OBJECTS".into(),
+        "ESTIMATED".into(),
+        "KEPT".into(),
+    ]];
+    for l in &p.levels {
+        rows.push(vec![
+            l.level.to_string(),
+            l.objects.to_string(),
+            human_bytes(l.bytes),
+            kept_text(&l.kept),
+        ]);
+    }
+    rows.push(vec![
+        "total".into(),
+        p.objects().to_string(),
+        human_bytes(p.bytes),
+        String::new(),
+    ]);
+    out.push_str(&table(&rows));
+    out
+}
+
+/// What a run did, as a table (pure).
+pub fn render_report(r: &Report) -> String {
+    let mut rows = vec![vec![
+        "LEVEL".to_string(),
+        "REMOVED".into(),
+        "RECLAIMED".into(),
+        "AVAILABLE AFTER".into(),
+    ]];
+    for l in &r.levels {
+        rows.push(vec![
+            l.level.to_string(),
+            l.removed.to_string(),
+            human_bytes(l.reclaimed_bytes),
+            match (&l.error, l.avail_after) {
+                (Some(e), _) => format!("failed: {e}"),
+                (None, Some(a)) => human_bytes(a),
+                (None, None) => "-".into(),
+            },
+        ]);
+    }
+    rows.push(vec![
+        "total".into(),
+        r.levels.iter().map(|l| l.removed).sum::<u64>().to_string(),
+        human_bytes(r.reclaimed_bytes()),
+        r.avail_after.map(human_bytes).unwrap_or_else(|| "-".into()),
+    ]);
+    let mut out = table(&rows);
+    let planned = r.plan.as_ref().map_or(0, |p| p.levels.len());
+    if let Some(t) = r.target_bytes {
+        if r.target_met {
+            let last = r.levels.last().map(|l| l.level.to_string());
+            out.push_str(&format!(
+                "Target {} ({} available) met after {}{}.\n",
+                r.target,
+                human_bytes(t),
+                last.unwrap_or_default(),
+                if r.levels.len() < planned {
+                    "; the remaining levels did not run"
+                } else {
+                    ""
+                }
+            ));
+        } else {
+            out.push_str(&format!(
+                "Target {} ({} available) not met.\n",
+                r.target,
+                human_bytes(t)
+            ));
+        }
+    }
+    if let Some(d) = &r.record.detail {
+        out.push_str(&format!("Failed: {d}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cleanup::policy::{Kept, LevelPlan};
+
+    fn args(level: &str) -> CleanArgs {
+        CleanArgs {
+            level: level.into(),
+            until: None,
+            target_free: None,
+            dry_run: false,
+            yes: false,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        let e = CleanOptions::from_args(&args("everything")).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("--level"), "{e}");
+        let e = CleanOptions::from_args(&CleanArgs {
+            until: Some("soon".into()),
+            ..args("standard")
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--until"), "{e}");
+        let e = CleanOptions::from_args(&CleanArgs {
+            target_free: Some("120%".into()),
+            ..args("standard")
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--target-free"), "{e}");
+    }
+
+    #[test]
+    fn the_plan_table_has_a_row_per_level_and_a_total() {
+        let p = Plan {
+            requested: Level::UnusedImages,
+            level: Level::StoppedContainers,
+            until: Duration::from_secs(3600),
+            levels: vec![
+                LevelPlan {
+                    level: Level::BuildCache,
+                    objects: 3,
+                    bytes: 3 << 20,
+                    kept: Kept {
+                        in_use: 2,
+                        ..Kept::default()
+                    },
+                    candidates: Vec::new(),
+                },
+                LevelPlan {
+                    level: Level::StoppedContainers,
+                    objects: 1,
+                    bytes: 1024,
+                    kept: Kept::default(),
+                    candidates: Vec::new(),
+                },
+            ],
+            bytes: (3 << 20) + 1024,
+        };
+        let t = render_plan(
+            &p,
+            &Policy {
+                max_level: Level::StoppedContainers,
+                ..Policy::default()
+            },
+        );
+        assert!(t.contains("objects older than 1h"), "{t}");
+        assert!(t.contains("unused_images was asked for"), "{t}");
+        assert!(
+            t.contains("build_cache               3    3.00MiB  2 in use"),
+            "{t}"
+        );
+        assert!(t.contains("total                     4    3.00MiB"), "{t}");
+    }
+}

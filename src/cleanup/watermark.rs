@@ -1,0 +1,134 @@
+//! Disk watermarks: bilge protects a host that has no Alertmanager. After every filesystem tick
+//! (every couple of seconds) the data root's available space is compared with the policy's
+//! `low_watermark`; under it, the standard level runs (capped by `max_level`) with the
+//! `high_watermark` as its target. The cooldown and the one-run-at-a-time rule apply.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Engine, Refusal, Request, Trigger};
+use super::policy::Level;
+use crate::collect::DataRoot;
+use crate::format::{FreeTarget, human_bytes};
+
+/// What a watermark check decides for one measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Available space is at or above the low mark (or nothing is configured).
+    Fine,
+    /// Under the low mark: clean until `target` bytes are available.
+    Clean {
+        /// Available bytes now.
+        avail: u64,
+        /// The low mark in bytes.
+        low: u64,
+    },
+}
+
+/// Compares one measurement with the watermarks (pure).
+pub fn check(low: Option<FreeTarget>, dr: &DataRoot) -> Check {
+    let Some(low) = low else { return Check::Fine };
+    let low = low.bytes_for(dr.usage.size);
+    if dr.usage.avail < low {
+        Check::Clean {
+            avail: dr.usage.avail,
+            low,
+        }
+    } else {
+        Check::Fine
+    }
+}
+
+/// Watches the data root until `cancel` fires; does nothing without a `low_watermark`.
+pub async fn watch(engine: Arc<Engine>, cancel: CancellationToken) {
+    let policy = engine.policy().clone();
+    let Some(low) = policy.low_watermark else {
+        return;
+    };
+    let high = policy.high_watermark.unwrap_or(low);
+    let mut rx = engine.collector().watch_data_root();
+    let mut waiting = false;
+    tracing::info!(low = %low, high = %high, "watching the data root's watermarks");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = rx.changed() => if changed.is_err() { break },
+        }
+        let Some(dr) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let Check::Clean {
+            avail,
+            low: low_bytes,
+        } = check(Some(low), &dr)
+        else {
+            waiting = false;
+            continue;
+        };
+        if engine.is_running() {
+            continue;
+        }
+        let req = Request {
+            target_free: Some(high),
+            ..Request::new(Trigger::Watermark, Level::STANDARD)
+        };
+        match engine.try_start(req) {
+            Ok(_) => {
+                waiting = false;
+                tracing::warn!(
+                    mountpoint = %dr.mountpoint,
+                    available = %human_bytes(avail),
+                    low_watermark = %human_bytes(low_bytes),
+                    "Docker's data root is under the low watermark; cleaning up to the high watermark"
+                );
+            }
+            Err(why @ (Refusal::Cooldown(_) | Refusal::Busy)) => {
+                if !waiting {
+                    tracing::info!(
+                        mountpoint = %dr.mountpoint,
+                        available = %human_bytes(avail),
+                        "under the low watermark, but {why}; waiting"
+                    );
+                }
+                waiting = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::disk::Usage;
+
+    fn root(size: u64, avail: u64) -> DataRoot {
+        DataRoot {
+            path: "/var/lib/docker".into(),
+            mountpoint: "/".into(),
+            usage: Usage {
+                size,
+                avail,
+                ..Usage::default()
+            },
+        }
+    }
+
+    #[test]
+    fn only_space_under_the_low_watermark_starts_a_cleanup() {
+        let low = Some(FreeTarget::Percent(10.0));
+        assert_eq!(check(low, &root(1000, 100)), Check::Fine);
+        assert_eq!(
+            check(low, &root(1000, 99)),
+            Check::Clean {
+                avail: 99,
+                low: 100
+            }
+        );
+        assert_eq!(check(None, &root(1000, 0)), Check::Fine);
+        assert_eq!(
+            check(Some(FreeTarget::Bytes(50)), &root(1000, 49)),
+            Check::Clean { avail: 49, low: 50 }
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! The cleanup engine against a real daemon: `bilge clean`, its plan, what it frees and what it
+//! leaves alone, the free-space target, the watermarks and the host-wide lock.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Objects for every level up to `unused_images`, plus a running container that stays.
+fn populate(d: &Daemon) {
+    // Build cache that no image shares: an image built and removed again.
+    d.build(
+        Some("gone:1"),
+        &["RUN dd if=/dev/zero of=/gone bs=1M count=12 2>/dev/null"],
+    );
+    d.docker(&["rmi", "gone:1"]);
+    d.make_dangling("dangle:1", 20);
+    d.build(
+        Some("app:1"),
+        &["RUN dd if=/dev/zero of=/app bs=1M count=30 2>/dev/null"],
+    );
+    d.build(
+        Some("unused:1"),
+        &["RUN dd if=/dev/zero of=/unused bs=1M count=8 2>/dev/null"],
+    );
+    // app:1 is only used by this stopped container, so it goes once the container went.
+    d.make_stopped("stopped", "app:1", 3, &[]);
+    d.build(Some("running:1"), &["RUN echo r > /r"]);
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "none",
+        "running:1",
+        "sleep",
+        "600",
+    ]);
+}
+
+fn level_bytes(report: &serde_json::Value, key: &str) -> Vec<(String, u64)> {
+    report["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap().to_string(),
+                l[key].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_dry_run_deletes_nothing_and_its_estimate_is_within_ten_percent_of_the_real_run() {
+    let d = Daemon::start("estimate");
+    populate(&d);
+    let state = d.dir.join("state/bilge.db");
+    let cfg = policy_file(
+        &d.dir,
+        &[
+            "max_level = \"aggressive\"",
+            "until = \"0s\"",
+            "target_free = \"100%\"",
+        ],
+    );
+    let cfg = cfg.to_str().unwrap();
+    let before = (d.image_ids(), d.container_names(), d.build_cache_ids());
+
+    let dry = bilge_clean_json(
+        &d,
+        &state,
+        &["--config", cfg, "--level", "unused_images", "--dry-run"],
+    );
+    assert_eq!(dry["record"]["result"], "dry_run");
+    assert_eq!(
+        (d.image_ids(), d.container_names(), d.build_cache_ids()),
+        before,
+        "a dry run deleted something"
+    );
+
+    let real = bilge_clean_json(
+        &d,
+        &state,
+        &["--config", cfg, "--level", "unused_images", "--yes"],
+    );
+    assert_eq!(real["record"]["result"], "success", "{real:#}");
+    let estimated = level_bytes(&dry, "estimated_bytes");
+    let reclaimed = level_bytes(&real, "reclaimed_bytes");
+    assert_eq!(estimated.len(), 4);
+    assert_eq!(
+        estimated.iter().map(|(l, _)| l).collect::<Vec<_>>(),
+        reclaimed.iter().map(|(l, _)| l).collect::<Vec<_>>()
+    );
+    for ((level, est), (_, got)) in estimated.iter().zip(&reclaimed) {
+        eprintln!("{level}: estimated {est} B, reclaimed {got} B");
+        let diff = est.abs_diff(*got) as f64;
+        assert!(
+            diff <= 0.10 * (*got as f64) || diff < 64.0 * 1024.0,
+            "{level}: estimate {est} vs reclaimed {got}"
+        );
+    }
+    let est: u64 = estimated.iter().map(|(_, b)| b).sum();
+    let got = real["record"]["reclaimed_bytes"].as_u64().unwrap();
+    eprintln!("total: estimated {est} B, reclaimed {got} B");
+    assert!(got > 70 * 1024 * 1024, "only {got} bytes reclaimed");
+    assert!(est.abs_diff(got) as f64 <= 0.10 * got as f64);
+
+    // What the levels were for is gone; the running container and its image are not.
+    assert!(!d.has_container("stopped"));
+    assert!(!d.has_image("app:1") && !d.has_image("unused:1"));
+    assert!(d.has_container("web") && d.has_image("running:1"));
+}
+
+/// Creates objects that must survive and some that must go, waits, creates young ones, and runs
+/// the aggressive levels with `protect` as the protect labels (one label: prune filters; more:
+/// object-by-object removal).
+fn survival(name: &str, protect: &[&str]) {
+    let d = Daemon::start(name);
+    // Old objects.
+    d.build(Some("app:1"), &["RUN echo app > /app"]);
+    d.docker(&["volume", "create", "webvol"]);
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "none",
+        "-v",
+        "webvol:/data",
+        "app:1",
+        "sleep",
+        "600",
+    ]);
+    d.build(
+        Some("keep:1"),
+        &["LABEL bilge.keep=true", "RUN echo kept > /kept"],
+    );
+    d.build(
+        Some("prodimg:1"),
+        &["LABEL tier=prod", "RUN echo prod > /prod"],
+    );
+    d.build(
+        Some("old:1"),
+        &["RUN dd if=/dev/zero of=/old bs=1M count=2 2>/dev/null"],
+    );
+    let dangling = d.make_dangling("dangle:1", 2);
+    d.make_stopped("stopped-old", "old:1", 1, &[]);
+    d.make_stopped("kept", "app:1", 1, &["bilge.keep=true"]);
+    d.make_stopped("prod", "app:1", 1, &["tier=prod"]);
+    d.docker(&["volume", "create", "data"]);
+    d.docker(&["volume", "create", "--label", "bilge.keep=true", "keepvol"]);
+    // An anonymous volume whose container is gone.
+    d.docker(&[
+        "run",
+        "--name",
+        "anon-maker",
+        "--network",
+        "none",
+        "-v",
+        "/anon",
+        "app:1",
+        "true",
+    ]);
+    d.docker(&["rm", "anon-maker"]);
+    let anon: Vec<String> = d
+        .volume_names()
+        .into_iter()
+        .filter(|v| v.len() == 64)
+        .collect();
+    assert_eq!(anon.len(), 1);
+    let old_cache = d.build_cache_ids();
+
+    std::thread::sleep(Duration::from_secs(7));
+    // Young objects: younger than `until` (5s) when the cleanup runs.
+    d.build(Some("young:1"), &["RUN echo young > /young"]);
+    d.make_stopped("stopped-young", "young:1", 1, &[]);
+    let young_cache: Vec<String> = d
+        .build_cache_ids()
+        .into_iter()
+        .filter(|id| !old_cache.contains(id))
+        .collect();
+    assert!(!young_cache.is_empty());
+
+    let labels = protect
+        .iter()
+        .map(|l| format!("{l:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let protect_line = format!("protect_labels = [{labels}]");
+    let base = [
+        "max_level = \"aggressive\"",
+        "until = \"5s\"",
+        "target_free = \"100%\"",
+        protect_line.as_str(),
+    ];
+    let cfg = policy_file(&d.dir, &base);
+    let state = d.dir.join("state/bilge.db");
+    let r = bilge_clean_json(
+        &d,
+        &state,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--level",
+            "aggressive",
+            "--yes",
+        ],
+    );
+    assert_eq!(r["record"]["result"], "success", "{r:#}");
+    // Without allow_volumes the volume level does not run at all.
+    assert_eq!(r["record"]["level"], "unused_images");
+
+    // Running containers and their images, protected and young objects survive.
+    for c in ["web", "kept", "stopped-young"] {
+        assert!(d.has_container(c), "container {c} was removed");
+    }
+    for i in ["app:1", "keep:1", "young:1"] {
+        assert!(d.has_image(i), "image {i} was removed");
+    }
+    let cache = d.build_cache_ids();
+    for id in &young_cache {
+        assert!(
+            cache.contains(id),
+            "young build cache record {id} was removed"
+        );
+    }
+    for v in ["webvol", "data", "keepvol", anon[0].as_str()] {
+        assert!(
+            d.has_volume(v),
+            "volume {v} was removed without allow_volumes"
+        );
+    }
+    // Old, unused, unprotected objects went.
+    assert!(!d.has_container("stopped-old"));
+    assert!(!d.has_image("old:1") && !d.has_image(&dangling));
+    assert!(cache.len() < old_cache.len() + young_cache.len());
+    let by_prod = protect.contains(&"tier=prod");
+    assert_eq!(d.has_container("prod"), by_prod);
+    assert_eq!(d.has_image("prodimg:1"), by_prod);
+
+    // With allow_volumes, unused volumes go too: named and anonymous, but not the running
+    // container's, the protected one or a young one.
+    d.docker(&["volume", "create", "young-vol"]);
+    let mut with_volumes = base.to_vec();
+    with_volumes.push("allow_volumes = true");
+    let cfg = policy_file(&d.dir, &with_volumes);
+    let r = bilge_clean_json(
+        &d,
+        &state,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--level",
+            "aggressive",
+            "--yes",
+        ],
+    );
+    assert_eq!(r["record"]["level"], "unused_volumes", "{r:#}");
+    assert!(!d.has_volume("data") && !d.has_volume(&anon[0]));
+    for v in ["webvol", "keepvol", "young-vol"] {
+        assert!(d.has_volume(v), "volume {v} was removed");
+    }
+    assert!(d.has_container("web") && d.has_image("app:1") && d.has_image("keep:1"));
+}
+
+#[test]
+fn running_containers_their_images_protected_young_objects_and_volumes_survive_prune_filters() {
+    survival("survive1", &["bilge.keep=true"]);
+}
+
+#[test]
+fn with_several_protect_labels_each_one_protects_on_its_own() {
+    // Docker ANDs several label! filters; the engine removes object by object instead.
+    survival("survive2", &["bilge.keep=true", "tier=prod"]);
+}
+
+#[test]
+fn target_free_stops_the_run_after_the_first_level_that_meets_it() {
+    let d = Daemon::start_on_loop_fs("target", 512);
+    // 100 MiB of build cache that no image shares.
+    d.build(
+        Some("big:1"),
+        &["RUN dd if=/dev/zero of=/big bs=1M count=100 2>/dev/null"],
+    );
+    d.docker(&["rmi", "big:1"]);
+    let dangling = d.make_dangling("dangle:1", 5);
+    d.make_stopped("stopped", "dangle:1", 1, &[]);
+    let avail = d.data_root_avail();
+    let target = avail + 50 * 1024 * 1024;
+    let state = d.dir.join("state/bilge.db");
+    let r = bilge_clean_json(
+        &d,
+        &state,
+        &["--until", "0s", "--target-free", &target.to_string()],
+    );
+    assert_eq!(r["record"]["result"], "success", "{r:#}");
+    assert_eq!(r["target_met"], true, "{r:#}");
+    assert_eq!(r["plan"]["levels"].as_array().unwrap().len(), 3);
+    let ran = level_bytes(&r, "reclaimed_bytes");
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert_eq!(ran[0].0, "build_cache");
+    assert!(ran[0].1 >= 100 * 1000 * 1000, "{ran:?}");
+    assert_eq!(r["record"]["actions"].as_array().unwrap().len(), 1);
+    assert!(r["avail_after"].as_u64().unwrap() >= target);
+    // The later levels did not run.
+    assert!(d.has_container("stopped"));
+    assert!(d.has_image(&dangling));
+
+    // An unreachable target runs every level.
+    let r = bilge_clean_json(&d, &state, &["--until", "0s", "--target-free", "100%"]);
+    assert_eq!(r["target_met"], false);
+    assert_eq!(level_bytes(&r, "reclaimed_bytes").len(), 3);
+    assert!(!d.has_container("stopped") && !d.has_image(&dangling));
+}
+
+#[test]
+fn bilge_clean_prints_its_plan_and_what_each_level_freed() {
+    let d = Daemon::start("clitable");
+    let dangling = d.make_dangling("dangle:1", 3);
+    d.make_stopped("stopped", "dangle:1", 1, &[]);
+    let sdir = temp_dir("clistate");
+    let state = sdir.join("bilge.db");
+
+    let out = bilge_clean(&d, &state, &["--dry-run", "--until", "0s"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for s in [
+        "LEVEL",
+        "OBJECTS",
+        "ESTIMATED",
+        "build_cache",
+        "stopped_containers",
+        "dangling_images",
+        "total",
+        "Dry run: nothing was deleted.",
+    ] {
+        assert!(text.contains(s), "{s:?} missing from\n{text}");
+    }
+    assert!(d.has_image(&dangling) && d.has_container("stopped"));
+
+    // Aggressive levels need --yes when stdin is not a terminal; nothing happens without it.
+    let cfg = policy_file(&d.dir, &["max_level = \"aggressive\""]);
+    let out = bilge_clean(
+        &d,
+        &state,
+        &[
+            "--level",
+            "aggressive",
+            "--until",
+            "0s",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(d.has_image(&dangling) && d.has_container("stopped"));
+    let out = bilge_clean(&d, &state, &["--level", "everything"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--level"));
+
+    let out = bilge_clean(&d, &state, &["--until", "0s", "--target-free", "100%"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in [
+        "ESTIMATED",
+        "REMOVED",
+        "RECLAIMED",
+        "AVAILABLE AFTER",
+        "dangling_images",
+        "not met",
+    ] {
+        assert!(text.contains(s), "{s:?} missing from\n{text}");
+    }
+    assert!(!d.has_image(&dangling) && !d.has_container("stopped"));
+
+    // Both runs are in the audit table.
+    let s = Server::start_in(sdir, &d.host, &[]);
+    let rows = cleanups(&s);
+    let results: Vec<&str> = rows.iter().map(|r| r["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["success", "dry_run"]);
+    assert!(rows.iter().all(|r| r["trigger"] == "cli"));
+    assert!(rows[0]["reclaimed_bytes"].as_u64().unwrap() > 3 * 1000 * 1000);
+    drop(s);
+
+    // A run that fails exits 1, says why, and is recorded as failed.
+    let out = Command::new(BILGE)
+        .args(["clean", "--docker.host", "unix:///nonexistent/docker.sock"])
+        .arg("--state.path")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cleanup failed"));
+    let s = Server::start_with_state(temp_dir("clilog"), &state, &d.host, &[]);
+    let rows = cleanups(&s);
+    assert_eq!(rows[0]["result"], "failure", "{rows:#?}");
+    assert!(rows[0]["detail"].as_str().unwrap().contains("no socket"));
+}
+
+#[test]
+fn the_low_watermark_runs_the_standard_level_once_per_cooldown() {
+    let d = Daemon::start("watermark");
+    let dangling = d.make_dangling("dangle:1", 2);
+    // Docker's `until` counts whole seconds: let the image be a second old before bilge starts.
+    std::thread::sleep(Duration::from_millis(1100));
+    let cfg = policy_file(
+        &d.dir,
+        &[
+            "until = \"0s\"",
+            "low_watermark = \"99.9%\"",
+            "high_watermark = \"99.9%\"",
+            "cooldown = \"1h\"",
+        ],
+    );
+    let s = Server::start(
+        &d.host,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--docker.refresh-interval",
+            "1s",
+            "--collector.filesystem.interval",
+            "500ms",
+        ],
+    );
+    let row = wait_for("a watermark cleanup", Duration::from_secs(60), || {
+        cleanups(&s)
+            .into_iter()
+            .find(|r| r["trigger"] == "watermark" && r["result"] != "skipped")
+    });
+    assert_eq!(row["result"], "success", "{row:#}");
+    assert_eq!(row["level"], "dangling_images");
+    assert!(!d.has_image(&dangling), "{row:#}\n{}", s.log_text());
+    // Still under the mark, but the cooldown holds further runs back.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(cleanups(&s).len(), 1);
+    assert_eq!(
+        s.metric("bilge_cleanup_runs_total{result=\"success\",trigger=\"watermark\"}"),
+        Some(1.0)
+    );
+    assert!(s.log_text().contains("low watermark"));
+}
+
+#[test]
+fn a_cleanup_waits_for_the_one_another_bilge_runs_on_the_host() {
+    let d = Daemon::start("hostlock");
+    let dangling = d.make_dangling("dangle:1", 2);
+    let sdir = temp_dir("lockstate");
+    let state = sdir.join("bilge.db");
+    // Another process holds the host's cleanup lock for 4 seconds.
+    let mut holder = Command::new("/usr/bin/flock")
+        .arg(sdir.join("bilge.db.lock"))
+        .args(["sleep", "4"])
+        .spawn()
+        .expect("flock (util-linux) is missing");
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let out = bilge_clean(&d, &state, &["--until", "0s", "--target-free", "100%"]);
+    let waited = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(waited >= Duration::from_secs(3), "did not wait: {waited:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for the cleanup"));
+    assert!(!d.has_image(&dangling));
+    holder.wait().unwrap();
+}

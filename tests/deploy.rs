@@ -1,0 +1,113 @@
+//! The deploy image: `deploy/Dockerfile.scratch` built on a private daemon around the static
+//! release binary that `scripts/test.sh` builds, run with the Docker socket mounted, scraped.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// The static binary built by scripts/test.sh (`BILGE_STATIC_BIN`).
+fn static_binary() -> PathBuf {
+    let path = std::env::var("BILGE_STATIC_BIN").unwrap_or_else(|_| {
+        panic!(
+            "BILGE_STATIC_BIN is not set: run through scripts/test.sh, which builds the static binary with \
+             RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu"
+        )
+    });
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "BILGE_STATIC_BIN={} does not exist",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
+    let bin = static_binary();
+    let d = Daemon::start("image");
+    let ctx = temp_dir("imagectx");
+    std::fs::copy(&bin, ctx.join("bilge")).unwrap();
+    let dockerfile =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile.scratch");
+    d.docker(&[
+        "build",
+        "-q",
+        "-f",
+        dockerfile.to_str().unwrap(),
+        "-t",
+        "bilge:test",
+        ctx.to_str().unwrap(),
+    ]);
+    let inspect = d.docker(&[
+        "image",
+        "inspect",
+        "bilge:test",
+        "--format",
+        "{{.Config.User}} {{json .Config.Healthcheck}}",
+    ]);
+    assert!(inspect.starts_with("65532"), "image user: {inspect}");
+    assert!(inspect.contains("healthcheck"), "no HEALTHCHECK: {inspect}");
+
+    // The daemon's socket is group-owned by root here; the container reaches it through --group-add.
+    let sock = d.dir.join("docker.sock");
+    let gid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&sock).unwrap().gid().to_string()
+    };
+    let port = free_port();
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "bilge",
+        "--network",
+        "host",
+        "--group-add",
+        &gid,
+        "-v",
+        &format!("{}:/var/run/docker.sock", sock.display()),
+        "-e",
+        &format!("BILGE_WEB_LISTEN_ADDRESS=127.0.0.1:{port}"),
+        "--tmpfs",
+        "/var/lib/bilge:uid=65532,gid=65532",
+        // The image's own health check command, run more often than its 30s default.
+        "--health-interval=2s",
+        "bilge:test",
+        "serve",
+        "--state.path=/var/lib/bilge/bilge.db",
+        "--docker.refresh-interval=1s",
+    ]);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let metrics = wait_for(
+        "the container's /metrics with docker up",
+        Duration::from_secs(60),
+        || {
+            let r = http("GET", &url, &[], b"").ok()?;
+            let text = r.text();
+            (sample(&text, "bilge_docker_up") == Some(1.0)).then_some(text)
+        },
+    );
+    // It sees the daemon it runs on, including its own image.
+    assert!(
+        metrics.contains("bilge_docker_largest_image_bytes{image=\"bilge:test\"}"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "bilge_docker_containers{state=\"running\"}"),
+        Some(1.0)
+    );
+    // The image's HEALTHCHECK reports healthy.
+    wait_for(
+        "the container to be healthy",
+        Duration::from_secs(90),
+        || {
+            (d.docker(&["inspect", "bilge", "--format", "{{.State.Health.Status}}"]) == "healthy")
+                .then_some(())
+        },
+    );
+    let user = d.docker(&["inspect", "bilge", "--format", "{{.Config.User}}"]);
+    assert_eq!(user, "65532:65532");
+    let _ = std::fs::remove_dir_all(&ctx);
+}
