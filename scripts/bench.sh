@@ -41,6 +41,7 @@ DOCKER=/usr/bin/docker # Debian's CLI: the one with BuildKit
 # Scale points of section 2 and runs per figure.
 SIZES=(${BILGE_BENCH_SIZES:-0 500 2000})
 RUNS="${BILGE_BENCH_RUNS:-3}"
+STREAM_RUNS="${BILGE_BENCH_STREAM_RUNS:-5}"
 WRK_SECONDS="${BILGE_BENCH_WRK_SECONDS:-10}"
 mkdir -p "$RESULTS"
 
@@ -355,6 +356,11 @@ section_docker() {
       emit "collect_ms@$n" raw "$(calc "$raw * 1000")"
     done
     stop "$pid"
+    # What else one collection asks the daemon: /info and /version (the profile of the gap).
+    for k in $(seq "$samples"); do
+      emit "info_ms@$n" raw "$(calc "$(curl -s -o /dev/null -w '%{time_total}' --unix-socket "$SOCK" "$API/info") * 1000")"
+      emit "version_ms@$n" raw "$(calc "$(curl -s -o /dev/null -w '%{time_total}' --unix-socket "$SOCK" "$API/version") * 1000")"
+    done
     # bilge df as a command: a fresh process, one collection including a first look at every
     # container's log path.
     hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$BENCH/df-$n.json" \
@@ -446,6 +452,8 @@ section_scrape() {
       emit errors "$who" "$(wrk_field "$out" errors)"
       emit cpu_s_per_1k "$who" "$(calc "($c1 - $c0) / ($req / 1000)")"
       emit rss_mib "$who" "$(rss_mib "$pid")"
+      emit rss_anon_mib "$who" "$(awk '/^RssAnon:/ { printf "%.2f", $2 / 1024 }' "/proc/$pid/status")"
+      emit rss_file_mib "$who" "$(awk '/^RssFile:/ { printf "%.2f", $2 / 1024 }' "/proc/$pid/status")"
     done
   done
   # The noise floor: the same load on bilge's constant /-/healthy answer (no encoding at all).
@@ -474,11 +482,12 @@ section_build() {
   local wrap="$BILGE build --project bench --state.path $dir/bilge.db --docker.host $DHOST --"
   local stream="head -c 1G /dev/zero | tr \"\\0\" x | fold"
   cmds "hyperfine -N --warmup 3 --runs 30 'true' 'bilge build --project bench -- true'" \
-    "hyperfine -N --runs $RUNS \"sh -c '$stream'\" \"bilge build --project bench -- sh -c '$stream'\"   # output to /dev/null (hyperfine's default)"
+    "hyperfine -N --runs $STREAM_RUNS \"sh -c '$stream'\" \"bilge build --project bench -- sh -c '$stream'\"   # output to /dev/null (hyperfine's default)" \
+    "hyperfine -N --runs $STREAM_RUNS 'cat stream.txt' 'bilge build --project bench -- cat stream.txt'   # the same text from a file in the page cache: bilge is the bottleneck"
   hyperfine -N --warmup 3 --runs 30 --export-json "$dir/fixed.json" "true" "$wrap true" >/dev/null
   jq -r '.results[0].times[]' "$dir/fixed.json" | while read -r t; do emit fixed_ms plain "$(calc "$t * 1000")"; done
   jq -r '.results[1].times[]' "$dir/fixed.json" | while read -r t; do emit fixed_ms bilge "$(calc "$t * 1000")"; done
-  hyperfine -N --runs "$RUNS" --export-json "$dir/stream.json" \
+  hyperfine -N --runs "$STREAM_RUNS" --export-json "$dir/stream.json" \
     "sh -c '$stream'" "$wrap sh -c '$stream'" >/dev/null
   # head -c 1G, plus the newline fold writes after every 80 columns.
   local bytes=$((1073741824 + 1073741824 / 80))
@@ -491,6 +500,18 @@ section_build() {
     emit stream_s bilge "$t"
     emit stream_mb_s bilge "$(calc "$bytes / $t / 1e6")"
   done
+  # Classification throughput: the same text (a quarter of it) from a file in the page cache, so
+  # `cat` is far faster than bilge and bilge's copy-and-classify loop sets the pace.
+  head -c 268435456 /dev/zero | tr '\0' x | fold >"$dir/stream.txt"
+  local fbytes
+  fbytes=$(stat -c %s "$dir/stream.txt")
+  cat "$dir/stream.txt" >/dev/null
+  hyperfine -N --warmup 1 --runs "$STREAM_RUNS" --export-json "$dir/file.json" \
+    "cat $dir/stream.txt" "$wrap cat $dir/stream.txt" >/dev/null
+  jq -r '.results[0].times[]' "$dir/file.json" | while read -r t; do emit classify_mb_s plain "$(calc "$fbytes / $t / 1e6")"; done
+  jq -r '.results[1].times[]' "$dir/file.json" | while read -r t; do emit classify_mb_s bilge "$(calc "$fbytes / $t / 1e6")"; done
+  rm -f "$dir/stream.txt"
+  note "Classification throughput: \`bilge build -- cat stream.txt\` on $fbytes bytes of the same text (80-column lines of 'x') read from the page cache, against \`cat\` alone; \`cat\` is far faster, so bilge's copy-and-classify loop sets the pace."
 }
 
 # ---- section 4: cleanup -------------------------------------------------------------------
@@ -610,20 +631,28 @@ alert_payload() {
 
 # ---- section 5: watermark reaction, against docuum -----------------------------------------
 # A second daemon on a 2 GiB loop filesystem. Each run starts from an empty daemon with one
-# image app:latest holding GROW_MIB of its own. Then a build crosses the mark:
-#   image: app:latest is rebuilt with GROW_MIB new bytes, so the old one is left dangling (the
-#          usual CI pattern). docuum's --threshold and bilge's low_watermark are both set
-#          halfway through that growth.
-#   cache: a build that only makes build cache (exported to /dev/null, no image) grows by as
-#          much.
-# Reaction time: from the build command's exit to the filesystem having at least half of the
+# image app:latest holding GROW_MIB of its own; then GROW_MIB more arrive and cross the mark.
+# docuum's --threshold and bilge's low_watermark are both set halfway through that growth.
+#   pulled: app:latest arrives again as a new image that no build made (`docker import`, as a
+#           pull would: no build cache holds its layer); the old one is left dangling.
+#   built:  app:latest is rebuilt by BuildKit; the old one is left dangling (the usual CI
+#           pattern), and BuildKit's cache still holds both images' layers.
+#   cache:  a build that only makes build cache (exported to /dev/null, no image).
+# Reaction time: from the growth command's exit to the filesystem having at least half of the
 # growth back (polled every 50 ms, for at most 20 s).
 GROW_MIB=${BILGE_BENCH_GROW_MIB:-200}
+FAST_INTERVAL=${BILGE_BENCH_FAST_INTERVAL:-250ms}
 wm_build() { # wm_build NAME [-t TAG | -o ...]: a build adding GROW_MIB of new bytes
   local name=$1
   shift
   context "$BENCH/wm-ctx/$name" "RUN head -c $((GROW_MIB * 1048576)) /dev/urandom >/blob-$name"
   dk build --network none -q "$@" "$BENCH/wm-ctx/$name" >/dev/null
+}
+# wm_import NAME: app:latest as a new one-layer image of GROW_MIB (the blob plus a unique file).
+wm_import() {
+  [ -f "$BENCH/wm/blob" ] || head -c $((GROW_MIB * 1048576)) /dev/urandom >"$BENCH/wm/blob"
+  echo "$1" >"$BENCH/wm/id"
+  tar -C "$BENCH/wm" -cf - blob id | dk import - app:latest >/dev/null
 }
 wm_reset() {
   local ids
@@ -678,19 +707,27 @@ section_watermark() {
   ln -sf "$DOCKER" "$BENCH/wm-bin/docker"
   cmds "docuum --threshold '\$THRESHOLD B'   # DOCKER_HOST=unix://\$SOCK; docker on its PATH = Debian's CLI" \
     "bilge serve --config wm.toml --docker.host unix://\$SOCK   # wm.toml: [cleanup] low_watermark = high_watermark = \"\$LOW\", until = \"0s\", cooldown = \"0s\"" \
-    "docker build -t app:latest .   # the crossing build: RUN head -c ${GROW_MIB}MiB /dev/urandom >/blob" \
-    "docker build -o type=tar,dest=/dev/null .   # the same growth as build cache only"
-  note "A second daemon on a 2 GiB ext4 loop filesystem. Each run starts from an empty daemon and one image \`app:latest\` holding ${GROW_MIB} MiB of its own; the crossing build adds ${GROW_MIB} MiB more. docuum's \`--threshold\` is the images' total (\`LayersSize\` of \`/system/df\`) plus half the growth; bilge's \`low_watermark\` (and \`high_watermark\`) is the available space minus half the growth, with \`until = \"0s\"\` and \`cooldown = \"0s\"\` so fresh objects count; bilge checks it every \`--collector.filesystem.interval\` (2 s, the default). Reaction: from the crossing build's exit to the filesystem having half the growth back (polled every 50 ms); 20 s without that counts as no reaction. Image growth: app:latest is rebuilt, so the old one is left dangling (docuum evicts it as least recently used; bilge's standard level prunes build cache and dangling images). Build cache growth: a build exported to /dev/null adds only build cache. Memory: VmRSS after each run; docuum keeps \`docker system events\` running as a child, so the figure with children is given too."
+    "docker import app.tar app:latest   # pulled: a ${GROW_MIB} MiB image no build made" \
+    "docker build -t app:latest .   # built: RUN head -c ${GROW_MIB}MiB /dev/urandom >/blob" \
+    "docker build -o type=tar,dest=/dev/null .   # cache: the same growth as build cache only"
+  note "A second daemon on a 2 GiB ext4 loop filesystem. Each run starts from an empty daemon and one image \`app:latest\` holding ${GROW_MIB} MiB of its own; the crossing build adds ${GROW_MIB} MiB more. docuum's \`--threshold\` is the images' total (\`LayersSize\` of \`/system/df\`) plus half the growth; bilge's \`low_watermark\` (and \`high_watermark\`) is the available space minus half the growth, with \`until = \"0s\"\` and \`cooldown = \"0s\"\` so fresh objects count; bilge checks it every \`--collector.filesystem.interval\` (2 s, the default; for pulled images also $FAST_INTERVAL). Reaction: from the crossing build's exit to the filesystem having half the growth back (polled every 50 ms); 20 s without that counts as no reaction. Pulled: app:latest arrives again as a new image that no build made (\`docker import\`, standing in for a pull, which this machine cannot do), so the old one is left dangling; docuum evicts it as least recently used, bilge's standard level prunes dangling images. Built: app:latest is rebuilt by BuildKit, leaving the old one dangling; BuildKit's cache holds the layers of both images, so removing the old image alone frees nothing until the cache records go too (bilge's standard level prunes build cache, then dangling images, then the cache records they released). Cache: a build exported to /dev/null adds only build cache. Memory: VmRSS after each run; docuum keeps \`docker system events\` running as a child, so the figure with children is given too."
   local r who kind
-  for kind in image cache; do
+  for kind in pulled built cache; do
     for r in $(seq "$RUNS"); do
       local order=(docuum bilge)
       [ $((r % 2)) -eq 0 ] && order=(bilge docuum)
+      # Where docuum competes (an image that no build made), also bilge with a faster
+      # filesystem interval: the watermark check's cadence is what its reaction waits for.
+      [ "$kind" = pulled ] && order+=(bilge-fast)
       for who in "${order[@]}"; do
         say "watermark ($kind growth) run $r: $who"
         wm_reset
         base_image
-        wm_build "v0-$kind$r$who" -t app:latest
+        if [ "$kind" = pulled ]; then
+          wm_import "v0-$kind$r$who"
+        else
+          wm_build "v0-$kind$r$who" -t app:latest
+        fi
         sync
         local avail0 img0 pid
         avail0=$(avail_bytes)
@@ -711,28 +748,32 @@ section_watermark() {
           printf '[cleanup]\nlow_watermark = "%sMiB"\nhigh_watermark = "%sMiB"\nuntil = "0s"\ncooldown = "0s"\n' \
             "$low" "$low" >"$cfg"
           port=$(free_port)
-          bg "bilge-wm-$kind-$r" "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
-            --state.path "$BENCH/wm/bilge-$kind-$r.db" --config "$cfg" --log.level info
+          local interval=2s
+          [ "$who" = bilge-fast ] && interval=$FAST_INTERVAL
+          bg "$who-wm-$kind-$r" "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
+            --state.path "$BENCH/wm/$who-$kind-$r.db" --config "$cfg" --log.level info \
+            --collector.filesystem.interval "$interval"
           pid=$BG_PID
           wait_http "http://127.0.0.1:$port/-/ready" 120
         fi
         sleep 1
-        if [ "$kind" = image ]; then
-          wm_build "v1-$kind$r$who" -t app:latest
-        else
-          wm_build "v1-$kind$r$who" -o type=tar,dest=/dev/null
-        fi
+        case $kind in
+          pulled) wm_import "v1-$kind$r$who" ;;
+          built) wm_build "v1-$kind$r$who" -t app:latest ;;
+          cache) wm_build "v1-$kind$r$who" -o type=tar,dest=/dev/null ;;
+        esac
         local t0 after took
+        sync
         t0=$(now_ns)
         after=$(avail_bytes)
         took=$(wm_wait_freed "$t0" $((after + grow / 2)))
-        if [ -n "$took" ]; then
-          emit "react_s@$kind" "$who" "$took"
+        if [ "$who" = bilge-fast ]; then
+          if [ -n "$took" ]; then emit "react_fast_s@$kind" bilge "$took"; else emit "no_reaction_fast@$kind" bilge 1; fi
         else
-          emit "no_reaction@$kind" "$who" 1
+          if [ -n "$took" ]; then emit "react_s@$kind" "$who" "$took"; else emit "no_reaction@$kind" "$who" 1; fi
+          emit rss_mib "$who" "$(rss_mib "$pid")"
+          emit rss_tree_mib "$who" "$(rss_tree_mib "$pid")"
         fi
-        emit rss_mib "$who" "$(rss_mib "$pid")"
-        emit rss_tree_mib "$who" "$(rss_tree_mib "$pid")"
         stop "$pid"
       done
     done
