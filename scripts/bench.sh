@@ -70,6 +70,7 @@ declare -A NEED=(
   [/sbin/mkfs.ext4]=e2fsprogs
   [/usr/bin/curl]=curl
   [/usr/bin/jq]=jq
+  [/usr/bin/perf]=linux-perf
 )
 missing=()
 for bin in "${!NEED[@]}"; do
@@ -393,7 +394,23 @@ section_docker() {
     emit "inflight_req_s@$top" bilge "$(wrk_rate "$out")"
     emit "inflight_collect_ms@$top" bilge "$(calc "$d * 1000")"
   done
+  # One more run, not counted, under perf.
+  profile inflight "$pid" 8 &
+  wrk -t2 -c16 -d"${WRK_SECONDS}s" "http://127.0.0.1:$port/metrics" >/dev/null
+  wait
   stop "$pid"
+}
+
+# profile NAME PID SECONDS: a flat perf profile of PID (and its threads), top symbols, kept as
+# target/bench/profile-NAME.txt for BENCHMARKS.md. Taken on extra runs that are not counted.
+profile() {
+  command -v perf >/dev/null || return 0
+  perf record -q -F 999 -p "$2" -o "$BENCH/$1.perf" -- sleep "$3" >/dev/null 2>&1 || return 0
+  perf_top "$1"
+}
+perf_top() {
+  perf report -i "$BENCH/$1.perf" --no-children --sort comm,dso,sym --percent-limit 1.5 --stdio 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | sed 's/ \+$//' | head -25 >"$RESULTS/profile-$1.txt" || true
 }
 
 # wrk_field "WRK k=v ..." KEY
@@ -456,6 +473,13 @@ section_scrape() {
       emit rss_file_mib "$who" "$(awk '/^RssFile:/ { printf "%.2f", $2 / 1024 }' "/proc/$pid/status")"
     done
   done
+  # One more run on each, not counted, under perf.
+  profile scrape-bilge "$bpid" 8 &
+  wrk -t2 -c16 -d"${WRK_SECONDS}s" "http://127.0.0.1:$pb/metrics" >/dev/null
+  wait
+  profile scrape-node_exporter "$npid" 8 &
+  wrk -t2 -c16 -d"${WRK_SECONDS}s" "http://127.0.0.1:$pn/metrics" >/dev/null
+  wait
   # The noise floor: the same load on bilge's constant /-/healthy answer (no encoding at all).
   # Its p99 is what scheduling on this shared machine alone adds.
   cmds "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PB/-/healthy   # control, $RUNS times"
@@ -500,6 +524,11 @@ section_build() {
     emit stream_s bilge "$t"
     emit stream_mb_s bilge "$(calc "$bytes / $t / 1e6")"
   done
+  # One more stream run, not counted, under perf (every process of it: bilge, sh, head, tr, fold).
+  if command -v perf >/dev/null; then
+    perf record -q -F 999 -o "$BENCH/stream.perf" -- $wrap sh -c "$stream" >/dev/null 2>&1 || true
+    perf_top stream
+  fi
   # Classification throughput: the same text (a quarter of it) from a file in the page cache, so
   # `cat` is far faster than bilge and bilge's copy-and-classify loop sets the pace.
   head -c 268435456 /dev/zero | tr '\0' x | fold >"$dir/stream.txt"
@@ -545,11 +574,15 @@ section_clean() {
     skip_section "\`bilge clean\` does not exist in this checkout yet (branch cleanup not merged)"
     return 0
   fi
+  # A daemon of its own: on the main one, Docker's prunes would also sweep section 2's 500
+  # never-started containers and build cache on whichever tool went first.
+  local main_sock=$SOCK main_data=$DATA main_host=$DHOST
+  start_daemon clean 4096
   local dir="$BENCH/clean"
   mkdir -p "$dir"
   cmds "docker builder prune -f && docker container prune -f && docker image prune -f" \
     "bilge clean --level standard --until 0s --target-free 100% --yes --docker.host unix://\$SOCK"
-  note "Before every timed run the same state is made afresh on the daemon's own ext4 loop filesystem: 4 BuildKit builds of 16 MiB each (build cache only), 8 stopped containers that wrote 1 MiB each, and one tag rebuilt 4 times with 4 MiB of new content (3 dangling images). The two tools alternate which goes first. Bytes freed are the filesystem's used bytes before minus after (statvfs, after sync). \`--until 0s\` and \`--target-free 100%\`: bilge's defaults (only objects older than 24 h; stop once 15 % is free) would spare objects made seconds ago and stop early on this roomy filesystem, while Docker's prunes have neither."
+  note "A daemon of its own (4 GiB ext4 loop filesystem). Before every timed run the same state is made afresh: 4 BuildKit builds of 16 MiB each (build cache only), 8 stopped containers that wrote 1 MiB each, and one tag rebuilt 4 times with 4 MiB of new content (3 dangling images). The two tools alternate which goes first. Bytes freed are the filesystem's used bytes before minus after (statvfs, after sync). \`--until 0s\` and \`--target-free 100%\`: bilge's defaults (only objects older than 24 h; stop once 15 % is free) would spare objects made seconds ago and stop early on this roomy filesystem, while Docker's prunes have neither."
   local r
   for r in $(seq "$RUNS"); do
     local order=(docker bilge)
@@ -617,6 +650,7 @@ section_clean() {
     done
   done
   stop "$pid"
+  SOCK=$main_sock DATA=$main_data DHOST=$main_host
 }
 
 alert_payload() {
@@ -638,8 +672,9 @@ alert_payload() {
 #   built:  app:latest is rebuilt by BuildKit; the old one is left dangling (the usual CI
 #           pattern), and BuildKit's cache still holds both images' layers.
 #   cache:  a build that only makes build cache (exported to /dev/null, no image).
-# Reaction time: from the growth command's exit to the filesystem having at least half of the
-# growth back (polled every 50 ms, for at most 20 s).
+# Reaction time: from the growth command's exit until the filesystem's available space is back
+# within half the growth of where it was before (polled every 50 ms, for at most 20 s; 0 when a
+# tool already freed it while the command was still running).
 GROW_MIB=${BILGE_BENCH_GROW_MIB:-200}
 FAST_INTERVAL=${BILGE_BENCH_FAST_INTERVAL:-250ms}
 wm_build() { # wm_build NAME [-t TAG | -o ...]: a build adding GROW_MIB of new bytes
@@ -710,7 +745,7 @@ section_watermark() {
     "docker import app.tar app:latest   # pulled: a ${GROW_MIB} MiB image no build made" \
     "docker build -t app:latest .   # built: RUN head -c ${GROW_MIB}MiB /dev/urandom >/blob" \
     "docker build -o type=tar,dest=/dev/null .   # cache: the same growth as build cache only"
-  note "A second daemon on a 2 GiB ext4 loop filesystem. Each run starts from an empty daemon and one image \`app:latest\` holding ${GROW_MIB} MiB of its own; the crossing build adds ${GROW_MIB} MiB more. docuum's \`--threshold\` is the images' total (\`LayersSize\` of \`/system/df\`) plus half the growth; bilge's \`low_watermark\` (and \`high_watermark\`) is the available space minus half the growth, with \`until = \"0s\"\` and \`cooldown = \"0s\"\` so fresh objects count; bilge checks it every \`--collector.filesystem.interval\` (2 s, the default; for pulled images also $FAST_INTERVAL). Reaction: from the crossing build's exit to the filesystem having half the growth back (polled every 50 ms); 20 s without that counts as no reaction. Pulled: app:latest arrives again as a new image that no build made (\`docker import\`, standing in for a pull, which this machine cannot do), so the old one is left dangling; docuum evicts it as least recently used, bilge's standard level prunes dangling images. Built: app:latest is rebuilt by BuildKit, leaving the old one dangling; BuildKit's cache holds the layers of both images, so removing the old image alone frees nothing until the cache records go too (bilge's standard level prunes build cache, then dangling images, then the cache records they released). Cache: a build exported to /dev/null adds only build cache. Memory: VmRSS after each run; docuum keeps \`docker system events\` running as a child, so the figure with children is given too."
+  note "A second daemon on a 2 GiB ext4 loop filesystem. Each run starts from an empty daemon and one image \`app:latest\` holding ${GROW_MIB} MiB of its own; the crossing build adds ${GROW_MIB} MiB more. docuum's \`--threshold\` is the images' total (\`LayersSize\` of \`/system/df\`) plus half the growth; bilge's \`low_watermark\` (and \`high_watermark\`) is the available space minus half the growth, with \`until = \"0s\"\` and \`cooldown = \"0s\"\` so fresh objects count; bilge checks it every \`--collector.filesystem.interval\` (2 s, the default; for pulled images also $FAST_INTERVAL). Reaction: from the growth command's exit until available space is back within half the growth of where it was before (polled every 50 ms; about 0 when a tool freed it while the command was still running); 20 s without that counts as no reaction. Pulled: app:latest arrives again as a new image that no build made (\`docker import\`, standing in for a pull, which this machine cannot do), so the old one is left dangling; docuum evicts it as least recently used, bilge's standard level prunes dangling images. Built: app:latest is rebuilt by BuildKit, leaving the old one dangling; BuildKit's cache holds the layers of both images, so removing the old image alone frees nothing until the cache records go too (bilge's standard level prunes build cache, then dangling images, then the cache records they released). Cache: a build exported to /dev/null adds only build cache. Memory: VmRSS after each run; docuum keeps \`docker system events\` running as a child, so the figure with children is given too."
   local r who kind
   for kind in pulled built cache; do
     for r in $(seq "$RUNS"); do
@@ -762,11 +797,9 @@ section_watermark() {
           built) wm_build "v1-$kind$r$who" -t app:latest ;;
           cache) wm_build "v1-$kind$r$who" -o type=tar,dest=/dev/null ;;
         esac
-        local t0 after took
-        sync
+        local t0 took
         t0=$(now_ns)
-        after=$(avail_bytes)
-        took=$(wm_wait_freed "$t0" $((after + grow / 2)))
+        took=$(wm_wait_freed "$t0" $((avail0 - grow / 2)))
         if [ "$who" = bilge-fast ]; then
           if [ -n "$took" ]; then emit "react_fast_s@$kind" bilge "$took"; else emit "no_reaction_fast@$kind" bilge 1; fi
         else

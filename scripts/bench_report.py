@@ -116,6 +116,14 @@ SECTIONS = [
 ]
 
 
+# perf profiles the bench keeps (target/bench/profile-NAME.txt), quoted under their section.
+PROFILES = {
+    "scrape": [("scrape-bilge", "bilge under wrk"), ("scrape-node_exporter", "node_exporter under wrk")],
+    "docker": [("inflight", "bilge under wrk while collections of 2,000 objects run back to back")],
+    "build": [("stream", "the 1 GiB stream through `bilge build`")],
+}
+
+
 def read_tsv(path):
     figures = {}
     if not os.path.exists(path):
@@ -323,6 +331,14 @@ def render(results, here):
                 body.append(text + "\n")
         if sec["key"] in notes:
             body.append(notes[sec["key"]] + "\n")
+        for name, title in PROFILES.get(sec["key"], []):
+            ppath = os.path.join(results, f"profile-{name}.txt")
+            if os.path.exists(ppath):
+                with open(ppath, encoding="utf-8") as f:
+                    text = f.read().rstrip()
+                if text:
+                    body.append(f"Profile: {title} (`perf record -F 999`, flat, share of samples by process, object and symbol; an extra run, not counted):\n")
+                    body.append("```\n" + text + "\n```\n")
 
     out.append("## Targets\n")
     out.append("| section | figure | target | ratio | |")
