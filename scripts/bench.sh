@@ -409,8 +409,14 @@ profile() {
   perf_top "$1"
 }
 perf_top() {
-  perf report -i "$BENCH/$1.perf" --no-children --sort comm,dso,sym --percent-limit 1.5 --stdio 2>/dev/null |
-    grep -v '^#' | grep -v '^$' | sed 's/ \+$//' | head -25 >"$RESULTS/profile-$1.txt" || true
+  {
+    echo "by process (thread name):"
+    perf report -i "$BENCH/$1.perf" --no-children --sort comm --stdio 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | head -8
+    echo "top symbols:"
+    perf report -i "$BENCH/$1.perf" --no-children --sort comm,dso,sym --percent-limit 1.5 --stdio 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | head -20
+  } | sed 's/ \+$//' >"$RESULTS/profile-$1.txt" || true
 }
 
 # wrk_field "WRK k=v ..." KEY

@@ -503,8 +503,13 @@ mod tests {
                 })
                 .collect();
             for s in scrapes {
-                let Ok(body) = s.await else { panic!("scrape task") };
-                assert!(String::from_utf8_lossy(&body).contains(&want), "round {round}");
+                let Ok(body) = s.await else {
+                    panic!("scrape task")
+                };
+                assert!(
+                    String::from_utf8_lossy(&body).contains(&want),
+                    "round {round}"
+                );
             }
         }
     }
