@@ -394,10 +394,11 @@ section_docker() {
     emit "inflight_req_s@$top" bilge "$(wrk_rate "$out")"
     emit "inflight_collect_ms@$top" bilge "$(calc "$d * 1000")"
   done
-  # One more run, not counted, under perf.
-  profile inflight "$pid" 8 &
+  # One more run, not counted, under perf: the whole machine, to show who shares the CPU.
+  profile inflight all 8 &
+  local ppid=$!
   wrk -t2 -c16 -d"${WRK_SECONDS}s" "http://127.0.0.1:$port/metrics" >/dev/null
-  wait
+  wait "$ppid" || true
   stop "$pid"
 }
 
@@ -405,7 +406,9 @@ section_docker() {
 # target/bench/profile-NAME.txt for BENCHMARKS.md. Taken on extra runs that are not counted.
 profile() {
   command -v perf >/dev/null || return 0
-  perf record -q -F 999 -p "$2" -o "$BENCH/$1.perf" -- sleep "$3" >/dev/null 2>&1 || return 0
+  local target=(-p "$2")
+  [ "$2" = all ] && target=(-a)
+  perf record -q -F 999 "${target[@]}" -o "$BENCH/$1.perf" -- sleep "$3" >/dev/null 2>&1 || return 0
   perf_top "$1"
 }
 perf_top() {
@@ -480,12 +483,15 @@ section_scrape() {
     done
   done
   # One more run on each, not counted, under perf.
+  local ppid
   profile scrape-bilge "$bpid" 8 &
+  ppid=$!
   wrk -t2 -c16 -d"${WRK_SECONDS}s" "http://127.0.0.1:$pb/metrics" >/dev/null
-  wait
+  wait "$ppid" || true
   profile scrape-node_exporter "$npid" 8 &
+  ppid=$!
   wrk -t2 -c16 -d"${WRK_SECONDS}s" "http://127.0.0.1:$pn/metrics" >/dev/null
-  wait
+  wait "$ppid" || true
   # The noise floor: the same load on bilge's constant /-/healthy answer (no encoding at all).
   # Its p99 is what scheduling on this shared machine alone adds.
   cmds "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PB/-/healthy   # control, $RUNS times"

@@ -119,7 +119,7 @@ SECTIONS = [
 # perf profiles the bench keeps (target/bench/profile-NAME.txt), quoted under their section.
 PROFILES = {
     "scrape": [("scrape-bilge", "bilge under wrk"), ("scrape-node_exporter", "node_exporter under wrk")],
-    "docker": [("inflight", "bilge under wrk while collections of 2,000 objects run back to back")],
+    "docker": [("inflight", "the whole machine while wrk scrapes bilge and bilge's collections of 2,000 objects run back to back")],
     "build": [("stream", "the 1 GiB stream through `bilge build`")],
 }
 
