@@ -19,9 +19,23 @@ pub const BUILD_DURATION_BUCKETS: [f64; 13] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 5400.0, 7200.0,
 ];
 
-/// Every metric family, registered on one registry.
+/// Every metric family, registered on one registry: a handle to one shared [`Families`],
+/// reached through `Deref` (`metrics.docker_up`). Cloning it is one reference count, not one per
+/// family: axum clones the state, and so this, for every request.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+/// The metric families themselves; see [`Metrics`].
+#[derive(Debug)]
+pub struct Families {
     /// The registry `/metrics` encodes.
     pub registry: Registry,
     /// The last encoding and when it began, shared by concurrent scrapes.
@@ -242,7 +256,7 @@ impl Metrics {
         )?;
         r.register(Box::new(build_duration.clone()))?;
 
-        let m = Metrics {
+        let m = Families {
             last_exposition: Arc::default(),
             build_info,
             collector_success: gauge_vec(
@@ -427,7 +441,7 @@ impl Metrics {
         for c in ["filesystem", "docker"] {
             m.collector_success.with_label_values(&[c]).set(0.0);
         }
-        Ok(m)
+        Ok(Metrics(Arc::new(m)))
     }
 
     /// The text exposition for a scrape that arrives now, never older than the scrape: an
