@@ -410,8 +410,6 @@ fn bilge_clean_prints_its_plan_and_what_each_level_freed() {
 fn the_low_watermark_runs_the_standard_level_once_per_cooldown() {
     let d = Daemon::start("watermark");
     let dangling = d.make_dangling("dangle:1", 2);
-    // Docker's `until` counts whole seconds: let the image be a second old before bilge starts.
-    std::thread::sleep(Duration::from_millis(1100));
     let cfg = policy_file(
         &d.dir,
         &[

@@ -734,7 +734,8 @@ impl Daemon {
     }
 
     /// Builds `tag` twice with different content: the first build becomes a dangling image of
-    /// about `mib` MiB. Returns the dangling image's id.
+    /// about `mib` MiB, more than a second old on return (Docker's `until` filter counts whole
+    /// seconds, so even `until=0s` keeps an image from the current second). Returns its id.
     pub fn make_dangling(&self, tag: &str, mib: u32) -> String {
         let first = self.build(
             Some(tag),
@@ -742,11 +743,13 @@ impl Daemon {
                 "RUN dd if=/dev/zero of=/dangling bs=1M count={mib} 2>/dev/null"
             )],
         );
+        std::thread::sleep(Duration::from_millis(1100));
         self.build(Some(tag), &["RUN echo replaced > /replaced"]);
         first
     }
 
-    /// Runs a container that writes `mib` MiB into its writable layer and exits.
+    /// Runs a container that writes `mib` MiB into its writable layer and exits; it is more than
+    /// a second old on return.
     pub fn make_stopped(&self, name: &str, image: &str, mib: u32, labels: &[&str]) {
         let mut args = vec!["run", "--name", name, "--network", "none"];
         for l in labels {
@@ -755,6 +758,8 @@ impl Daemon {
         let script = format!("dd if=/dev/zero of=/written bs=1M count={mib} 2>/dev/null");
         args.extend([image, "sh", "-c", &script]);
         self.docker(&args);
+        // More than a second old on return, as for make_dangling.
+        std::thread::sleep(Duration::from_millis(1100));
     }
 
     /// Available bytes on the filesystem of the data root (statvfs `f_bavail`).
