@@ -749,6 +749,32 @@ fn min_free_refuses_to_start_a_build_on_a_full_disk() {
         "the check was not made on the daemon's data root: {line}"
     );
 
+    // With --clean-and-retry the standard cleanup runs first; 100% can never be met, so the
+    // build still does not start.
+    let o = bilge_build(
+        &d.host,
+        &state,
+        &[
+            "--project",
+            "guarded",
+            "--min-free",
+            "100%",
+            "--clean-and-retry",
+        ],
+        &["touch", marker.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!marker.exists());
+    let err = stderr(&o);
+    assert!(err.contains("running the standard cleanup first"), "{err}");
+    assert!(err.contains("bilge: cleanup: "), "{err}");
+    let errors = prometheus::IntCounter::new("e", "e").unwrap();
+    let audit = bilge::store::Store::new(&state, errors)
+        .list_cleanups(10)
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].trigger, "build_retry");
+
     // A modest minimum lets the build run.
     let o = bilge_build(
         &d.host,
