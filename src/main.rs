@@ -53,7 +53,7 @@ fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return usage_error(&e),
             };
-            let cleaner = bilge::build::run::NoCleaner;
+            let cleaner = bilge::build::run::EngineCleaner::new(cfg.clone());
             return match rt.block_on(bilge::build::run::run(&cfg, &build, &cleaner)) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
