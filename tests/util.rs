@@ -61,6 +61,18 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Polls `f` until it returns Some, or gives None after `timeout`.
+pub fn wait_for_opt<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 /// Sends SIGTERM to `child`, waits up to `grace` for it to exit, then kills it. Returns the
 /// exit status when it exited by itself.
 pub fn stop_child(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
