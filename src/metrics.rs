@@ -1,6 +1,14 @@
 //! The owned Prometheus registry and every metric family bilge exports. Collectors and handlers
 //! get a shared [`Metrics`]; nothing is registered globally, so tests read values directly.
+//!
+//! Encoding the registry is most of what a scrape costs (gathering clones every family, and the
+//! `process_*` collector reads `/proc`), so concurrent scrapes share encodings: see
+//! [`Metrics::exposition`].
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Bytes;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -11,11 +19,27 @@ pub const BUILD_DURATION_BUCKETS: [f64; 13] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 5400.0, 7200.0,
 ];
 
-/// Every metric family, registered on one registry.
+/// Every metric family, registered on one registry: a handle to one shared [`Families`],
+/// reached through `Deref` (`metrics.docker_up`). Cloning it is one reference count, not one per
+/// family: axum clones the state, and so this, for every request.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+/// The metric families themselves; see [`Metrics`].
+#[derive(Debug)]
+pub struct Families {
     /// The registry `/metrics` encodes.
     pub registry: Registry,
+    /// The last encoding and when it began, shared by concurrent scrapes.
+    last_exposition: Arc<tokio::sync::Mutex<Option<(Instant, Bytes)>>>,
 
     /// `bilge_exporter_build_info{version,revision}`.
     pub build_info: GaugeVec,
@@ -122,14 +146,58 @@ fn counter_vec(
 
 const FS: &[&str] = &["device", "mountpoint", "fstype"];
 
+/// How long one reading of the `process_*` families is reused.
+#[cfg(target_os = "linux")]
+const PROCESS_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// prometheus' process collector, read at most once per [`PROCESS_SAMPLE`]: a reading opens and
+/// parses several `/proc/self` files and lists every open descriptor, about a fifth of a scrape's
+/// CPU. Prometheus scrapes far less often than that, so it always gets a fresh reading; a burst
+/// of scrapes shares one (CPU seconds only move in 10 ms ticks anyway).
+#[cfg(target_os = "linux")]
+struct SampledProcess {
+    inner: prometheus::process_collector::ProcessCollector,
+    last: std::sync::Mutex<Option<(Instant, Vec<prometheus::proto::MetricFamily>)>>,
+}
+
+#[cfg(target_os = "linux")]
+impl Default for SampledProcess {
+    fn default() -> Self {
+        SampledProcess {
+            inner: prometheus::process_collector::ProcessCollector::for_self(),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl prometheus::core::Collector for SampledProcess {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.inner.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut last = match self.last.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((at, families)) = last.as_ref() {
+            if at.elapsed() < PROCESS_SAMPLE {
+                return families.clone();
+            }
+        }
+        let families = self.inner.collect();
+        *last = Some((Instant::now(), families.clone()));
+        families
+    }
+}
+
 impl Metrics {
     /// Creates every family on a new registry, with the process collector (Linux).
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        r.register(Box::new(SampledProcess::default()))?;
 
         let build_info = gauge_vec(
             &r,
@@ -188,7 +256,8 @@ impl Metrics {
         )?;
         r.register(Box::new(build_duration.clone()))?;
 
-        let m = Metrics {
+        let m = Families {
+            last_exposition: Arc::default(),
             build_info,
             collector_success: gauge_vec(
                 &r,
@@ -372,7 +441,26 @@ impl Metrics {
         for c in ["filesystem", "docker"] {
             m.collector_success.with_label_values(&[c]).set(0.0);
         }
-        Ok(m)
+        Ok(Metrics(Arc::new(m)))
+    }
+
+    /// The text exposition for a scrape that arrives now, never older than the scrape: an
+    /// encoding that began after the scrape arrived is shared, otherwise a new one is made.
+    /// Scrapes that arrive while one encoding runs wait for it and then share the next, so under
+    /// concurrent load one encoding serves many scrapes, and every value written before a scrape
+    /// arrived is in its answer.
+    pub async fn exposition(&self) -> Bytes {
+        let arrived = Instant::now();
+        let mut last = self.last_exposition.lock().await;
+        if let Some((began, body)) = last.as_ref() {
+            if *began > arrived {
+                return body.clone();
+            }
+        }
+        let began = Instant::now();
+        let body = Bytes::from(self.encode());
+        *last = Some((began, body.clone()));
+        body
     }
 
     /// Encodes every family in the Prometheus text format.
@@ -399,6 +487,45 @@ mod tests {
         assert!(text.contains("bilge_exporter_build_info{"));
         assert!(text.contains("bilge_docker_up 0"));
         assert!(text.contains("bilge_collector_success{collector=\"docker\"} 0"));
+    }
+
+    #[tokio::test]
+    async fn a_scrape_never_gets_an_encoding_older_than_itself() {
+        let Ok(m) = Metrics::new() else {
+            panic!("metrics")
+        };
+        let first = m.exposition().await;
+        m.docker_up.set(1);
+        let second = m.exposition().await;
+        let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+        assert!(text(&first).contains("bilge_docker_up 0"));
+        assert!(text(&second).contains("bilge_docker_up 1"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_scrapes_all_see_what_was_written_before_them() {
+        let Ok(m) = Metrics::new() else {
+            panic!("metrics")
+        };
+        for round in 0..50 {
+            m.dangling_images.set(f64::from(round));
+            let want = format!("bilge_docker_dangling_images {round}\n");
+            let scrapes: Vec<_> = (0..8)
+                .map(|_| {
+                    let m = m.clone();
+                    tokio::spawn(async move { m.exposition().await })
+                })
+                .collect();
+            for s in scrapes {
+                let Ok(body) = s.await else {
+                    panic!("scrape task")
+                };
+                assert!(
+                    String::from_utf8_lossy(&body).contains(&want),
+                    "round {round}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -136,7 +136,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        s.metrics.encode(),
+        s.metrics.exposition().await,
     )
         .into_response()
 }
