@@ -33,10 +33,12 @@ declare -A NEED=(
   [/usr/bin/curl]=curl
   [/usr/bin/jq]=jq
   [/usr/bin/pkill]=procps
+  [/usr/bin/unshare]=util-linux
+  [/usr/lib/python3/dist-packages/fusepy.py]=python3-fusepy
 )
 missing=()
-for bin in "${!NEED[@]}"; do
-  [ -x "$bin" ] || missing+=("${NEED[$bin]}")
+for path in "${!NEED[@]}"; do
+  [ -e "$path" ] || missing+=("${NEED[$path]}")
 done
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if [ "${#missing[@]}" -gt 0 ]; then

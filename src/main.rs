@@ -1,11 +1,16 @@
 //! The `bilge` binary: parse, set up tracing, dispatch, map the result to an exit code.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
 use bilge::cli::{Cli, Command};
 use bilge::config::{Config, LogConfig};
+
+/// How long exit waits for blocking threads: a statvfs stuck on a hung mount never returns, and
+/// must not keep bilge from exiting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,16 +58,19 @@ fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return usage_error(&e),
             };
-            let cleaner = bilge::build::run::NoCleaner;
-            return match rt.block_on(bilge::build::run::run(&cfg, &build, &cleaner)) {
+            let cleaner = bilge::build::run::EngineCleaner::new(cfg.clone());
+            let code = match rt.block_on(bilge::build::run::run(&cfg, &build, &cleaner)) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("bilge: {e}");
                     ExitCode::FAILURE
                 }
             };
+            rt.shutdown_timeout(SHUTDOWN_GRACE);
+            return code;
         }
     };
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,8 +14,8 @@ use crate::server::{AppState, router};
 use crate::store::Store;
 use crate::{Error, Result};
 
-/// How often the build metrics look for outcomes written to the store by others.
-const BUILD_FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the build and cleanup metrics look for rows other processes wrote to the store.
+const HISTORY_FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -104,7 +104,16 @@ pub async fn run_until(
         builds,
         state.store.clone(),
         state.builds_changed.clone(),
-        BUILD_FOLLOW_INTERVAL,
+        HISTORY_FOLLOW_INTERVAL,
+        cancel.clone(),
+    ));
+    // Cleanups run by `bilge clean` and `bilge build` reach serve through the audit table.
+    let cleanups =
+        crate::cleanup::history::replay(state.metrics.clone(), state.store.clone()).await;
+    let cleanup_follower = tokio::spawn(crate::cleanup::history::follow(
+        cleanups,
+        state.store.clone(),
+        HISTORY_FOLLOW_INTERVAL,
         cancel.clone(),
     ));
     let collectors = tokio::spawn(state.collector.clone().run(cancel.clone()));
@@ -134,6 +143,9 @@ pub async fn run_until(
     }
     if let Err(e) = follower.await {
         tracing::warn!(error = %e, "build metrics task ended abnormally");
+    }
+    if let Err(e) = cleanup_follower.await {
+        tracing::warn!(error = %e, "cleanup metrics task ended abnormally");
     }
     tracing::info!("bilge stopped");
     result

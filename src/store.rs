@@ -86,6 +86,27 @@ pub struct CleanupRecord {
     pub detail: Option<String>,
 }
 
+/// The columns [`cleanup_row`] reads, in its order.
+const CLEANUP_COLUMNS: &str =
+    "id, trigger, level, result, started_at, finished_at, actions, reclaimed_bytes, alert, detail";
+
+/// One `cleanups` row selected with [`CLEANUP_COLUMNS`].
+fn cleanup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CleanupRecord> {
+    let actions: String = r.get(6)?;
+    Ok(CleanupRecord {
+        id: Some(r.get(0)?),
+        trigger: r.get(1)?,
+        level: r.get(2)?,
+        result: r.get(3)?,
+        started_at: parse_ts(r.get(4)?)?,
+        finished_at: parse_ts(r.get(5)?)?,
+        actions: serde_json::from_str(&actions).unwrap_or_default(),
+        reclaimed_bytes: r.get::<_, i64>(7)?.max(0) as u64,
+        alert: r.get(8)?,
+        detail: r.get(9)?,
+    })
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS builds (
     id INTEGER PRIMARY KEY,
@@ -281,25 +302,21 @@ impl Store {
     /// The newest cleanup runs first.
     pub fn list_cleanups(&self, limit: usize) -> Result<Vec<CleanupRecord>> {
         self.with("reading cleanups", |c| {
-            let mut st = c.prepare(
-                "SELECT id, trigger, level, result, started_at, finished_at, actions, reclaimed_bytes, alert, detail
-                 FROM cleanups ORDER BY id DESC LIMIT ?1",
-            )?;
-            let rows = st.query_map([limit as i64], |r| {
-                let actions: String = r.get(6)?;
-                Ok(CleanupRecord {
-                    id: Some(r.get(0)?),
-                    trigger: r.get(1)?,
-                    level: r.get(2)?,
-                    result: r.get(3)?,
-                    started_at: parse_ts(r.get(4)?)?,
-                    finished_at: parse_ts(r.get(5)?)?,
-                    actions: serde_json::from_str(&actions).unwrap_or_default(),
-                    reclaimed_bytes: r.get::<_, i64>(7)?.max(0) as u64,
-                    alert: r.get(8)?,
-                    detail: r.get(9)?,
-                })
-            })?;
+            let mut st = c.prepare(&format!(
+                "SELECT {CLEANUP_COLUMNS} FROM cleanups ORDER BY id DESC LIMIT ?1"
+            ))?;
+            let rows = st.query_map([limit as i64], cleanup_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Cleanup runs with an id above `id`, oldest first (for metrics that follow the table).
+    pub fn cleanups_after(&self, id: i64, limit: usize) -> Result<Vec<CleanupRecord>> {
+        self.with("reading new cleanups", |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {CLEANUP_COLUMNS} FROM cleanups WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![id, limit as i64], cleanup_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }

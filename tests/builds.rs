@@ -749,6 +749,32 @@ fn min_free_refuses_to_start_a_build_on_a_full_disk() {
         "the check was not made on the daemon's data root: {line}"
     );
 
+    // With --clean-and-retry the standard cleanup runs first; 100% can never be met, so the
+    // build still does not start.
+    let o = bilge_build(
+        &d.host,
+        &state,
+        &[
+            "--project",
+            "guarded",
+            "--min-free",
+            "100%",
+            "--clean-and-retry",
+        ],
+        &["touch", marker.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!marker.exists());
+    let err = stderr(&o);
+    assert!(err.contains("running the standard cleanup first"), "{err}");
+    assert!(err.contains("bilge: cleanup: "), "{err}");
+    let errors = prometheus::IntCounter::new("e", "e").unwrap();
+    let audit = bilge::store::Store::new(&state, errors)
+        .list_cleanups(10)
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].trigger, "build_retry");
+
     // A modest minimum lets the build run.
     let o = bilge_build(
         &d.host,
@@ -758,4 +784,113 @@ fn min_free_refuses_to_start_a_build_on_a_full_disk() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(marker.exists());
+}
+
+#[test]
+fn clean_and_retry_frees_a_full_small_disk_and_the_retry_succeeds() {
+    let d = Daemon::start_on_loop_fs("retry", 1024);
+    // Earlier builds leave build cache and dangling (untagged) images behind: 3 × 250 MB.
+    let mut fill = Vec::new();
+    for i in 0..3 {
+        fill.push(d.build(
+            None,
+            &[&format!(
+                "RUN echo fill-{i} > /id && dd if=/dev/zero of=/fill bs=1M count=250"
+            )],
+        ));
+    }
+    assert!(
+        d.docker(&["images", "-q", "--filter", "dangling=true"])
+            .lines()
+            .count()
+            >= 3
+    );
+    let s = api_server(&d.host, &[]);
+    let url = format!("http://{}", s.addr);
+    let token = s.dir.join("token");
+    let policy = s.dir.join("policy.toml");
+    std::fs::write(&policy, "[cleanup]\nuntil = \"0s\"\n").unwrap();
+    let flags = [
+        "--project",
+        "retry",
+        "--clean-and-retry",
+        "--config",
+        policy.to_str().unwrap(),
+        "--server",
+        &url,
+        "--server.token-file",
+        token.to_str().unwrap(),
+    ];
+    let state = s.dir.join("bilge.db");
+    let o = docker_build(
+        &d,
+        &state,
+        &flags,
+        &["RUN dd if=/dev/zero of=/big bs=1M count=400"],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let first = err
+        .lines()
+        .find(|l| l.starts_with("bilge: build failure"))
+        .unwrap_or_else(|| panic!("the first attempt did not fail: {err}"));
+    assert!(
+        first.contains("(no_space, exit 1)") && first.ends_with("cleaning up and retrying once"),
+        "{first}"
+    );
+    assert!(err.contains("bilge: cleanup: "), "{err}");
+    assert!(
+        summary_line(&o).starts_with("bilge: build success")
+            && summary_line(&o).contains("attempt 2"),
+        "{err}"
+    );
+
+    let builds: Vec<serde_json::Value> = history(&s)
+        .into_iter()
+        .filter(|b| b["project"] == "retry")
+        .collect();
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    assert_eq!(builds[0]["attempt"], 2);
+    assert_eq!(builds[0]["result"], "success");
+    assert_eq!(builds[1]["attempt"], 1);
+    assert_eq!(builds[1]["reason"], "no_space");
+    wait_for_builds(&s, "retry", "failure", "no_space", 1.0);
+    wait_for_builds(&s, "retry", "success", "none", 1.0);
+
+    // The cleanup is in the audit, as a build_retry run of the standard level that freed space.
+    let r = s.get("/api/v1/cleanups");
+    let cleanups = r.json()["cleanups"].as_array().unwrap().clone();
+    let run = cleanups
+        .iter()
+        .find(|c| c["trigger"] == "build_retry")
+        .unwrap_or_else(|| panic!("no build_retry cleanup in {cleanups:?}"));
+    assert_eq!(run["result"], "success", "{run}");
+    assert_eq!(run["level"], "dangling_images", "{run}");
+    assert!(
+        run["reclaimed_bytes"].as_u64().unwrap() > 500_000_000,
+        "{run}"
+    );
+    let left = d.docker(&["images", "-q", "--no-trunc"]);
+    for id in &fill {
+        assert!(!left.contains(id.as_str()), "{id} survived the cleanup");
+    }
+}
+
+#[test]
+fn clean_and_retry_does_not_retry_a_failure_a_cleanup_cannot_fix() {
+    let dir = temp_dir("noretry");
+    let o = bilge_build(
+        NO_DOCKER,
+        &dir.join("bilge.db"),
+        &["--project", "noretry", "--clean-and-retry"],
+        &[
+            "sh",
+            "-c",
+            "echo 'ERROR: failed to solve: dockerfile parse error on line 3: unknown instruction: RUNN' >&2; exit 1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(!err.contains("cleanup"), "{err}");
+    assert_eq!(stored_builds(&dir.join("bilge.db")).len(), 1);
 }

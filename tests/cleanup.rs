@@ -410,8 +410,6 @@ fn bilge_clean_prints_its_plan_and_what_each_level_freed() {
 fn the_low_watermark_runs_the_standard_level_once_per_cooldown() {
     let d = Daemon::start("watermark");
     let dangling = d.make_dangling("dangle:1", 2);
-    // Docker's `until` counts whole seconds: let the image be a second old before bilge starts.
-    std::thread::sleep(Duration::from_millis(1100));
     let cfg = policy_file(
         &d.dir,
         &[
@@ -475,4 +473,50 @@ fn a_cleanup_waits_for_the_one_another_bilge_runs_on_the_host() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for the cleanup"));
     assert!(!d.has_image(&dangling));
     holder.wait().unwrap();
+}
+
+#[test]
+fn a_cleanup_run_by_bilge_clean_shows_in_the_servers_metrics() {
+    let d = Daemon::start("climetrics");
+    d.make_dangling("dangle:1", 5);
+    let sdir = temp_dir("climetrics-state");
+    let state = sdir.join("bilge.db");
+    let s = Server::start_with_state(sdir.clone(), &state, &d.host, &[]);
+    s.wait_ready();
+    // A target no disk meets, so that every standard level runs.
+    let out = bilge_clean(&d, &state, &["--until", "0s", "--target-free", "100%"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The run happened in another process; serve learns of it from the shared audit table.
+    let freed = wait_for(
+        "the CLI run in serve's metrics",
+        Duration::from_secs(30),
+        || {
+            let m = s.metrics();
+            sample(
+                &m,
+                "bilge_cleanup_runs_total{result=\"success\",trigger=\"cli\"}",
+            )?;
+            sample(
+                &m,
+                "bilge_cleanup_reclaimed_bytes_total{action=\"dangling_images\"}",
+            )
+        },
+    );
+    assert!(freed >= 5.0 * 1024.0 * 1024.0, "reclaimed {freed}");
+    assert!(
+        s.metric("bilge_cleanup_last_run_timestamp_seconds")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    // A restart replays the audit table: the counters survive.
+    drop(s);
+    let s = Server::start_with_state(sdir, &state, &d.host, &[]);
+    assert_eq!(
+        s.metric("bilge_cleanup_runs_total{result=\"success\",trigger=\"cli\"}"),
+        Some(1.0)
+    );
 }

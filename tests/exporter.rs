@@ -441,3 +441,118 @@ fn the_status_page_renders_in_a_real_browser() {
     }
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+#[test]
+fn a_hung_mount_is_skipped_and_never_hangs_a_collection() {
+    require(
+        "/usr/lib/python3/dist-packages/fusepy.py",
+        "apt-get install python3-fusepy",
+    );
+    require("/usr/bin/unshare", "apt-get install util-linux");
+    require_root();
+    // The hung mount lives in a private mount namespace with bilge, so no other process (and no
+    // other test) ever stats it.
+    let dir = temp_dir("hung");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let pidfile = dir.join("hangfs.pid");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let script = format!(
+        "/usr/bin/python3 {fs} {mnt} {pid} & \
+         for i in $(seq 100); do grep -q ' {mnt} fuse' /proc/self/mounts && break; sleep 0.1; done; \
+         grep -q ' {mnt} fuse' /proc/self/mounts || {{ echo 'the FUSE mount did not appear' >&2; exit 3; }}; \
+         {bilge} df --collector.filesystem.stat-timeout 1s --docker.host unix://{dir}/none.sock > {dir}/df.txt 2>&1 & \
+         exec {bilge} serve --web.listen-address {addr} --collector.filesystem.stat-timeout 1s \
+           --collector.filesystem.interval 500ms --docker.host unix://{dir}/none.sock --state.path {dir}/s.db",
+        fs = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hangfs.py"),
+        mnt = mnt.display(),
+        pid = pidfile.display(),
+        bilge = BILGE,
+        dir = dir.display(),
+    );
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let mut child = std::process::Command::new("/usr/bin/unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let kill_fs = || {
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status();
+        }
+    };
+    let url = format!("http://{addr}/metrics");
+    let served = wait_for_opt(Duration::from_secs(60), || {
+        http("GET", &url, &[], b"").ok().filter(|r| r.status == 200)
+    });
+    let outcome = std::panic::catch_unwind(|| {
+        let served = served.unwrap_or_else(|| {
+            panic!(
+                "bilge did not serve: {}",
+                std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+            )
+        });
+        // `bilge df` printed its whole report: one stat timed out, the rest were reported. (Its
+        // process cannot be reaped while its stuck stat thread waits in the kernel for the FUSE
+        // daemon: Linux waits out a request already handed to a FUSE daemon, even on SIGKILL.)
+        let df = wait_for_opt(Duration::from_secs(10), || {
+            let t = std::fs::read_to_string(dir.join("df.txt")).unwrap_or_default();
+            t.contains("bilge: docker:").then_some(t)
+        })
+        .unwrap_or_else(|| panic!("bilge df did not finish its report"));
+        assert!(
+            df.contains("MOUNTPOINT") && !df.contains(mnt.to_str().unwrap()),
+            "{df}"
+        );
+        drop(served);
+        // Several collections later /metrics still answers at once, the collector succeeds,
+        // every other filesystem is there and the hung one is left out.
+        std::thread::sleep(Duration::from_secs(3));
+        for _ in 0..5 {
+            let t = Instant::now();
+            let m = http("GET", &url, &[], b"").unwrap().text();
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "/metrics took {:?}",
+                t.elapsed()
+            );
+            assert_eq!(
+                sample(&m, "bilge_collector_success{collector=\"filesystem\"}"),
+                Some(1.0),
+                "{m}"
+            );
+            assert!(m.contains("mountpoint=\"/\""), "{m}");
+            assert!(
+                !m.contains(mnt.to_str().unwrap()),
+                "the hung mount was reported: {m}"
+            );
+            let took = sample(
+                &m,
+                "bilge_collector_duration_seconds{collector=\"filesystem\"}",
+            );
+            assert!(took.is_some_and(|s| s < 1.5), "a collection took {took:?}s");
+        }
+    });
+    kill_fs();
+    stop_child(&mut child, Duration::from_secs(10));
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
+}

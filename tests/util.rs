@@ -61,6 +61,18 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Polls `f` until it returns Some, or gives None after `timeout`.
+pub fn wait_for_opt<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 /// Sends SIGTERM to `child`, waits up to `grace` for it to exit, then kills it. Returns the
 /// exit status when it exited by itself.
 pub fn stop_child(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
@@ -734,7 +746,8 @@ impl Daemon {
     }
 
     /// Builds `tag` twice with different content: the first build becomes a dangling image of
-    /// about `mib` MiB. Returns the dangling image's id.
+    /// about `mib` MiB, more than a second old on return (Docker's `until` filter counts whole
+    /// seconds, so even `until=0s` keeps an image from the current second). Returns its id.
     pub fn make_dangling(&self, tag: &str, mib: u32) -> String {
         let first = self.build(
             Some(tag),
@@ -742,11 +755,13 @@ impl Daemon {
                 "RUN dd if=/dev/zero of=/dangling bs=1M count={mib} 2>/dev/null"
             )],
         );
+        std::thread::sleep(Duration::from_millis(1100));
         self.build(Some(tag), &["RUN echo replaced > /replaced"]);
         first
     }
 
-    /// Runs a container that writes `mib` MiB into its writable layer and exits.
+    /// Runs a container that writes `mib` MiB into its writable layer and exits; it is more than
+    /// a second old on return.
     pub fn make_stopped(&self, name: &str, image: &str, mib: u32, labels: &[&str]) {
         let mut args = vec!["run", "--name", name, "--network", "none"];
         for l in labels {
@@ -755,6 +770,8 @@ impl Daemon {
         let script = format!("dd if=/dev/zero of=/written bs=1M count={mib} 2>/dev/null");
         args.extend([image, "sh", "-c", &script]);
         self.docker(&args);
+        // More than a second old on return, as for make_dangling.
+        std::thread::sleep(Duration::from_millis(1100));
     }
 
     /// Available bytes on the filesystem of the data root (statvfs `f_bavail`).

@@ -116,6 +116,14 @@ fn open_pty(like: impl AsFd) -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
+/// Whether two descriptors are the same device or file.
+fn same_file(a: impl AsFd, b: impl AsFd) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino, a.st_rdev) == (b.st_dev, b.st_ino, b.st_rdev),
+        _ => false,
+    }
+}
+
 /// A close-on-exec pipe; returns (read end, write end).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
@@ -126,7 +134,10 @@ impl Plumbing {
     /// go to a terminal.
     fn new() -> std::io::Result<Plumbing> {
         let out_tty = rustix::termios::isatty(std::io::stdout());
-        let err_tty = rustix::termios::isatty(std::io::stderr());
+        // One pseudo-terminal stands for one terminal: stderr shares it only when it is the
+        // same terminal as stdout (else stderr gets a pipe, to land where it belongs).
+        let err_tty = rustix::termios::isatty(std::io::stderr())
+            && (!out_tty || same_file(std::io::stdout(), std::io::stderr()));
         let mut sources = Vec::new();
         let mut pty = None;
         let mut slave = None;

@@ -16,10 +16,12 @@ use tokio::sync::OnceCell;
 use super::child::{self, Outcome};
 use super::classify::{Classification, DiskState, Exit, Reason};
 use super::submit::Recorder;
+use crate::cleanup::engine::{Engine, Request, Trigger};
+use crate::cleanup::policy::Level;
 use crate::collect::disk::{Usage, statvfs};
 use crate::config::{BuildConfig, Config, DockerConfig};
 use crate::docker::DockerApi;
-use crate::format::human_bytes;
+use crate::format::{FreeTarget, human_bytes};
 use crate::store::{BuildRecord, Store};
 use crate::{Error, Result};
 
@@ -34,24 +36,67 @@ const STAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Exit code when bilge refuses to start the build (`--min-free` not met).
 pub const EXIT_NO_SPACE: u8 = 1;
 
-/// Frees disk space for `--clean-and-retry`: the cleanup engine's standard level, with trigger
-/// `build_retry`, capped by the host's policy.
+/// Frees disk space for `--clean-and-retry` and `--min-free`: the cleanup engine's standard
+/// level, with trigger `build_retry`, capped by the host's policy.
 pub trait Cleaner {
-    /// Runs one cleanup; answers a one-line account of what it did, or why it did nothing.
-    fn clean(&self) -> impl std::future::Future<Output = Result<String>>;
+    /// Runs one cleanup that may stop once `target` is available; answers a one-line account
+    /// of what it did, or why it failed.
+    fn clean(&self, target: FreeTarget) -> impl std::future::Future<Output = Result<String>>;
 }
 
-/// A stand-in until the cleanup engine is wired in: it cleans nothing and says so.
-#[derive(Debug, Clone, Copy)]
-pub struct NoCleaner;
+/// The cleanup engine, started on first use (a build that never cleans never opens it).
+#[derive(Debug)]
+pub struct EngineCleaner {
+    /// Settings for the engine.
+    cfg: Config,
+    /// The engine, once started.
+    engine: OnceCell<Arc<Engine>>,
+}
 
-impl Cleaner for NoCleaner {
-    async fn clean(&self) -> Result<String> {
-        Err(Error::Other(
-            "the cleanup engine is not part of this build of bilge".into(),
-        ))
+impl EngineCleaner {
+    /// A cleaner for the daemon, store and policy in `cfg`.
+    pub fn new(cfg: Config) -> EngineCleaner {
+        EngineCleaner {
+            cfg,
+            engine: OnceCell::new(),
+        }
     }
 }
+
+impl Cleaner for EngineCleaner {
+    async fn clean(&self, target: FreeTarget) -> Result<String> {
+        let engine = self
+            .engine
+            .get_or_try_init(|| async { Engine::standalone(self.cfg.clone()) })
+            .await?;
+        let mut req = Request::new(Trigger::BuildRetry, Level::STANDARD);
+        req.target_free = Some(target);
+        let report = engine.run(req).await;
+        let levels: Vec<&str> = report.levels.iter().map(|l| l.level.as_str()).collect();
+        let mut what = format!(
+            "{} freed ({})",
+            human_bytes(report.reclaimed_bytes()),
+            if levels.is_empty() {
+                "nothing ran".to_string()
+            } else {
+                levels.join(", ")
+            }
+        );
+        if let Some(avail) = report.avail_after {
+            what.push_str(&format!("; {} available now", human_bytes(avail)));
+        }
+        if report.succeeded() {
+            Ok(what)
+        } else {
+            let why = report.record.detail.as_deref().unwrap_or("unknown error");
+            Err(Error::Other(format!("{why} ({what})")))
+        }
+    }
+}
+
+/// A retry needs as much room as the build takes, which nobody knows: run every level the
+/// standard cleanup allows rather than stopping at the policy's `target_free`.
+const RETRY_TARGET: FreeTarget = FreeTarget::Percent(100.0);
 
 /// Whether a filesystem counts as full: under 64 MiB available, or under 1 % of its size
 /// (at most 1 GiB); out of inodes under 1 % of them (at most 10 000) free.
@@ -359,7 +404,7 @@ impl Build<'_> {
                 human_bytes(usage.avail),
                 root.display()
             );
-            clean(cleaner).await;
+            clean(cleaner, min).await;
             usage = stat(&root).await.unwrap_or(usage);
         }
         if !short(&usage) {
@@ -382,8 +427,8 @@ impl Build<'_> {
 }
 
 /// Runs the cleanup and tells the user what it did.
-async fn clean(cleaner: &impl Cleaner) {
-    match cleaner.clean().await {
+async fn clean(cleaner: &impl Cleaner, target: FreeTarget) {
+    match cleaner.clean(target).await {
         Ok(what) => eprintln!("bilge: cleanup: {what}"),
         Err(e) => eprintln!("bilge: cleanup failed: {e}"),
     }
@@ -419,7 +464,7 @@ pub async fn run(cfg: &Config, b: &BuildConfig, cleaner: &impl Cleaner) -> Resul
         return Ok(first.code);
     }
     build.print_summary(&first, "; cleaning up and retrying once");
-    clean(cleaner).await;
+    clean(cleaner, RETRY_TARGET).await;
     let second = build.attempt(2).await?;
     build.print_summary(&second, "");
     Ok(second.code)

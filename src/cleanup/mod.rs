@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod history;
 pub mod policy;
 pub mod watermark;
 

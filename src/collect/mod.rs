@@ -445,7 +445,7 @@ impl Collector {
                                 Err(e) => {
                                     if was_up {
                                         tracing::warn!(host = %me.cfg.docker.host, error = %e,
-                                            "Docker collection failed; serving the last good values with bilge_docker_up 0 and retrying every refresh interval");
+                                            "Docker collection failed: bilge_docker_up is 0, the last good Docker figures (if any) stay, and bilge retries every --docker.refresh-interval");
                                     } else {
                                         tracing::debug!(error = %e, "Docker still unreachable");
                                     }
