@@ -18,7 +18,7 @@ use super::classify::{Classification, DiskState, Exit, Reason};
 use super::submit::Recorder;
 use crate::cleanup::engine::{Engine, Request, Trigger};
 use crate::cleanup::policy::Level;
-use crate::collect::disk::{Usage, statvfs};
+use crate::collect::disk::{Statter, Usage};
 use crate::config::{BuildConfig, Config, DockerConfig};
 use crate::docker::DockerApi;
 use crate::format::{FreeTarget, human_bytes};
@@ -146,17 +146,9 @@ async fn find_data_root(docker: DockerConfig) -> Option<PathBuf> {
     }
 }
 
-/// statvfs on a plain thread with a timeout (a hung mount must not hang the build's end).
+/// statvfs with a timeout (a hung mount must not hang the build's end).
 async fn stat(path: &Path) -> Option<Usage> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let p = path.to_path_buf();
-    std::thread::spawn(move || {
-        let _ = tx.send(statvfs(&p));
-    });
-    match tokio::time::timeout(STAT_TIMEOUT, rx).await {
-        Ok(Ok(Ok(u))) => Some(u),
-        _ => None,
-    }
+    Statter::default().stat(path, STAT_TIMEOUT).await.ok()
 }
 
 /// The lowest available space and inodes seen.

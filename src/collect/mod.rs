@@ -25,6 +25,10 @@ use crate::{Error, Result};
 use disk::{Filesystem, Statter, Usage};
 use docker::{ContainerLog, DockerSummary};
 
+/// How long the daemon's `/info` and `/version` answers are reused (each costs ~6 ms on Docker
+/// 20.10, which runs `runc --version` to answer; BENCHMARKS.md, section 2).
+const INFO_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The filesystem that holds Docker's data root.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DataRoot {
@@ -67,6 +71,9 @@ pub struct Collector {
     snapshot: RwLock<Snapshot>,
     statter: Statter,
     docker: tokio::sync::Mutex<Option<DockerApi>>,
+    /// The daemon's info, asked once per connection (it changes only when the daemon restarts,
+    /// which breaks the connection) and refreshed after [`INFO_MAX_AGE`].
+    info: tokio::sync::Mutex<Option<(Instant, DockerInfo)>>,
     log_paths: Mutex<HashMap<String, Option<String>>>,
     data_root_path: RwLock<Option<String>>,
     fs_done: AtomicBool,
@@ -83,6 +90,7 @@ impl Collector {
             snapshot: RwLock::new(Snapshot::default()),
             statter: Statter::default(),
             docker: tokio::sync::Mutex::new(None),
+            info: tokio::sync::Mutex::new(None),
             log_paths: Mutex::new(HashMap::new()),
             data_root_path: RwLock::new(None),
             fs_done: AtomicBool::new(false),
@@ -122,9 +130,23 @@ impl Collector {
         Ok(api)
     }
 
-    /// Forgets the Docker client so the next call reconnects and renegotiates.
+    /// Forgets the Docker client (and its info) so the next call reconnects and renegotiates.
     async fn reset_docker(&self) {
         *self.docker.lock().await = None;
+        *self.info.lock().await = None;
+    }
+
+    /// The daemon's info, from the cache while it is younger than [`INFO_MAX_AGE`].
+    async fn cached_info(&self, api: &DockerApi) -> Result<DockerInfo> {
+        let mut guard = self.info.lock().await;
+        if let Some((at, info)) = guard.as_ref()
+            && at.elapsed() < INFO_MAX_AGE
+        {
+            return Ok(info.clone());
+        }
+        let info = api.info().await?;
+        *guard = Some((Instant::now(), info.clone()));
+        Ok(info)
     }
 
     /// Stats the data root (if known) now, updating the snapshot and its metrics.
@@ -336,7 +358,7 @@ impl Collector {
 
     async fn collect_docker_inner(&self) -> Result<(DockerSummary, DiskUsage)> {
         let api = self.docker().await?;
-        let info: DockerInfo = api.info().await?;
+        let info: DockerInfo = self.cached_info(&api).await?;
         let first_root = {
             let mut p = self
                 .data_root_path
