@@ -446,7 +446,12 @@ impl DockerApi {
         let start = std::time::Instant::now();
         loop {
             match self.raw_get("/system/df?verbose=1").await {
-                Ok(body) => return parse_disk_usage(&body),
+                // Parsed on a blocking thread: at thousands of objects the answer is megabytes.
+                Ok(body) => {
+                    return tokio::task::spawn_blocking(move || parse_disk_usage(&body))
+                        .await
+                        .map_err(|e| Error::Other(format!("parsing /system/df: {e}")))?;
+                }
                 Err(Error::Docker(m))
                     if m.contains("already running") && start.elapsed() < self.timeout =>
                 {
@@ -456,6 +461,35 @@ impl DockerApi {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Docker's event stream from `since` on (the daemon replays the recent events it still
+    /// holds), limited to `actions` on images and containers. It has no timeout (it stays open
+    /// while the daemon is up); it ends when the connection does.
+    pub fn events(
+        &self,
+        since: std::time::SystemTime,
+        actions: &[&str],
+    ) -> impl futures_util::Stream<Item = Result<bollard::models::EventMessage>> + use<> {
+        use futures_util::StreamExt;
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["image".into(), "container".into()]),
+            (
+                "event".to_string(),
+                actions.iter().map(|a| (*a).to_string()).collect(),
+            ),
+        ]);
+        let since = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let options = bollard::query_parameters::EventsOptions {
+            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.client
+            .events(Some(options))
+            .map(|e| e.map_err(Error::from))
     }
 
     /// The `LogPath` of a container (empty when its log driver keeps no file).

@@ -449,6 +449,70 @@ fn the_low_watermark_runs_the_standard_level_once_per_cooldown() {
 }
 
 #[test]
+fn an_imported_image_wakes_the_watermark_check_before_the_next_filesystem_tick() {
+    let d = Daemon::start_on_loop_fs("wmevent", 512);
+    // Each import tags app:latest with 40 MiB of new content, leaving the previous one dangling.
+    let import = |n: u8| {
+        let root = d.dir.join(format!("import{n}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("blob"), vec![n; 40 << 20]).unwrap();
+        let tar = d.dir.join(format!("import{n}.tar"));
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "tar failed");
+        d.docker(&["import", tar.to_str().unwrap(), "app:latest"]);
+    };
+    import(1);
+    // The mark sits halfway through the next import's growth.
+    let low_mib = (d.data_root_avail() >> 20) - 20;
+    let cfg = policy_file(
+        &d.dir,
+        &[
+            "until = \"0s\"",
+            "cooldown = \"0s\"",
+            &format!("low_watermark = \"{low_mib}MiB\""),
+            &format!("high_watermark = \"{low_mib}MiB\""),
+        ],
+    );
+    // The filesystem is measured once at start, then not for an hour: only the Docker event can
+    // make bilge look again.
+    let s = Server::start(
+        &d.host,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--collector.filesystem.interval",
+            "1h",
+            "--docker.refresh-interval",
+            "1h",
+        ],
+    );
+    // Once ready, both first collections are done (and the data root measured): nothing is
+    // under the mark yet, and no collection is due for an hour.
+    wait_for("bilge to be ready", Duration::from_secs(30), || {
+        (s.get("/-/ready").status == 200).then_some(())
+    });
+    assert!(cleanups(&s).is_empty(), "{}", s.log_text());
+    import(2);
+    let row = wait_for("a watermark cleanup", Duration::from_secs(20), || {
+        cleanups(&s)
+            .into_iter()
+            .find(|r| r["trigger"] == "watermark" && r["result"] == "success")
+    });
+    assert!(
+        row["reclaimed_bytes"].as_u64().unwrap() >= 40 << 20,
+        "{row:#}"
+    );
+    assert!(d.data_root_avail() >> 20 >= low_mib, "{row:#}");
+}
+
+#[test]
 fn a_cleanup_waits_for_the_one_another_bilge_runs_on_the_host() {
     let d = Daemon::start("hostlock");
     let dangling = d.make_dangling("dangle:1", 2);

@@ -1,10 +1,14 @@
 //! Disk watermarks: bilge protects a host that has no Alertmanager. After every filesystem tick
-//! (every couple of seconds) the data root's available space is compared with the policy's
-//! `low_watermark`; under it, the standard level runs (capped by `max_level`) with the
-//! `high_watermark` as its target. The cooldown and the one-run-at-a-time rule apply.
+//! (every couple of seconds), and right after every Docker event that grows the data root (an
+//! image pulled, imported, loaded, built or committed; a container that ended), the data root's
+//! available space is compared with the policy's `low_watermark`; under it, the standard level
+//! runs (capped by `max_level`) with the `high_watermark` as its target. The cooldown and the
+//! one-run-at-a-time rule apply.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, Refusal, Request, Trigger};
@@ -50,6 +54,7 @@ pub async fn watch(engine: Arc<Engine>, cancel: CancellationToken) {
     let mut rx = engine.collector().watch_data_root();
     let mut waiting = false;
     tracing::info!(low = %low, high = %high, "watching the data root's watermarks");
+    let events = tokio::spawn(measure_on_events(engine.clone(), cancel.clone()));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -93,6 +98,43 @@ pub async fn watch(engine: Arc<Engine>, cancel: CancellationToken) {
                 }
                 waiting = true;
             }
+        }
+    }
+    events.abort();
+}
+
+/// Docker event actions after which the data root may have grown.
+pub const GROWTH_EVENTS: [&str; 6] = ["pull", "import", "load", "tag", "commit", "die"];
+
+/// Measures the data root right after each [`GROWTH_EVENTS`] event, so the watcher sees a pulled
+/// image at once rather than at the next filesystem tick. Events that arrive together are
+/// measured once. When the daemon is away it retries every few seconds, asking for the events
+/// since the last stream ended so none in between is missed; the filesystem ticks go on
+/// regardless, so growth without an event (build cache, logs) is still caught by them.
+async fn measure_on_events(engine: Arc<Engine>, cancel: CancellationToken) {
+    let collector = engine.collector();
+    let retry = Duration::from_secs(5);
+    let mut since = std::time::SystemTime::now();
+    loop {
+        if let Ok(api) = collector.docker().await {
+            let mut events = std::pin::pin!(api.events(since, &GROWTH_EVENTS).ready_chunks(64));
+            loop {
+                let batch = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    batch = events.next() => batch,
+                };
+                let Some(batch) = batch else { break };
+                if let Some(Err(e)) = batch.iter().find(|e| e.is_err()) {
+                    tracing::debug!(error = %e, "Docker event stream ended");
+                    break;
+                }
+                collector.measure_data_root().await;
+            }
+            since = std::time::SystemTime::now();
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
         }
     }
 }

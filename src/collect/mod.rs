@@ -285,8 +285,23 @@ impl Collector {
         }
     }
 
-    /// Sizes of every container's log files; log paths are looked up once per container.
-    async fn container_logs(&self, api: &DockerApi, du: &DiskUsage) -> Vec<ContainerLog> {
+    /// The log paths already known, to be measured while `/system/df` is in flight.
+    fn known_log_paths(&self) -> Vec<(String, String)> {
+        let cache = self.log_paths.lock().map(|c| c.clone()).unwrap_or_default();
+        cache
+            .into_iter()
+            .filter_map(|(id, p)| p.map(|p| (id, p)))
+            .collect()
+    }
+
+    /// Sizes of every container's log files. `sizes` holds those of the containers known before
+    /// this collection; the log paths of new ones are looked up (once per container) and measured.
+    async fn container_logs(
+        &self,
+        api: &DockerApi,
+        du: &DiskUsage,
+        mut sizes: HashMap<String, u64>,
+    ) -> Vec<ContainerLog> {
         let missing: Vec<String> = {
             let cache = self.log_paths.lock().map(|c| c.clone()).unwrap_or_default();
             du.containers
@@ -303,23 +318,26 @@ impl Collector {
             .buffer_unordered(16)
             .collect()
             .await;
-        let mut cache = match self.log_paths.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
-        cache.extend(found);
-        let live: std::collections::HashSet<&str> =
-            du.containers.iter().map(|c| c.id.as_str()).collect();
-        cache.retain(|id, _| live.contains(id.as_str()));
+        let new_paths: Vec<(String, String)> = found
+            .iter()
+            .filter_map(|(id, p)| p.clone().map(|p| (id.clone(), p)))
+            .collect();
+        {
+            let mut cache = match self.log_paths.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            cache.extend(found);
+            let live: std::collections::HashSet<&str> =
+                du.containers.iter().map(|c| c.id.as_str()).collect();
+            cache.retain(|id, _| live.contains(id.as_str()));
+        }
+        sizes.extend(log_sizes(new_paths).await);
         du.containers
             .iter()
             .map(|c| ContainerLog {
                 container: c.name.clone(),
-                bytes: cache
-                    .get(&c.id)
-                    .and_then(|p| p.as_deref())
-                    .map(|p| docker::log_file_bytes(Path::new(p)))
-                    .unwrap_or(0),
+                bytes: sizes.get(&c.id).copied().unwrap_or(0),
             })
             .collect()
     }
@@ -371,10 +389,17 @@ impl Collector {
         if first_root {
             self.measure_data_root().await;
         }
-        let du = api.disk_usage().await?;
-        let logs = self.container_logs(&api, &du).await;
-        let summary = docker::summarize(info, &du, &logs, Utc::now(), self.cfg.docker.top_n);
-        Ok((summary, du))
+        // The known containers' logs are measured while the daemon computes `/system/df`.
+        let (du, sizes) = tokio::join!(api.disk_usage(), log_sizes(self.known_log_paths()));
+        let du = du?;
+        let logs = self.container_logs(&api, &du, sizes).await;
+        let top_n = self.cfg.docker.top_n;
+        tokio::task::spawn_blocking(move || {
+            let summary = docker::summarize(info, &du, &logs, Utc::now(), top_n);
+            (summary, du)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("summarizing /system/df: {e}")))
     }
 
     fn publish_docker(&self, s: &DockerSummary) {
@@ -490,4 +515,23 @@ impl Collector {
             .and_then(|p| p.clone())
             .map(PathBuf::from)
     }
+}
+
+/// Sizes of the given containers' log files (and rotated siblings), measured on a blocking
+/// thread so the runtime's workers keep answering scrapes.
+async fn log_sizes(paths: Vec<(String, String)>) -> HashMap<String, u64> {
+    if paths.is_empty() {
+        return HashMap::new();
+    }
+    tokio::task::spawn_blocking(move || {
+        paths
+            .into_iter()
+            .map(|(id, p)| {
+                let bytes = docker::log_file_bytes(Path::new(&p));
+                (id, bytes)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
