@@ -285,12 +285,16 @@ impl Collector {
         }
     }
 
+    /// The cache of container log paths (a panic elsewhere cannot leave it half-written).
+    fn log_paths(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
+        self.log_paths.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The log paths already known, to be measured while `/system/df` is in flight.
     fn known_log_paths(&self) -> Vec<(String, String)> {
-        let cache = self.log_paths.lock().map(|c| c.clone()).unwrap_or_default();
-        cache
-            .into_iter()
-            .filter_map(|(id, p)| p.map(|p| (id, p)))
+        self.log_paths()
+            .iter()
+            .filter_map(|(id, p)| Some((id.clone(), p.clone()?)))
             .collect()
     }
 
@@ -303,7 +307,7 @@ impl Collector {
         mut sizes: HashMap<String, u64>,
     ) -> Vec<ContainerLog> {
         let missing: Vec<String> = {
-            let cache = self.log_paths.lock().map(|c| c.clone()).unwrap_or_default();
+            let cache = self.log_paths();
             du.containers
                 .iter()
                 .filter(|c| !cache.contains_key(&c.id))
@@ -323,10 +327,7 @@ impl Collector {
             .filter_map(|(id, p)| p.clone().map(|p| (id.clone(), p)))
             .collect();
         {
-            let mut cache = match self.log_paths.lock() {
-                Ok(c) => c,
-                Err(p) => p.into_inner(),
-            };
+            let mut cache = self.log_paths();
             cache.extend(found);
             let live: std::collections::HashSet<&str> =
                 du.containers.iter().map(|c| c.id.as_str()).collect();
