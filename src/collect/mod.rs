@@ -25,6 +25,9 @@ use crate::{Error, Result};
 use disk::{Filesystem, Statter, Usage};
 use docker::{ContainerLog, DockerSummary};
 
+/// From this many Docker objects on, a collection is summarized on a blocking thread.
+const OFFLOAD_OBJECTS: usize = 200;
+
 /// How long the daemon's `/info` and `/version` answers are reused (each costs ~6 ms on Docker
 /// 20.10, which runs `runc --version` to answer; BENCHMARKS.md, section 2).
 const INFO_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
@@ -395,12 +398,12 @@ impl Collector {
         let du = du?;
         let logs = self.container_logs(&api, &du, sizes).await;
         let top_n = self.cfg.docker.top_n;
-        tokio::task::spawn_blocking(move || {
+        let large = du.objects() >= OFFLOAD_OBJECTS;
+        crate::docker::offload(large, "summarizing /system/df", move || {
             let summary = docker::summarize(info, &du, &logs, Utc::now(), top_n);
             (summary, du)
         })
         .await
-        .map_err(|e| Error::Other(format!("summarizing /system/df: {e}")))
     }
 
     fn publish_docker(&self, s: &DockerSummary) {
@@ -521,10 +524,8 @@ impl Collector {
 /// Sizes of the given containers' log files (and rotated siblings), measured on a blocking
 /// thread so the runtime's workers keep answering scrapes.
 async fn log_sizes(paths: Vec<(String, String)>) -> HashMap<String, u64> {
-    if paths.is_empty() {
-        return HashMap::new();
-    }
-    tokio::task::spawn_blocking(move || {
+    let large = !paths.is_empty();
+    crate::docker::offload(large, "measuring container logs", move || {
         paths
             .into_iter()
             .map(|(id, p)| {
