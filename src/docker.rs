@@ -397,9 +397,13 @@ pub struct DockerApi {
     host: String,
     version: String,
     timeout: Duration,
-    /// Serializes this process's `/system/df` calls: the daemon refuses a second concurrent one.
-    df_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The connection `/system/df` is asked on, kept open between calls. Holding it serializes
+    /// this process's `/system/df` calls: the daemon refuses a second concurrent one.
+    df_conn: std::sync::Arc<tokio::sync::Mutex<Option<RawConn>>>,
 }
+
+/// A kept HTTP/1 connection to the daemon, for the raw calls.
+type RawConn = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 impl DockerApi {
     /// Connects and negotiates the API version (downgrading for older daemons).
@@ -424,7 +428,7 @@ impl DockerApi {
             host: cfg.host.clone(),
             version: format!("{}.{}", v.major_version, v.minor_version),
             timeout: cfg.timeout,
-            df_lock: Default::default(),
+            df_conn: Default::default(),
         })
     }
 
@@ -468,16 +472,14 @@ impl DockerApi {
     /// that meets another process's (a `bilge clean` next to `bilge serve`) retries within the
     /// timeout.
     pub async fn disk_usage(&self) -> Result<DiskUsage> {
-        let _one = self.df_lock.lock().await;
+        let mut conn = self.df_conn.lock().await;
         let start = std::time::Instant::now();
         loop {
-            match self.raw_get("/system/df?verbose=1").await {
+            match self.raw_get(&mut conn, "/system/df?verbose=1").await {
                 Ok(body) => {
                     let large = body.len() >= OFFLOAD_BYTES;
-                    return offload(large, "parsing /system/df", move || {
-                        parse_disk_usage(&body)
-                    })
-                    .await?;
+                    return offload(large, "parsing /system/df", move || parse_disk_usage(&body))
+                        .await?;
                 }
                 Err(Error::Docker(m))
                     if m.contains("already running") && start.elapsed() < self.timeout =>
@@ -525,29 +527,34 @@ impl DockerApi {
         Ok(c.log_path.filter(|p| !p.is_empty()))
     }
 
-    /// A raw GET on the versioned API, for answers bollard cannot model.
-    async fn raw_get(&self, path: &str) -> Result<Bytes> {
-        let fut = async {
-            let uri = format!("/v{}{}", self.version, path);
-            let req = hyper::Request::get(uri)
+    /// A raw GET on the versioned API, for answers bollard cannot model, on the kept connection
+    /// `conn` (made when there is none or it was closed; left empty after a failure).
+    async fn raw_get(&self, conn: &mut Option<RawConn>, path: &str) -> Result<Bytes> {
+        let uri = format!("/v{}{}", self.version, path);
+        let request = || {
+            hyper::Request::get(uri.as_str())
                 .header(hyper::header::HOST, "docker")
                 .body(Empty::<Bytes>::new())
-                .map_err(|e| Error::Docker(e.to_string()))?;
-            let resp = if let Some(p) = self.host.strip_prefix("unix://") {
-                let s = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(|e| Error::Docker(format!("{p}: {e}")))?;
-                send(s, req).await?
-            } else {
-                let addr = self
-                    .host
-                    .trim_start_matches("tcp://")
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/');
-                let s = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| Error::Docker(format!("{addr}: {e}")))?;
-                send(s, req).await?
+                .map_err(|e| Error::Docker(e.to_string()))
+        };
+        let fut = async {
+            let kept = conn.take().filter(|c| c.is_ready());
+            let reused = kept.is_some();
+            let mut sender = match kept {
+                Some(c) => c,
+                None => self.raw_connect().await?,
+            };
+            let resp = match sender.send_request(request()?).await {
+                Ok(r) => r,
+                // The daemon may have closed the kept connection just now: once more, afresh.
+                Err(_) if reused => {
+                    sender = self.raw_connect().await?;
+                    sender
+                        .send_request(request()?)
+                        .await
+                        .map_err(|e| Error::Docker(e.to_string()))?
+                }
+                Err(e) => return Err(Error::Docker(e.to_string())),
             };
             let status = resp.status();
             let body = resp
@@ -556,6 +563,7 @@ impl DockerApi {
                 .await
                 .map_err(|e| Error::Docker(e.to_string()))?
                 .to_bytes();
+            *conn = Some(sender);
             if !status.is_success() {
                 return Err(Error::Docker(format!(
                     "{path}: {status}: {}",
@@ -568,16 +576,33 @@ impl DockerApi {
             .await
             .map_err(|_| Error::DockerTimeout(self.timeout))?
     }
+
+    /// A new HTTP/1 connection to the daemon; its driver runs as a task until it closes.
+    async fn raw_connect(&self) -> Result<RawConn> {
+        if let Some(p) = self.host.strip_prefix("unix://") {
+            let s = tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| Error::Docker(format!("{p}: {e}")))?;
+            handshake(s).await
+        } else {
+            let addr = self
+                .host
+                .trim_start_matches("tcp://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            let s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| Error::Docker(format!("{addr}: {e}")))?;
+            handshake(s).await
+        }
+    }
 }
 
-async fn send<S>(
-    stream: S,
-    req: hyper::Request<Empty<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>>
+async fn handshake<S>(stream: S) -> Result<RawConn>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Error::Docker(e.to_string()))?;
     tokio::spawn(async move {
@@ -585,10 +610,7 @@ where
             tracing::debug!(error = %e, "docker connection closed");
         }
     });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| Error::Docker(e.to_string()))
+    Ok(sender)
 }
 
 #[cfg(test)]
