@@ -384,7 +384,8 @@ section_docker() {
   local pid=$BG_PID
   wait_http "http://127.0.0.1:$port/-/ready" 120
   cmds "bilge serve --docker.refresh-interval 100ms ...   # collections back to back" \
-    "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics"
+    "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics" \
+    "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/-/healthy   # control, after each run"
   for _ in $(seq "$RUNS"); do
     local out d
     out=$(wrk -t2 -c16 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/metrics" | grep '^WRK ')
@@ -393,6 +394,9 @@ section_docker() {
     emit "inflight_p50_ms@$top" bilge "$(wrk_field "$out" p50_us | awk '{ printf "%.3f", $1 / 1000 }')"
     emit "inflight_req_s@$top" bilge "$(wrk_rate "$out")"
     emit "inflight_collect_ms@$top" bilge "$(calc "$d * 1000")"
+    # Control: the same load on a constant answer, to tell bilge's share from the machine's.
+    out=$(wrk -t2 -c16 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/-/healthy" | grep '^WRK ')
+    emit "inflight_control_p99_ms@$top" bilge "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
   done
   # One more run, not counted, under perf: the whole machine, to show who shares the CPU.
   profile inflight all 8 &
