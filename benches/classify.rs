@@ -3,7 +3,8 @@
 //! Feeds three inputs through [`Classifier::feed`] in 64 KiB chunks, then [`Classifier::finish`],
 //! seven times each, and prints MB/s (10^6 bytes per second) as median [min–max]:
 //! 80-column lines of `x` (what `fold` makes), the real failing-build corpus repeated, and
-//! generated text shaped like the log of a successful build.
+//! generated text shaped like the log of a successful build. Arguments (`-- corpus`) keep only
+//! the inputs whose names contain one of them.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -17,13 +18,22 @@ const CHUNK: usize = 64 * 1024;
 const RUNS: usize = 7;
 
 fn main() {
-    let inputs = [
-        ("80-column x lines, 64 MB", x_lines(64_000_000)),
-        ("failing-build corpus, 16 MB", corpus(16_000_000)),
-        ("successful build log, 16 MB", success_log(16_000_000)),
+    // Any argument that is not a flag (cargo passes `--bench`) picks inputs by name.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let inputs: [Input; 3] = [
+        ("80-column x lines, 64 MB", || x_lines(64_000_000)),
+        ("failing-build corpus, 16 MB", || corpus(16_000_000)),
+        ("successful build log, 16 MB", || success_log(16_000_000)),
     ];
-    for (name, input) in &inputs {
-        let mut rates: Vec<f64> = (0..RUNS).map(|_| run(input)).collect();
+    for (name, make) in inputs {
+        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+            continue;
+        }
+        let input = make();
+        let mut rates: Vec<f64> = (0..RUNS).map(|_| run(&input)).collect();
         rates.sort_by(f64::total_cmp);
         println!(
             "{name:<30} {:>7.0} MB/s [{:.0}–{:.0}] ({} bytes, {RUNS} runs)",
@@ -34,6 +44,9 @@ fn main() {
         );
     }
 }
+
+/// An input's name and the function that makes it.
+type Input = (&'static str, fn() -> Vec<u8>);
 
 /// One classification of `input`; returns MB/s.
 fn run(input: &[u8]) -> f64 {
