@@ -12,6 +12,9 @@
 //! - Each output line (ended by `\n` or `\r`, ANSI escapes removed, cut at [`MAX_LINE`]
 //!   bytes for matching) is matched case-insensitively against a fixed set of needles,
 //!   each tied to a cause. The first line seen for each cause is kept as its evidence.
+//!   To stay cheap per byte, a line is only sampled: a hashed 4-byte window every 5 bytes
+//!   finds the needles of 8 bytes or more, and `memchr` finds the few shorter ones by a
+//!   byte their rules make exact (the `E` of `ENOSPC`, the `K` of `Killed`, ...).
 //! - The exit status adds a cause of its own: 137 or SIGKILL is `oom`, 124 (GNU
 //!   `timeout`) is `timeout`, 130, 143, SIGINT and SIGTERM are `canceled`.
 //! - Causes are ranked: `no_space`/`no_inodes`, `io_error`, `read_only_fs` (the disk
@@ -306,8 +309,9 @@ const fn n(pat: &'static str, cause: Cause, rule: Rule) -> Needle {
     }
 }
 
-/// Everything the classifier looks for. Every pattern is lower-case and at least 4 bytes,
-/// except `eio`, which the index handles specially.
+/// Everything the classifier looks for. Every pattern is lower-case. Those of [`LONG`] bytes
+/// or more are found through [`INDEX`]; each shorter one must have a rule that fixes one of
+/// its bytes in a match to one of [`ANCHORS`] ([`exact_byte`]).
 const NEEDLES: &[Needle] = &[
     // no_space
     n("no space left", Cause::NoSpace, Rule::Plain),
@@ -505,10 +509,20 @@ const NEEDLES: &[Needle] = &[
     n("code elifecycle", Cause::CommandFailed, Rule::Plain),
 ];
 
-/// Bits of the 4-byte-prefix hash, so the slot table has `1 << HASH_BITS` entries.
+/// Bytes in a window: the scanner hashes four bytes, one `u32`, at a time.
+const GRAM: usize = 4;
+
+/// Distance between the windows the scanner tests: only those starting at a multiple of it.
+const STRIDE: usize = 5;
+
+/// Shortest needle the window scan finds. A needle this long has `STRIDE` window starts
+/// within it, so one of them is tested wherever the needle lies in the line.
+const LONG: usize = GRAM + STRIDE - 1;
+
+/// Bits of the window hash that pick a slot, so the slot table has `1 << HASH_BITS` entries.
 const HASH_BITS: u32 = 12;
 
-/// Number of slots in the prefix index.
+/// Number of slots in the window index.
 const SLOTS: usize = 1 << HASH_BITS;
 
 /// ASCII case fold of four bytes at once: sets bit 5 of every byte (exact for letters).
@@ -532,8 +546,8 @@ const fn bloom_bit_of(folded: u32) -> usize {
     (hash_of(folded) >> (32 - BLOOM_BITS)) as usize
 }
 
-/// One bit per [`BLOOM_BITS`]-bit hash: set when some needle's first four bytes hash there.
-/// Testing it is all most bytes of a line cost.
+/// One bit per [`BLOOM_BITS`]-bit hash: set when some indexed window of a needle hashes there.
+/// Testing it is all most windows of a line cost.
 static BLOOM: [u64; (1 << BLOOM_BITS) / 64] = build_bloom();
 
 /// Builds [`BLOOM`] from [`INDEX`]'s grams at compile time.
@@ -549,56 +563,30 @@ const fn build_bloom() -> [u64; (1 << BLOOM_BITS) / 64] {
     bits
 }
 
-/// Whether the folded 4-byte window may begin a needle, by [`BLOOM`].
+/// Whether the folded 4-byte window may be one of a needle's indexed windows, by [`BLOOM`].
 #[inline(always)]
-fn may_begin_needle(folded: u32) -> bool {
+fn may_hold_needle(folded: u32) -> bool {
     let bit = bloom_bit_of(folded);
     BLOOM[bit / 64] & (1 << (bit % 64)) != 0
 }
 
-/// The first window start at or after `from` whose folded 4 bytes may begin a needle,
-/// with those folded bytes. Tests five windows per 8-byte load.
-#[inline]
-fn next_candidate(line: &[u8], from: usize) -> Option<(usize, u32)> {
-    let mut at = from;
-    while let Some(eight) = line.get(at..at + 8) {
-        let Ok(bytes) = <[u8; 8]>::try_from(eight) else {
-            break;
-        };
-        let word = u64::from_le_bytes(bytes);
-        let windows = [0, 1, 2, 3, 4].map(|k| (word >> (8 * k)) as u32 | FOLD);
-        if windows.iter().any(|&w| may_begin_needle(w)) {
-            for (k, &w) in windows.iter().enumerate() {
-                if may_begin_needle(w) {
-                    return Some((at + k, w));
-                }
-            }
-        }
-        at += 5;
-    }
-    let rest = line.get(at..)?;
-    for (k, window) in rest.windows(4).enumerate() {
-        let Ok(bytes) = <[u8; 4]>::try_from(window) else {
-            continue;
-        };
-        let folded = u32::from_le_bytes(bytes) | FOLD;
-        if may_begin_needle(folded) {
-            return Some((at + k, folded));
-        }
-    }
-    None
+/// The folded little-endian word of `p[at..at + 4]`.
+const fn gram_at(p: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]]) | FOLD
 }
 
-/// The folded little-endian word of the first four bytes of `p`, `tail` standing in for missing ones.
-const fn gram(p: &[u8], tail: u8) -> u32 {
-    let mut word = 0u32;
-    let mut i = 0;
-    while i < 4 {
-        let b = if i < p.len() { p[i] } else { tail };
-        word |= (b as u32) << (8 * i);
-        i += 1;
+/// The folded little-endian word of the (up to) four bytes of `line` at `at`; missing bytes
+/// past the end of the line count as zero before folding.
+#[inline(always)]
+fn folded_at(line: &[u8], at: usize) -> u32 {
+    if let Some(bytes) = line.get(at..).and_then(<[u8]>::first_chunk::<GRAM>) {
+        return u32::from_le_bytes(*bytes) | FOLD;
     }
-    word | FOLD
+    let mut bytes = [0u8; GRAM];
+    for (to, from) in bytes.iter_mut().zip(line.get(at..).unwrap_or_default()) {
+        *to = *from;
+    }
+    u32::from_le_bytes(bytes) | FOLD
 }
 
 /// Whether `b` counts as part of a word for [`Rule::Word`] and friends.
@@ -606,101 +594,101 @@ const fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-/// How many index entries the needles need: one each, plus one per possible byte after `eio`.
+/// How common a byte is in build output, roughly; [`build_index`] indexes each needle by
+/// its least common windows, so that ordinary text hits the index less often.
+const fn commonness(b: u8) -> u32 {
+    match b.to_ascii_lowercase() {
+        b' ' => 10,
+        b'e' | b't' | b'a' | b'o' | b'i' | b'n' | b's' | b'r' => 6,
+        b'-' | b'.' | b'/' | b':' | b'_' | b'0'..=b'9' => 5,
+        b'l' | b'd' | b'c' | b'u' | b'h' | b'm' | b'p' | b'f' | b'g' => 4,
+        b'a'..=b'z' => 2,
+        _ => 1,
+    }
+}
+
+/// [`commonness`] of the window `p[at..at + 4]`.
+const fn gram_commonness(p: &[u8], at: usize) -> u32 {
+    commonness(p[at]) + commonness(p[at + 1]) + commonness(p[at + 2]) + commonness(p[at + 3])
+}
+
+/// How many index entries the needles need: [`STRIDE`] per needle of [`LONG`] bytes or more.
 const fn entry_count() -> usize {
     let mut count = 0;
     let mut i = 0;
     while i < NEEDLES.len() {
-        if NEEDLES[i].pat.len() >= 4 {
-            count += 1;
-        } else {
-            let mut b = 0x20u8;
-            while b < 0x7f {
-                if !is_word_byte(b) {
-                    count += 1;
-                }
-                b += 1;
-            }
+        if NEEDLES[i].pat.len() >= LONG {
+            count += STRIDE;
         }
         i += 1;
     }
     count
 }
 
-/// Number of entries in the prefix index.
+/// Number of entries in the window index.
 const ENTRIES: usize = entry_count();
 
-/// The index in [`NEEDLES`] of the one needle shorter than 4 bytes.
-const SHORT_NEEDLE: usize = short_needle();
-
-/// Finds [`SHORT_NEEDLE`], and checks that there is exactly one.
-const fn short_needle() -> usize {
-    let mut found = usize::MAX;
-    let mut i = 0;
-    while i < NEEDLES.len() {
-        if NEEDLES[i].pat.len() < 4 {
-            assert!(
-                found == usize::MAX,
-                "only one needle may be shorter than 4 bytes"
-            );
-            found = i;
-        }
-        i += 1;
-    }
-    assert!(
-        found != usize::MAX,
-        "the short-needle check expects one short needle"
-    );
-    found
-}
-
-/// A hash index from the first four (folded) bytes of a needle to the needle.
+/// A hash index from folded 4-byte windows of the long needles to where they lie in them.
+///
+/// Each needle of at least [`LONG`] bytes has one entry per residue of its window offsets
+/// modulo [`STRIDE`] (the least common window among those offsets). Wherever the needle
+/// starts in a line, exactly one residue puts that window at a multiple of [`STRIDE`],
+/// where the scanner tests it.
 #[derive(Debug)]
 struct Index {
     /// Per slot, 1 + the first entry in it, or 0 when empty.
-    head: [u8; SLOTS],
+    head: [u16; SLOTS],
     /// Per entry, 1 + the next entry in the same slot, or 0.
-    next: [u8; ENTRIES],
-    /// Per entry, the folded 4-byte prefix, to reject hash collisions with one compare.
+    next: [u16; ENTRIES],
+    /// Per entry, the folded window, to reject hash collisions with one compare.
     gram: [u32; ENTRIES],
     /// Per entry, the index into [`NEEDLES`].
-    needle: [u8; ENTRIES],
+    needle: [u16; ENTRIES],
+    /// Per entry, where the window starts in the needle.
+    offset: [u16; ENTRIES],
+    /// Per entry, the needle's own first window (folded), to reject most near misses
+    /// before a full check.
+    lead: [u32; ENTRIES],
 }
 
 /// Builds the [`Index`] at compile time.
 const fn build_index() -> Index {
     assert!(
-        ENTRIES < 255 && NEEDLES.len() < 256,
-        "index entries must fit in a u8"
+        ENTRIES < u16::MAX as usize,
+        "index entries must fit in a u16"
     );
     let mut index = Index {
         head: [0; SLOTS],
         next: [0; ENTRIES],
         gram: [0; ENTRIES],
         needle: [0; ENTRIES],
+        offset: [0; ENTRIES],
+        lead: [0; ENTRIES],
     };
     let mut e = 0;
     let mut i = 0;
     while i < NEEDLES.len() {
         let pat = NEEDLES[i].pat;
-        assert!(pat.len() >= 3, "needles are at least 3 bytes");
-        // A 3-byte needle is indexed once per possible non-word byte after it;
-        // its occurrence at the very end of a line is checked separately.
-        let mut tail = if pat.len() >= 4 { 0u8 } else { 0x20 };
-        loop {
-            if pat.len() >= 4 || !is_word_byte(tail) {
-                let g = gram(pat, tail);
-                let s = slot_of(g);
-                index.gram[e] = g;
-                index.needle[e] = i as u8;
-                index.next[e] = index.head[s];
-                index.head[s] = (e + 1) as u8;
-                e += 1;
+        let mut residue = 0;
+        while pat.len() >= LONG && residue < STRIDE {
+            let mut best = residue;
+            let mut at = residue + STRIDE;
+            while at + GRAM <= pat.len() {
+                if gram_commonness(pat, at) < gram_commonness(pat, best) {
+                    best = at;
+                }
+                at += STRIDE;
             }
-            if pat.len() >= 4 || tail == 0x7e {
-                break;
-            }
-            tail += 1;
+            let g = gram_at(pat, best);
+            let s = slot_of(g);
+            index.gram[e] = g;
+            index.needle[e] = i as u16;
+            index.offset[e] = best as u16;
+            index.lead[e] = gram_at(pat, 0);
+            index.next[e] = index.head[s];
+            index.head[s] = (e + 1) as u16;
+            e += 1;
+            residue += 1;
         }
         i += 1;
     }
@@ -708,8 +696,118 @@ const fn build_index() -> Index {
     index
 }
 
-/// The prefix index over [`NEEDLES`], built at compile time.
+/// The window index over the long [`NEEDLES`], built at compile time.
 static INDEX: Index = build_index();
+
+/// The bytes the needles shorter than [`LONG`] are found by, with `memchr3`: each short
+/// needle has one of them, exactly, at its [`Short::anchor`] in every match.
+///
+/// Each short needle's rule wants an exact case (`EIO`, `ENOSPC` and the other errno codes
+/// upper case, `Killed`) or it has no letter to fold (`: *** `), so its bytes in a match are
+/// fixed; these three are rarer in ordinary output than, say, `:`.
+const ANCHORS: [u8; 3] = [b'E', b'K', b'*'];
+
+/// The byte at `j` of every match of `needle`, if its rule fixes it: upper case in the errno
+/// codes, `Killed` as written, any byte that is not a letter as it is.
+const fn exact_byte(needle: &Needle, j: usize) -> Option<u8> {
+    let b = needle.pat[j];
+    match needle.rule {
+        Rule::Errno | Rule::Eio => Some(b.to_ascii_uppercase()),
+        Rule::Killed if j == 0 => Some(b.to_ascii_uppercase()),
+        Rule::Killed => Some(b),
+        _ if !b.is_ascii_alphabetic() => Some(b),
+        _ => None,
+    }
+}
+
+/// How many needles are shorter than [`LONG`].
+const fn short_count() -> usize {
+    let mut count = 0;
+    let mut i = 0;
+    while i < NEEDLES.len() {
+        if NEEDLES[i].pat.len() < LONG {
+            count += 1;
+        }
+        i += 1;
+    }
+    count
+}
+
+/// A needle shorter than [`LONG`], as the scanner looks for it.
+#[derive(Debug, Clone, Copy)]
+struct Short {
+    /// The byte of [`ANCHORS`] that every match has at [`Short::anchor`].
+    byte: u8,
+    /// Where that byte is in the needle.
+    anchor: u8,
+    /// The folded first four bytes of the needle (fewer for a shorter one), to compare with
+    /// the folded window at a candidate under [`Short::mask`] before a full check.
+    lead: u32,
+    /// The bits of [`Short::lead`] that the needle fills.
+    mask: u32,
+    /// The index into [`NEEDLES`].
+    needle: u16,
+}
+
+/// The needles shorter than [`LONG`].
+static SHORT: [Short; short_count()] = build_short();
+
+/// Builds [`SHORT`] at compile time, checking that every short needle has an anchor.
+const fn build_short() -> [Short; short_count()] {
+    let mut short = [Short {
+        byte: 0,
+        anchor: 0,
+        lead: 0,
+        mask: 0,
+        needle: 0,
+    }; short_count()];
+    let mut n = 0;
+    let mut i = 0;
+    while i < NEEDLES.len() {
+        let needle = &NEEDLES[i];
+        let pat = needle.pat;
+        if pat.len() < LONG {
+            if let Rule::Killed = needle.rule {
+                assert!(
+                    pat.len() == 6 && pat[0] == b'k' && pat[1] == b'i' && pat[5] == b'd',
+                    "Rule::Killed matches exactly `Killed`"
+                );
+            }
+            let mut anchor = 0;
+            let mut byte = None;
+            while byte.is_none() && anchor < pat.len() {
+                match exact_byte(needle, anchor) {
+                    Some(b) if b == ANCHORS[0] || b == ANCHORS[1] || b == ANCHORS[2] => {
+                        byte = Some(b);
+                    }
+                    _ => anchor += 1,
+                }
+            }
+            let Some(byte) = byte else {
+                panic!("a needle shorter than LONG needs an exact byte from ANCHORS");
+            };
+            let len = if pat.len() < GRAM { pat.len() } else { GRAM };
+            let mask = u32::MAX >> (8 * (GRAM - len));
+            let mut lead = 0u32;
+            let mut b = 0;
+            while b < len {
+                lead |= (pat[b] as u32) << (8 * b);
+                b += 1;
+            }
+            short[n] = Short {
+                byte,
+                anchor: anchor as u8,
+                lead: (lead | FOLD) & mask,
+                mask,
+                needle: i as u16,
+            };
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(short_count() == n);
+    short
+}
 
 /// Where the ANSI escape parser is between bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -873,103 +971,177 @@ impl Classifier {
     /// Matches one line (without its terminator) against every needle.
     fn scan_line(&mut self, line: &[u8]) {
         let line = &line[..line.len().min(MAX_LINE)];
-        if line.len() < 3 {
-            return;
-        }
-        let mut from = 0;
-        while let Some((at, folded)) = next_candidate(line, from) {
-            let mut entry = INDEX.head[slot_of(folded)];
-            while entry != 0 {
-                let e = usize::from(entry - 1);
-                if INDEX.gram[e] == folded {
-                    self.check(line, at, usize::from(INDEX.needle[e]));
+        let mut found = Found::new();
+        // Long needles: the folded window at every multiple of STRIDE, through the index.
+        let mut windows = line.chunks_exact(STRIDE);
+        for (i, window) in (&mut windows).enumerate() {
+            if let Some(bytes) = window.first_chunk::<GRAM>() {
+                let folded = u32::from_le_bytes(*bytes) | FOLD;
+                if may_hold_needle(folded) {
+                    probe(line, i * STRIDE, folded, &mut found);
                 }
-                entry = INDEX.next[e];
             }
-            from = at + 1;
         }
-        // The 3-byte needle at the very end of the line has no 4-byte window of its own.
-        self.check(line, line.len() - 3, SHORT_NEEDLE);
+        let rest = windows.remainder();
+        if let Some(bytes) = rest.first_chunk::<GRAM>() {
+            let folded = u32::from_le_bytes(*bytes) | FOLD;
+            if may_hold_needle(folded) {
+                probe(line, line.len() - rest.len(), folded, &mut found);
+            }
+        }
+        // Short needles: where the exact byte each of them has is.
+        for at in memchr::memchr3_iter(ANCHORS[0], ANCHORS[1], ANCHORS[2], line) {
+            for short in &SHORT {
+                if short.byte != line[at] {
+                    continue;
+                }
+                if let Some(start) = at.checked_sub(usize::from(short.anchor)) {
+                    if folded_at(line, start) & short.mask == short.lead {
+                        check(line, start, usize::from(short.needle), &mut found);
+                    }
+                }
+            }
+        }
+        if found.any {
+            for (cause, key) in found.first.iter().enumerate() {
+                let slot = &mut self.hits[cause];
+                if slot.is_none() {
+                    if let Some((at, k)) = Found::unpack(*key) {
+                        *slot = Some(evidence(line, at, NEEDLES[k].pat.len()));
+                    }
+                }
+            }
+        }
     }
+}
 
-    /// Checks needle `k` at `line[at..]` and records its cause if it really matches there.
-    fn check(&mut self, line: &[u8], at: usize, k: usize) {
-        let Some(needle) = NEEDLES.get(k) else {
-            return;
-        };
-        let end = at + needle.pat.len();
-        let Some(found) = line.get(at..end) else {
-            return;
-        };
-        if !found.eq_ignore_ascii_case(needle.pat) {
-            return;
+/// The matches in one line, per cause the first one: the one that starts earliest and, of
+/// two at the same place, the later in [`NEEDLES`] (the order the scanner has always
+/// reported them in; it decides where a long line's evidence is cut).
+#[derive(Debug)]
+struct Found {
+    /// Per [`Cause`], the first match so far as `at << 8 | (255 - needle)` (smaller is
+    /// first), or `u32::MAX` for none.
+    first: [u32; CAUSES],
+    /// Whether any cause has a match.
+    any: bool,
+}
+
+/// Noting matches in any order and reading back the first per cause.
+impl Found {
+    /// No matches yet.
+    fn new() -> Self {
+        const {
+            assert!(
+                NEEDLES.len() <= 255 && MAX_LINE < 1 << 24,
+                "match keys must fit in a u32"
+            );
         }
-        let word_before = at > 0 && is_word_byte(line[at - 1]);
-        let word_after = line.get(end).is_some_and(|&b| is_word_byte(b));
-        let cause = match needle.rule {
-            Rule::Plain => Some(needle.cause),
-            Rule::Word => (!word_before && !word_after).then_some(needle.cause),
-            Rule::Errno => (!word_before
-                && !word_after
-                && found
-                    .iter()
-                    .zip(needle.pat)
-                    .all(|(f, p)| *f == p.to_ascii_uppercase()))
-            .then_some(needle.cause),
-            Rule::Io => {
-                if word_before && needle.pat == b"io error" {
-                    None
-                } else if contains(line, b"getaddrinfo") || contains(line, b"ignoring http") {
-                    Some(Cause::Network)
-                } else {
-                    Some(Cause::IoError)
-                }
-            }
-            Rule::Eio => {
-                (found == b"EIO" && !word_before && !word_after && !contains(line, b"getaddrinfo"))
-                    .then_some(Cause::WeakIoError)
-            }
-            Rule::Killed => (found == b"Killed" && !word_after && killed_prefix_ok(&line[..at]))
-                .then_some(Cause::Oom),
-            Rule::ExitCode => match exit_code_after(&line[end..]) {
-                Some(0) => None,
-                Some(137) => {
-                    self.record(Cause::Oom, line, at, needle.pat.len());
-                    Some(Cause::CommandFailed)
-                }
-                Some(_) => Some(Cause::CommandFailed),
-                // "exit code" alone is too common to mean a failure without a number.
-                None => (needle.pat != b"exit code").then_some(Cause::CommandFailed),
-            },
-            Rule::Deadline => {
-                let request = [
-                    &b"dial tcp"[..],
-                    b"failed to do request",
-                    b"http://",
-                    b"https://",
-                    b"lookup ",
-                ];
-                if request.iter().any(|r| contains(line, r)) {
-                    Some(Cause::Network)
-                } else {
-                    Some(Cause::Timeout)
-                }
-            }
-            Rule::NotFound => contains(line, b"not found").then_some(needle.cause),
-            Rule::Parse => contains(line, b"parse").then_some(needle.cause),
-        };
-        if let Some(cause) = cause {
-            self.record(cause, line, at, needle.pat.len());
+        Found {
+            first: [u32::MAX; CAUSES],
+            any: false,
         }
     }
 
-    /// Keeps `line` (matched at `at`, `len` bytes) as the evidence for `cause` unless an
-    /// earlier line already is.
-    fn record(&mut self, cause: Cause, line: &[u8], at: usize, len: usize) {
-        let slot = &mut self.hits[cause as usize];
-        if slot.is_none() {
-            *slot = Some(evidence(line, at, len));
+    /// Notes a match of needle `k` at `at` that shows `cause`.
+    fn note(&mut self, cause: Cause, at: usize, k: usize) {
+        let key = (at as u32) << 8 | (255 - k as u32);
+        let first = &mut self.first[cause as usize];
+        *first = (*first).min(key);
+        self.any = true;
+    }
+
+    /// The position and needle of a key from [`Found::first`], if it is a match.
+    fn unpack(key: u32) -> Option<(usize, usize)> {
+        (key != u32::MAX).then(|| ((key >> 8) as usize, 255 - (key & 0xff) as usize))
+    }
+}
+
+/// Checks every needle that has `folded` as an indexed window at `at` in `line`.
+#[inline(never)]
+fn probe(line: &[u8], at: usize, folded: u32, found: &mut Found) {
+    let mut entry = INDEX.head[slot_of(folded)];
+    while entry != 0 {
+        let e = usize::from(entry - 1);
+        if INDEX.gram[e] == folded {
+            if let Some(start) = at.checked_sub(usize::from(INDEX.offset[e])) {
+                if folded_at(line, start) == INDEX.lead[e] {
+                    check(line, start, usize::from(INDEX.needle[e]), found);
+                }
+            }
         }
+        entry = INDEX.next[e];
+    }
+}
+
+/// Checks needle `k` at `line[at..]` and notes its cause if it really matches there.
+fn check(line: &[u8], at: usize, k: usize, found: &mut Found) {
+    let Some(needle) = NEEDLES.get(k) else {
+        return;
+    };
+    let end = at + needle.pat.len();
+    let Some(matched) = line.get(at..end) else {
+        return;
+    };
+    if !matched.eq_ignore_ascii_case(needle.pat) {
+        return;
+    }
+    let word_before = at > 0 && is_word_byte(line[at - 1]);
+    let word_after = line.get(end).is_some_and(|&b| is_word_byte(b));
+    let cause = match needle.rule {
+        Rule::Plain => Some(needle.cause),
+        Rule::Word => (!word_before && !word_after).then_some(needle.cause),
+        Rule::Errno => (!word_before
+            && !word_after
+            && matched
+                .iter()
+                .zip(needle.pat)
+                .all(|(f, p)| *f == p.to_ascii_uppercase()))
+        .then_some(needle.cause),
+        Rule::Io => {
+            if word_before && needle.pat == b"io error" {
+                None
+            } else if contains(line, b"getaddrinfo") || contains(line, b"ignoring http") {
+                Some(Cause::Network)
+            } else {
+                Some(Cause::IoError)
+            }
+        }
+        Rule::Eio => {
+            (matched == b"EIO" && !word_before && !word_after && !contains(line, b"getaddrinfo"))
+                .then_some(Cause::WeakIoError)
+        }
+        Rule::Killed => (matched == b"Killed" && !word_after && killed_prefix_ok(&line[..at]))
+            .then_some(Cause::Oom),
+        Rule::ExitCode => match exit_code_after(&line[end..]) {
+            Some(0) => None,
+            Some(137) => {
+                found.note(Cause::Oom, at, k);
+                Some(Cause::CommandFailed)
+            }
+            Some(_) => Some(Cause::CommandFailed),
+            // "exit code" alone is too common to mean a failure without a number.
+            None => (needle.pat != b"exit code").then_some(Cause::CommandFailed),
+        },
+        Rule::Deadline => {
+            let request = [
+                &b"dial tcp"[..],
+                b"failed to do request",
+                b"http://",
+                b"https://",
+                b"lookup ",
+            ];
+            if request.iter().any(|r| contains(line, r)) {
+                Some(Cause::Network)
+            } else {
+                Some(Cause::Timeout)
+            }
+        }
+        Rule::NotFound => contains(line, b"not found").then_some(needle.cause),
+        Rule::Parse => contains(line, b"parse").then_some(needle.cause),
+    };
+    if let Some(cause) = cause {
+        found.note(cause, at, k);
     }
 }
 
@@ -1011,32 +1183,9 @@ fn exit_shows(cause: Cause, exit: Exit) -> bool {
     }
 }
 
-/// The first byte in `s` that is `\n`, `\r` or ESC, found eight bytes at a time.
+/// The first byte in `s` that is `\n`, `\r` or ESC.
 fn find_special(s: &[u8]) -> Option<usize> {
-    /// Bytes below 0x20 somewhere in a word (exact as a yes/no, not as a position).
-    const LOW: u64 = 0x2020_2020_2020_2020;
-    /// The top bit of every byte.
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let is_special = |b: u8| b == b'\n' || b == b'\r' || b == 0x1b;
-    let mut base = 0;
-    let mut words = s.chunks_exact(8);
-    for word in &mut words {
-        if let Ok(bytes) = <[u8; 8]>::try_from(word) {
-            let x = u64::from_le_bytes(bytes);
-            // (No let-chain here: the crate's rust-version, 1.85, predates them.)
-            if x.wrapping_sub(LOW) & !x & HIGH != 0 {
-                if let Some(i) = bytes.iter().position(|&b| is_special(b)) {
-                    return Some(base + i);
-                }
-            }
-        }
-        base += 8;
-    }
-    words
-        .remainder()
-        .iter()
-        .position(|&b| is_special(b))
-        .map(|i| base + i)
+    memchr::memchr3(b'\n', b'\r', 0x1b, s)
 }
 
 /// Whether `hay` contains `needle` (lower-case), ignoring ASCII case.
@@ -2037,5 +2186,205 @@ mod tests {
                 String::from_utf8_lossy(needle.pat)
             );
         }
+    }
+
+    /// What one line leaves in a fresh classifier's per-cause evidence: (cause index, evidence).
+    type LineVerdict = Vec<(usize, String)>;
+
+    /// The causes and evidence that checking needle `k` at `at` alone records.
+    fn check_alone(line: &[u8], at: usize, k: usize) -> LineVerdict {
+        let mut found = Found::new();
+        check(line, at, k, &mut found);
+        found
+            .first
+            .iter()
+            .enumerate()
+            .filter_map(|(cause, &key)| Found::unpack(key).map(|m| (cause, m)))
+            .map(|(cause, (at, k))| (cause, evidence(line, at, NEEDLES[k].pat.len())))
+            .collect()
+    }
+
+    /// The reference scanner: every needle at every position of the (capped) line, positions
+    /// left to right and, at one position, needles from last to first (the order the bucketed
+    /// prefix index of the first scanner visited them in); the first evidence per cause wins.
+    fn naive(line: &[u8]) -> LineVerdict {
+        let line = &line[..line.len().min(MAX_LINE)];
+        let mut slots: [Option<String>; CAUSES] = Default::default();
+        for at in 0..line.len() {
+            for k in (0..NEEDLES.len()).rev() {
+                // (only a shortcut: `check` compares the whole needle ignoring case anyway)
+                if !line[at].eq_ignore_ascii_case(&NEEDLES[k].pat[0]) {
+                    continue;
+                }
+                for (cause, ev) in check_alone(line, at, k) {
+                    if slots[cause].is_none() {
+                        slots[cause] = Some(ev);
+                    }
+                }
+            }
+        }
+        slots
+            .into_iter()
+            .enumerate()
+            .filter_map(|(cause, ev)| ev.map(|ev| (cause, ev)))
+            .collect()
+    }
+
+    /// What the real scanner records for one line.
+    fn fast(line: &[u8]) -> LineVerdict {
+        let mut c = Classifier::new();
+        c.scan_line(line);
+        c.hits
+            .iter()
+            .enumerate()
+            .filter_map(|(cause, ev)| ev.clone().map(|ev| (cause, ev)))
+            .collect()
+    }
+
+    /// Compares the real scanner with the reference on every line; returns the mismatches.
+    fn differences<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> (usize, Vec<String>) {
+        let mut count = 0;
+        let mut bad = Vec::new();
+        for line in lines {
+            count += 1;
+            let (want, got) = (naive(line), fast(line));
+            if want != got && bad.len() < 20 {
+                bad.push(format!(
+                    "{:?}: reference {want:?}, scanner {got:?}",
+                    String::from_utf8_lossy(line)
+                ));
+            }
+        }
+        (count, bad)
+    }
+
+    /// The scanner finds exactly what the reference finds on every line of the corpus.
+    #[test]
+    fn scanner_matches_the_reference_on_every_corpus_line() {
+        let snippets = corpus();
+        let lines: Vec<&[u8]> = snippets
+            .iter()
+            .flat_map(|s| s.body.split(|&b| b == b'\n' || b == b'\r'))
+            .collect();
+        let (count, bad) = differences(lines);
+        assert!(count > 500, "only {count} lines");
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+
+    /// `pat` with its letters upper-cased (`upper`), or every other letter upper-cased.
+    fn recase(pat: &[u8], variant: usize) -> Vec<u8> {
+        pat.iter()
+            .enumerate()
+            .map(|(i, b)| match variant {
+                0 => *b,
+                1 => b.to_ascii_uppercase(),
+                2 if i % 2 == 0 => b.to_ascii_uppercase(),
+                _ => *b,
+            })
+            .collect()
+    }
+
+    /// The case the short exact-case rules want: `EIO`, `ENOSPC`, `Killed`.
+    fn rule_case(needle: &Needle) -> Vec<u8> {
+        match needle.rule {
+            Rule::Errno | Rule::Eio => needle.pat.to_ascii_uppercase(),
+            Rule::Killed => b"Killed".to_vec(),
+            _ => needle.pat.to_vec(),
+        }
+    }
+
+    /// The scanner agrees with the reference for every needle at offsets 0 to 12, in several
+    /// fillers, at the start, middle and end of the line, in several cases.
+    #[test]
+    fn scanner_matches_the_reference_for_every_needle_at_every_offset() {
+        let fillers: [&[u8]; 6] = [
+            b"abcdefghijklmnopqrstuvwxyz",
+            b"                          ",
+            b"#:./-_()[]*,;=+'\"#:./-_()[",
+            b"01234567890123456789012345",
+            b"#12 3.45 #12 3.45 #12 3.45",
+            b"QrStUvWxYz QrStUvWxYz QrSt",
+        ];
+        let tails: [&[u8]; 5] = [b"", b" ", b"x", b": 137 done", b" exit code 2 not found"];
+        let mut lines = Vec::new();
+        for needle in NEEDLES {
+            let forms = [
+                recase(needle.pat, 0),
+                recase(needle.pat, 1),
+                recase(needle.pat, 2),
+                rule_case(needle),
+            ];
+            for form in &forms {
+                for filler in fillers {
+                    for offset in 0..=12 {
+                        for tail in tails {
+                            let mut line = filler[..offset].to_vec();
+                            line.extend_from_slice(form);
+                            line.extend_from_slice(tail);
+                            lines.push(line);
+                        }
+                    }
+                }
+            }
+        }
+        let (count, bad) = differences(lines.iter().map(Vec::as_slice));
+        assert!(count > 50_000, "only {count} lines");
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+
+    /// The scanner agrees with the reference on pseudo-random lines made of needles, pieces
+    /// of needles and filler, some longer than the evidence cap and some than [`MAX_LINE`].
+    #[test]
+    fn scanner_matches_the_reference_on_random_needle_soup() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        let fillers: [&[u8]; 14] = [
+            b" ",
+            b"  ",
+            b":",
+            b"#12 ",
+            b"3.45 ",
+            b"137",
+            b" 0",
+            b"\t",
+            b"https://x/",
+            b"getaddrinfo ",
+            b"not found",
+            b"parse",
+            "é".as_bytes(),
+            b"_",
+        ];
+        let mut lines = Vec::new();
+        for _ in 0..4000 {
+            let mut line = Vec::new();
+            if next(8) == 0 {
+                line.resize(next(400), b'x');
+            }
+            if next(60) == 0 {
+                line.resize(MAX_LINE - next(40), b'y');
+            }
+            for _ in 0..next(12) {
+                let needle = &NEEDLES[next(NEEDLES.len())];
+                match next(6) {
+                    0 | 1 => line.extend_from_slice(&recase(needle.pat, next(3))),
+                    2 => line.extend_from_slice(&rule_case(needle)),
+                    3 => {
+                        let from = next(needle.pat.len());
+                        let to = from + next(needle.pat.len() - from + 1);
+                        line.extend_from_slice(&recase(&needle.pat[from..to], next(3)));
+                    }
+                    _ => line.extend_from_slice(fillers[next(fillers.len())]),
+                }
+            }
+            lines.push(line);
+        }
+        let (count, bad) = differences(lines.iter().map(Vec::as_slice));
+        assert_eq!(count, 4000);
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
     }
 }
