@@ -88,8 +88,8 @@ SECTIONS = [
         "rows": [
             Row("`true`", "fixed_ms", "ms", 2, Target("diff_max", 20, "< 20 ms fixed")),
             Row("1 GiB stream through `fold`", "stream_s", "s", 2, Target("pct_max", 5, "< 5 %")),
-            Row("control: the stream through `… | cat` (any wrapper's floor), in the bilge column", "stream_s", "s", 2, bilge_from=("stream_s", "cat")),
-            Row("bilge against that control (`… | cat` in the anchor column)", "stream_s", "s", 2, anchor_from=("stream_s", "cat")),
+            Row("control: the stream through `… \\| cat` (any wrapper's floor), in the bilge column", "stream_s", "s", 2, bilge_from=("stream_s", "cat")),
+            Row("bilge against that control (`… \\| cat` in the anchor column)", "stream_s", "s", 2, anchor_from=("stream_s", "cat")),
             Row("stream throughput", "stream_mb_s", "MB/s", 0),
             Row("classification throughput (`cat` of the text from the page cache)", "classify_mb_s", "MB/s", 0),
         ],
