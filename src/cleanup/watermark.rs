@@ -128,6 +128,14 @@ async fn measure_on_events(engine: Arc<Engine>, cancel: CancellationToken) {
                     tracing::debug!(error = %e, "Docker event stream ended");
                     break;
                 }
+                tracing::debug!(
+                    events = ?batch
+                        .iter()
+                        .filter_map(|e| e.as_ref().ok())
+                        .map(|e| e.action.as_deref().unwrap_or(""))
+                        .collect::<Vec<_>>(),
+                    "Docker events: measuring the data root"
+                );
                 collector.measure_data_root().await;
             }
             since = std::time::SystemTime::now();
