@@ -5,8 +5,8 @@ use super::needles::{CAUSES, Cause};
 use super::reason::Reason;
 use super::verdict::{Classification, DiskState, Exit};
 
-/// Causes in the order they win, disk causes first.
-const RANKED: [Cause; 10] = [
+/// Causes in the order they win, disk causes first; a tool's own error line last.
+const RANKED: [Cause; 11] = [
     Cause::NoSpace,
     Cause::IoError,
     Cause::ReadOnlyFs,
@@ -17,6 +17,7 @@ const RANKED: [Cause; 10] = [
     Cause::Timeout,
     Cause::Canceled,
     Cause::CommandFailed,
+    Cause::ToolError,
 ];
 
 /// The reason a ranked cause stands for.
@@ -31,7 +32,7 @@ fn reason_of(cause: Cause) -> Reason {
         Cause::Dockerfile => Reason::Dockerfile,
         Cause::Timeout => Reason::Timeout,
         Cause::Canceled => Reason::Canceled,
-        Cause::CommandFailed => Reason::CommandFailed,
+        Cause::CommandFailed | Cause::ToolError => Reason::CommandFailed,
     }
 }
 

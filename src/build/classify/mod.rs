@@ -15,12 +15,19 @@
 //!   To stay cheap per byte, a line is only sampled: a hashed 4-byte window every 5 bytes
 //!   finds the needles of 8 bytes or more, and `memchr` finds the few shorter ones by a
 //!   byte their rules make exact (the `E` of `ENOSPC`, the `K` of `Killed`, ...).
+//! - Some cues are judgements rather than phrases: a `Killed` after a tool's error label on the
+//!   same line (`g++: internal compiler error: Killed`, `make: *** [all] Killed`) is `oom`; a
+//!   compiler's, linker's or shell's own error line (`fatal error:`, `ld returned`,
+//!   `undefined reference to`, `sh: 1: x: not found`) is `command_failed`, but only when no
+//!   more than 25 non-empty lines follow the last of them, and it is quoted from the first line
+//!   of that last run of errors.
 //! - The exit status adds a cause of its own: 137 or SIGKILL is `oom`, 124 (GNU
 //!   `timeout`) is `timeout`, 130, 143, SIGINT and SIGTERM are `canceled`.
 //! - Causes are ranked: `no_space`/`no_inodes`, `io_error`, `read_only_fs` (the disk
 //!   causes) over `oom`, `registry_auth`, `network`, `dockerfile`, `timeout`, `canceled`;
 //!   then, when nothing more specific was found but the caller saw the disk full
-//!   ([`DiskState`]), `no_space`/`no_inodes`; then `command_failed`; then `unknown`.
+//!   ([`DiskState`]), `no_space`/`no_inodes`; then `command_failed` (a generic failure line
+//!   first, then a tool's error at the end of the output); then `unknown`.
 //!
 //! Finer tie-breaks, each pinned by a test:
 //! - `no_space` becomes `no_inodes` whenever `disk.inodes_exhausted` is set.
@@ -31,6 +38,11 @@
 //! - `context deadline exceeded` is `network` when its line names a request (`dial tcp`,
 //!   `failed to do request`, a URL, `lookup`), else `timeout`.
 //! - `failed to compute cache key` is `dockerfile` only with `not found` on the line.
+//! - `timed out` is `network` when its line names a connection or a transfer (`connect`,
+//!   `errno`, `fetch`, a URL, a port), else `timeout`.
+//! - `denied: ` is `registry_auth` unless the word before it is "permission" (a file's
+//!   `Permission denied: '/app'`); `403 Forbidden` only when the line names a registry request
+//!   (`unexpected status`, a token, a manifest, `/v2/`, a push or pull).
 //! - `unexpected EOF` is deliberately not a `dockerfile` cue: it is far more often a
 //!   broken download or tar stream.
 //! - `unknown` carries no evidence (there is no line that explains it), and neither does a

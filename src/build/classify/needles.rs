@@ -27,10 +27,13 @@ pub(super) enum Cause {
     CommandFailed,
     /// A bare `EIO` code, which getaddrinfo also reports for DNS failures.
     WeakIoError,
+    /// A compiler's, linker's or shell's own error line (`fatal error:`, `ld returned`,
+    /// `sh: 1: x: not found`): `command_failed`, but only when such lines end the output.
+    ToolError,
 }
 
 /// How many [`Cause`]s there are.
-pub(super) const CAUSES: usize = 11;
+pub(super) const CAUSES: usize = 12;
 
 /// What has to hold, beyond the needle itself, for a match to count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +48,9 @@ pub(super) enum Rule {
     Io,
     /// The exact upper-case word `EIO`.
     Eio,
-    /// The exact word `Killed`, alone or after a PID or a BuildKit step prefix.
+    /// The exact word `Killed`, alone or after a PID or a BuildKit step prefix, or after a
+    /// tool's error label on the same line (`g++: internal compiler error: Killed`,
+    /// `make: *** [all] Killed`): a tool reporting that its child died of SIGKILL.
     Killed,
     /// A generic failure line; an exit code of 137 after the needle makes it `oom`.
     ExitCode,
@@ -55,6 +60,16 @@ pub(super) enum Rule {
     NotFound,
     /// Only with "parse" elsewhere on the line.
     Parse,
+    /// A registry's `denied: ...` answer: not after the word "permission" (a file's
+    /// `Permission denied: '/app'`), nor inside a word.
+    Denied,
+    /// An HTTP refusal that counts only when the line names a registry request (a status from
+    /// a registry, a token fetch, a manifest or blob, a push or pull).
+    Registry,
+    /// A timeout: `network` when the line names a connection or a transfer, else `timeout`.
+    TimedOut,
+    /// sh's "not found" for a command: only after `sh: ` on the line.
+    ShNotFound,
 }
 
 /// One thing to look for: lower-case ASCII bytes, the cause it shows, and its extra rule.
@@ -116,6 +131,7 @@ pub(super) const NEEDLES: &[Needle] = &[
     n("memoryerror", Cause::Oom, Rule::Word),
     n("signal: 9, sigkill", Cause::Oom, Rule::Plain),
     n("signal: killed", Cause::Oom, Rule::Plain),
+    n("terminated with signal 9", Cause::Oom, Rule::Plain),
     n("killed", Cause::Oom, Rule::Killed),
     // registry_auth
     n("unauthorized: ", Cause::RegistryAuth, Rule::Plain),
@@ -145,6 +161,9 @@ pub(super) const NEEDLES: &[Needle] = &[
         Rule::Plain,
     ),
     n("toomanyrequests", Cause::RegistryAuth, Rule::Plain),
+    n("denied: ", Cause::RegistryAuth, Rule::Denied),
+    n("permission_denied", Cause::RegistryAuth, Rule::Plain),
+    n("403 forbidden", Cause::RegistryAuth, Rule::Registry),
     // network
     n("temporary failure", Cause::Network, Rule::Plain),
     n("could not resolve host", Cause::Network, Rule::Plain),
@@ -165,6 +184,11 @@ pub(super) const NEEDLES: &[Needle] = &[
     n("no route to host", Cause::Network, Rule::Plain),
     n("could not connect to", Cause::Network, Rule::Plain),
     n("failed to connect to", Cause::Network, Rule::Plain),
+    n("unable to connect to", Cause::Network, Rule::Plain),
+    n("connection attempt failed", Cause::Network, Rule::Plain),
+    n("bad gateway", Cause::Network, Rule::Plain),
+    n("service unavailable", Cause::Network, Rule::Plain),
+    n("gateway timeout", Cause::Network, Rule::Plain),
     n(
         "failed to establish a new connection",
         Cause::Network,
@@ -230,6 +254,7 @@ pub(super) const NEEDLES: &[Needle] = &[
         Cause::Dockerfile,
         Rule::Plain,
     ),
+    n("invalid reference format", Cause::Dockerfile, Rule::Plain),
     n("copy failed: ", Cause::Dockerfile, Rule::Plain),
     n("add failed: ", Cause::Dockerfile, Rule::Plain),
     n("not found: not found", Cause::Dockerfile, Rule::Plain),
@@ -246,9 +271,16 @@ pub(super) const NEEDLES: &[Needle] = &[
     // timeout
     n("context deadline exceeded", Cause::Timeout, Rule::Deadline),
     n("deadlineexceeded", Cause::Timeout, Rule::Deadline),
-    n("timed out", Cause::Timeout, Rule::Plain),
+    n("timed out", Cause::Timeout, Rule::TimedOut),
     n("timeout exceeded", Cause::Timeout, Rule::Plain),
     n("timeout expired", Cause::Timeout, Rule::Plain),
+    n("no output has been received", Cause::Timeout, Rule::Plain),
+    n(
+        "exceeded the maximum execution time",
+        Cause::Timeout,
+        Rule::Plain,
+    ),
+    n("execution took longer than", Cause::Timeout, Rule::Plain),
     // canceled
     n("context canceled", Cause::Canceled, Rule::Plain),
     n("context cancelled", Cause::Canceled, Rule::Plain),
@@ -256,6 +288,8 @@ pub(super) const NEEDLES: &[Needle] = &[
     n("cancelled: ", Cause::Canceled, Rule::Plain),
     n("build canceled", Cause::Canceled, Rule::Plain),
     n("build cancelled", Cause::Canceled, Rule::Plain),
+    n("operation was canceled", Cause::Canceled, Rule::Plain),
+    n("operation was cancelled", Cause::Canceled, Rule::Plain),
     // command_failed
     n(
         "did not complete successfully",
@@ -275,4 +309,15 @@ pub(super) const NEEDLES: &[Needle] = &[
     n("exit code", Cause::CommandFailed, Rule::ExitCode),
     n(": *** ", Cause::CommandFailed, Rule::ExitCode),
     n("code elifecycle", Cause::CommandFailed, Rule::Plain),
+    // tool errors: command_failed only when they end the output (see `decide`)
+    n("fatal error: ", Cause::ToolError, Rule::Plain),
+    n("compilation terminated", Cause::ToolError, Rule::Plain),
+    n("undefined reference to", Cause::ToolError, Rule::Plain),
+    n("ld returned", Cause::ToolError, Rule::Plain),
+    n("error generated", Cause::ToolError, Rule::Plain),
+    n("errors generated", Cause::ToolError, Rule::Plain),
+    n("error[e0", Cause::ToolError, Rule::Plain),
+    n("could not compile", Cause::ToolError, Rule::Plain),
+    n("command not found", Cause::ToolError, Rule::Plain),
+    n(": not found", Cause::ToolError, Rule::ShNotFound),
 ];

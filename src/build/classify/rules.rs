@@ -88,8 +88,10 @@ pub(super) fn check(line: &[u8], at: usize, k: usize, found: &mut Found) {
             (matched == b"EIO" && !word_before && !word_after && !contains(line, b"getaddrinfo"))
                 .then_some(Cause::WeakIoError)
         }
-        Rule::Killed => (matched == b"Killed" && !word_after && killed_prefix_ok(&line[..at]))
-            .then_some(Cause::Oom),
+        Rule::Killed => (matched == b"Killed"
+            && !word_after
+            && (killed_prefix_ok(&line[..at]) || names_a_tool_error(&line[..at])))
+        .then_some(Cause::Oom),
         Rule::ExitCode => match exit_code_after(&line[end..]) {
             Some(0) => None,
             Some(137) => {
@@ -116,6 +118,44 @@ pub(super) fn check(line: &[u8], at: usize, k: usize, found: &mut Found) {
         }
         Rule::NotFound => contains(line, b"not found").then_some(needle.cause),
         Rule::Parse => contains(line, b"parse").then_some(needle.cause),
+        Rule::Denied => {
+            (!word_before && !last_word_is(&line[..at], b"permission")).then_some(needle.cause)
+        }
+        Rule::Registry => {
+            let registry = [
+                &b"unexpected status"[..],
+                b"oauth",
+                b"authorize",
+                b"manifest",
+                b"/v2/",
+                b"blobs",
+                b"push",
+                b"pull",
+                b"registry",
+            ];
+            registry
+                .iter()
+                .any(|r| contains(line, r))
+                .then_some(needle.cause)
+        }
+        Rule::TimedOut => {
+            let transfer = [
+                &b"connect"[..],
+                b"errno",
+                b"dial ",
+                b"fetch",
+                b"download",
+                b"http://",
+                b"https://",
+                b" port ",
+            ];
+            if transfer.iter().any(|t| contains(line, t)) {
+                Some(Cause::Network)
+            } else {
+                Some(Cause::Timeout)
+            }
+        }
+        Rule::ShNotFound => contains(&line[..at], b"sh: ").then_some(needle.cause),
     };
     if let Some(cause) = cause {
         found.note(cause, at, k);
@@ -145,6 +185,24 @@ fn killed_prefix_ok(before: &[u8]) -> bool {
             .iter()
             .all(|&b| b.is_ascii_digit() || b == b'.' || b == b'#' || b == b':'),
     }
+}
+
+/// Whether the text before a `Killed` holds a tool's error label: `error:` (`g++: internal
+/// compiler error: Killed`, `collect2: fatal error: ld terminated with signal 9 [Killed]`) or
+/// make's `: *** ` (`make: *** [all] Killed`).
+fn names_a_tool_error(before: &[u8]) -> bool {
+    contains(before, b"error:") || contains(before, b": *** ")
+}
+
+/// Whether the last word of `before` (letters only, after any spaces) is `word` (lower-case),
+/// ignoring ASCII case.
+fn last_word_is(before: &[u8], word: &[u8]) -> bool {
+    let trimmed = before.trim_ascii_end();
+    let start = trimmed
+        .iter()
+        .rposition(|b| !b.is_ascii_alphabetic())
+        .map_or(0, |p| p + 1);
+    trimmed[start..].eq_ignore_ascii_case(word)
 }
 
 /// The exit code stated after a generic failure phrase: the number right after it

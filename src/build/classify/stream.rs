@@ -1,16 +1,22 @@
 //! Line streaming: the [`Classifier`] that is fed a build's output in chunks of any size, strips
 //! ANSI escapes, cuts lines at `\n` or `\r`, keeps at most [`MAX_LINE`] bytes of the current
-//! line, and hands each line to the scan; the first evidence per cause is all it keeps.
+//! line, and hands each line to the scan; the first evidence per cause is all it keeps, except
+//! for a tool's error lines, where it keeps the first line of the last run of them and how many
+//! lines followed it (a compiler's error explains a failure only when it ends the output).
 
 use super::decide::decide;
 use super::evidence::evidence;
 use super::index::scan;
-use super::needles::{CAUSES, NEEDLES};
+use super::needles::{CAUSES, Cause, NEEDLES};
 use super::rules::Found;
 use super::verdict::{Classification, DiskState, Exit};
 
 /// Longest line, in bytes, that is kept for matching; the rest of a longer line is read and dropped.
 pub const MAX_LINE: usize = 8 * 1024;
+
+/// How many non-empty lines may follow a tool's last error line for it still to explain the
+/// failure: room for BuildKit's step summary and Dockerfile excerpt, or make's unwinding.
+const TOOL_TAIL: u64 = 25;
 
 /// Where the ANSI escape parser is between bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,6 +47,10 @@ pub struct Classifier {
     ansi: Ansi,
     /// Per [`Cause`](super::needles::Cause), the evidence of the first line that showed it.
     pub(super) hits: [Option<String>; CAUSES],
+    /// Non-empty lines scanned so far.
+    lines: u64,
+    /// The number (counted as in `lines`) of the last line that showed a tool's error.
+    tool_line: u64,
 }
 
 /// Feeding output in and getting the verdict out.
@@ -86,6 +96,10 @@ impl Classifier {
     /// Ends the output and decides why the build ended the way it did.
     pub fn finish(mut self, exit: Exit, disk: DiskState) -> Classification {
         self.end_line();
+        if self.lines - self.tool_line > TOOL_TAIL {
+            // The tool's errors were followed by more output: something else ended the build.
+            self.hits[Cause::ToolError as usize] = None;
+        }
         decide(self.hits, exit, disk)
     }
 
@@ -145,16 +159,27 @@ impl Classifier {
 
     /// Matches one line (without its terminator) against every needle.
     pub(super) fn scan_line(&mut self, line: &[u8]) {
+        if line.is_empty() {
+            return;
+        }
+        self.lines += 1;
         let line = &line[..line.len().min(MAX_LINE)];
         let mut found = Found::new();
         scan(line, &mut found);
         if found.any {
             for (cause, key) in found.first.iter().enumerate() {
+                let Some((at, k)) = Found::unpack(*key) else {
+                    continue;
+                };
                 let slot = &mut self.hits[cause];
-                if slot.is_none() {
-                    if let Some((at, k)) = Found::unpack(*key) {
+                if cause == Cause::ToolError as usize {
+                    // A run of tool errors after a stretch of other output starts afresh.
+                    if slot.is_none() || self.lines - self.tool_line > TOOL_TAIL {
                         *slot = Some(evidence(line, at, NEEDLES[k].pat.len()));
                     }
+                    self.tool_line = self.lines;
+                } else if slot.is_none() {
+                    *slot = Some(evidence(line, at, NEEDLES[k].pat.len()));
                 }
             }
         }

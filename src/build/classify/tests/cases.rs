@@ -684,3 +684,158 @@ fn disk_and_cleanup_predicates() {
         .collect();
     assert_eq!(retry, [Reason::NoSpace, Reason::NoInodes, Reason::IoError]);
 }
+
+/// A compiler or linker that reports its child killed by SIGKILL is oom (issue 18), but a
+/// `Killed` in prose still is not.
+#[test]
+fn a_compiler_killed_by_sigkill_is_oom() {
+    let killed = [
+        "g++: internal compiler error: Killed (program cc1plus)",
+        "collect2: fatal error: ld terminated with signal 9 [Killed]",
+        "make[2]: *** [CMakeFiles/x.dir/all] Killed",
+        "clang: error: unable to execute command: Killed",
+    ];
+    for line in killed {
+        let c = fail(&format!("{line}\nmake: *** [all] Error 2\n"));
+        assert_eq!(c.reason, Reason::Oom, "{line}");
+        assert_eq!(c.evidence.as_deref(), Some(line));
+    }
+    assert_eq!(
+        fail("the worker was Killed by the test harness\n").reason,
+        Reason::Unknown
+    );
+}
+
+/// Registry refusals in the newer forms are registry_auth; a file's permission denial is not.
+#[test]
+fn registry_refusals_in_newer_forms_are_registry_auth() {
+    let refused = [
+        "ERROR: denied: permission_denied: write_package",
+        "denied: installation not allowed to Write organization package",
+        "Error response from daemon: Get \"https://ghcr.io/v2/\": denied: denied",
+        "ERROR: failed to solve: unexpected status: 403 Forbidden",
+        "failed to fetch oauth token: unexpected status: 403 Forbidden",
+    ];
+    for line in refused {
+        assert_eq!(fail(line).reason, Reason::RegistryAuth, "{line}");
+    }
+    let not_registry = [
+        "PermissionError: [Errno 13] Permission denied: '/app'",
+        "sh: 1: ./run.sh: Permission denied: x",
+        "HTTP request sent, awaiting response... 403 Forbidden",
+    ];
+    for line in not_registry {
+        assert_eq!(fail(line).reason, Reason::Unknown, "{line}");
+    }
+}
+
+/// A bad image reference, as a FROM built from build arguments gives it, is a Dockerfile mistake.
+#[test]
+fn an_invalid_image_reference_is_dockerfile() {
+    let c = fail("Step 2/8 : FROM $CI_REGISTRY_IMAGE:base\ninvalid reference format\n");
+    assert_eq!(c.reason, Reason::Dockerfile);
+    assert_eq!(c.evidence.as_deref(), Some("invalid reference format"));
+}
+
+/// Time limits as CI systems print them are timeout.
+#[test]
+fn ci_time_limits_and_watchdogs_are_timeout() {
+    let limits = [
+        "No output has been received in the last 10m0s, this potentially indicates a stalled build or something wrong with the build itself.",
+        "The job running on runner GitHub Actions 2 has exceeded the maximum execution time of 360 minutes.",
+        "ERROR: Job failed: execution took longer than 1h0m0s seconds",
+        "#25 ERROR: no active session for os44n22472jqaz3bk2t3jktq2: context deadline exceeded",
+        "The build has timed out.",
+    ];
+    for line in limits {
+        assert_eq!(fail(line).reason, Reason::Timeout, "{line}");
+    }
+}
+
+/// A timeout while connecting or transferring is network, not timeout.
+#[test]
+fn a_timeout_while_connecting_is_network() {
+    let fetches = [
+        "github.com[0: 140.82.121.4]: errno=Operation timed out",
+        "fatal: unable to connect to github.com:",
+        "Failed to connect to github.com port 443 after 75011 ms: Operation timed out",
+        "connection broken by 'ConnectTimeoutError(<x>, 'Connection to pypi.org timed out. (connect timeout=15)')'",
+        "E: Failed to fetch http://archive.ubuntu.com/x.deb  502  Bad Gateway [IP: 91.189.91.38 80]",
+    ];
+    for line in fetches {
+        assert_eq!(fail(line).reason, Reason::Network, "{line}");
+    }
+}
+
+/// The CI system's own cancel notice is canceled.
+#[test]
+fn the_ci_systems_cancel_notice_is_canceled() {
+    assert_eq!(
+        fail("##[error]The operation was canceled.\n").reason,
+        Reason::Canceled
+    );
+}
+
+/// A compiler's, linker's or shell's error that ends a failed build's output is command_failed,
+/// quoting the first line of that last run of errors.
+#[test]
+fn a_tool_error_that_ends_the_output_is_command_failed() {
+    let c = fail(
+        "src/a.c:3:10: fatal error: foo.h: No such file or directory\n\
+         compilation terminated.\n\
+         /tmp/build.sh: line 35: exit status of last command: 1\n",
+    );
+    assert_eq!(c.reason, Reason::CommandFailed);
+    assert_eq!(
+        c.evidence.as_deref(),
+        Some("src/a.c:3:10: fatal error: foo.h: No such file or directory")
+    );
+    let c = fail(
+        "x.c:(.text+0x11): undefined reference to `dlopen'\ncollect2: error: ld returned 1 exit status\n",
+    );
+    assert_eq!(
+        c.evidence.as_deref(),
+        Some("x.c:(.text+0x11): undefined reference to `dlopen'")
+    );
+    assert_eq!(
+        fail("/bin/sh: 1: foo: not found\n").reason,
+        Reason::CommandFailed
+    );
+    assert_eq!(
+        fail("bash: line 1: cargo: command not found\n").reason,
+        Reason::CommandFailed
+    );
+    // but not on a successful build, and not a "not found" that sh did not print
+    assert_eq!(
+        classify(
+            b"x.c:1:1: fatal error: y.h: No such file or directory\n",
+            Exit::Code(0),
+            DiskState::default()
+        )
+        .reason,
+        Reason::None
+    );
+    assert_eq!(fail("key \"/app\": not found\n").reason, Reason::Unknown);
+}
+
+/// A tool's error followed by a long stretch of other output no longer explains the failure;
+/// a later run of errors does, and is quoted from its own first line.
+#[test]
+fn a_tool_error_followed_by_more_output_does_not_explain_the_failure() {
+    let mut out = String::from("a.c:1:1: fatal error: a.h: No such file or directory\n");
+    for i in 0..30 {
+        out.push_str(&format!("retrying step {i}\n"));
+    }
+    assert_eq!(fail(&out).reason, Reason::Unknown);
+    out.push_str("b.c:2:2: fatal error: b.h: No such file or directory\n");
+    let c = fail(&out);
+    assert_eq!(c.reason, Reason::CommandFailed);
+    assert_eq!(
+        c.evidence.as_deref(),
+        Some("b.c:2:2: fatal error: b.h: No such file or directory")
+    );
+    // blank lines do not count against the tail, however the output is chunked
+    let mut tail = String::from("a.c:1:1: fatal error: a.h: No such file or directory\n");
+    tail.push_str(&"\n\r\n".repeat(100));
+    assert_eq!(fail(&tail).reason, Reason::CommandFailed);
+}

@@ -246,6 +246,12 @@ fn every_corpus_snippet_classifies_the_same_however_it_is_chunked_and_agreement_
         snippets.len(),
         failures.join("\n")
     );
+    assert!(
+        tuning.misses.is_empty(),
+        "every tuning snippet must be right; {} are not:\n{}",
+        tuning.misses.len(),
+        tuning.misses.join("\n")
+    );
 }
 
 /// The held-out set is at least a third of the corpus and has examples of most reasons.
