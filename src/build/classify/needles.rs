@@ -186,6 +186,7 @@ pub(super) const NEEDLES: &[Needle] = &[
     n("failed to connect to", Cause::Network, Rule::Plain),
     n("unable to connect to", Cause::Network, Rule::Plain),
     n("connection attempt failed", Cause::Network, Rule::Plain),
+    n("connection failed [ip: ", Cause::Network, Rule::Plain),
     n("bad gateway", Cause::Network, Rule::Plain),
     n("service unavailable", Cause::Network, Rule::Plain),
     n("gateway timeout", Cause::Network, Rule::Plain),
@@ -281,6 +282,7 @@ pub(super) const NEEDLES: &[Needle] = &[
         Rule::Plain,
     ),
     n("execution took longer than", Cause::Timeout, Rule::Plain),
+    n("timeout was exceeded", Cause::Timeout, Rule::Plain),
     // canceled
     n("context canceled", Cause::Canceled, Rule::Plain),
     n("context cancelled", Cause::Canceled, Rule::Plain),
@@ -307,6 +309,7 @@ pub(super) const NEEDLES: &[Needle] = &[
         Rule::ExitCode,
     ),
     n("exit code", Cause::CommandFailed, Rule::ExitCode),
+    n("exit status", Cause::CommandFailed, Rule::ExitCode),
     n(": *** ", Cause::CommandFailed, Rule::ExitCode),
     n("code elifecycle", Cause::CommandFailed, Rule::Plain),
     // tool errors: command_failed only when they end the output (see `decide`)

@@ -99,8 +99,10 @@ pub(super) fn check(line: &[u8], at: usize, k: usize, found: &mut Found) {
                 Some(Cause::CommandFailed)
             }
             Some(_) => Some(Cause::CommandFailed),
-            // "exit code" alone is too common to mean a failure without a number.
-            None => (needle.pat != b"exit code").then_some(Cause::CommandFailed),
+            // "exit code" and "exit status" alone are too common to mean a failure without a
+            // number after them (`ld returned 1 exit status` has it before).
+            None => (!matches!(needle.pat, b"exit code" | b"exit status"))
+                .then_some(Cause::CommandFailed),
         },
         Rule::Deadline => {
             let request = [

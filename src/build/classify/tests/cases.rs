@@ -744,6 +744,7 @@ fn ci_time_limits_and_watchdogs_are_timeout() {
         "No output has been received in the last 10m0s, this potentially indicates a stalled build or something wrong with the build itself.",
         "The job running on runner GitHub Actions 2 has exceeded the maximum execution time of 360 minutes.",
         "ERROR: Job failed: execution took longer than 1h0m0s seconds",
+        "WARNING: step_script could not run to completion because the timeout was exceeded.",
         "#25 ERROR: no active session for os44n22472jqaz3bk2t3jktq2: context deadline exceeded",
         "The build has timed out.",
     ];
@@ -761,6 +762,7 @@ fn a_timeout_while_connecting_is_network() {
         "Failed to connect to github.com port 443 after 75011 ms: Operation timed out",
         "connection broken by 'ConnectTimeoutError(<x>, 'Connection to pypi.org timed out. (connect timeout=15)')'",
         "E: Failed to fetch http://archive.ubuntu.com/x.deb  502  Bad Gateway [IP: 91.189.91.38 80]",
+        "E: Failed to fetch http://jp.archive.ubuntu.com/x.deb  Connection failed [IP: 160.26.2.187 80]",
     ];
     for line in fetches {
         assert_eq!(fail(line).reason, Reason::Network, "{line}");
@@ -804,6 +806,15 @@ fn a_tool_error_that_ends_the_output_is_command_failed() {
     assert_eq!(
         fail("bash: line 1: cargo: command not found\n").reason,
         Reason::CommandFailed
+    );
+    // podman's and Drone's "exit status N" is a generic failure line, wherever it is
+    let c = fail("Error: building at STEP \"RUN make\": while running runtime: exit status 2\n");
+    assert_eq!(c.reason, Reason::CommandFailed);
+    assert_eq!(
+        fail("collect2: error: ld returned 1 exit status\n")
+            .evidence
+            .as_deref(),
+        Some("collect2: error: ld returned 1 exit status")
     );
     // but not on a successful build, and not a "not found" that sh did not print
     assert_eq!(

@@ -252,6 +252,17 @@ fn every_corpus_snippet_classifies_the_same_however_it_is_chunked_and_agreement_
         tuning.misses.len(),
         tuning.misses.join("\n")
     );
+    let (right, total) = holdout.overall();
+    assert!(
+        100 * right >= 95 * total,
+        "held-out agreement {right}/{total} is under 95 %"
+    );
+    for (reason, right, total) in &holdout.per_reason {
+        assert!(
+            *total < 3 || 100 * right >= 95 * total,
+            "held-out agreement for {reason} is {right}/{total}, under 95 %"
+        );
+    }
 }
 
 /// The held-out set is at least a third of the corpus and has examples of most reasons.
