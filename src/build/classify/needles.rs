@@ -276,6 +276,7 @@ pub(super) const NEEDLES: &[Needle] = &[
     n("timeout exceeded", Cause::Timeout, Rule::Plain),
     n("timeout expired", Cause::Timeout, Rule::Plain),
     n("no output has been received", Cause::Timeout, Rule::Plain),
+    n("too long with no output", Cause::Timeout, Rule::Plain),
     n(
         "exceeded the maximum execution time",
         Cause::Timeout,

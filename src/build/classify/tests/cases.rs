@@ -742,6 +742,7 @@ fn an_invalid_image_reference_is_dockerfile() {
 fn ci_time_limits_and_watchdogs_are_timeout() {
     let limits = [
         "No output has been received in the last 10m0s, this potentially indicates a stalled build or something wrong with the build itself.",
+        "Too long with no output (exceeded 10m0s)",
         "The job running on runner GitHub Actions 2 has exceeded the maximum execution time of 360 minutes.",
         "ERROR: Job failed: execution took longer than 1h0m0s seconds",
         "WARNING: step_script could not run to completion because the timeout was exceeded.",
