@@ -68,7 +68,8 @@ pub(super) enum Rule {
     Registry,
     /// A timeout: `network` when the line names a connection or a transfer, else `timeout`.
     TimedOut,
-    /// sh's "not found" for a command: only after `sh: ` on the line.
+    /// A shell's "not found" for a command: only after `sh: ` on the line
+    /// (`/bin/sh: 1: foo: not found`, `bash: line 1: cargo: command not found`).
     ShNotFound,
 }
 
@@ -313,15 +314,16 @@ pub(super) const NEEDLES: &[Needle] = &[
     n("exit status", Cause::CommandFailed, Rule::ExitCode),
     n(": *** ", Cause::CommandFailed, Rule::ExitCode),
     n("code elifecycle", Cause::CommandFailed, Rule::Plain),
-    // tool errors: command_failed only when they end the output (see `decide`)
+    // tool errors: command_failed only when they end the output (see `decide`). Each is
+    // phrased so that its indexed windows avoid the words of a successful build's log
+    // ("Compiling", "recommends"): gcc's "compilation terminated." always follows a
+    // `fatal error:` line, and cargo's "could not compile" says "previous error" too.
     n("fatal error: ", Cause::ToolError, Rule::Plain),
-    n("compilation terminated", Cause::ToolError, Rule::Plain),
     n("undefined reference to", Cause::ToolError, Rule::Plain),
     n("ld returned", Cause::ToolError, Rule::Plain),
     n("error generated", Cause::ToolError, Rule::Plain),
     n("errors generated", Cause::ToolError, Rule::Plain),
     n("error[e0", Cause::ToolError, Rule::Plain),
-    n("could not compile", Cause::ToolError, Rule::Plain),
-    n("command not found", Cause::ToolError, Rule::Plain),
-    n(": not found", Cause::ToolError, Rule::ShNotFound),
+    n("previous error", Cause::ToolError, Rule::Plain),
+    n(" not found", Cause::ToolError, Rule::ShNotFound),
 ];
