@@ -49,7 +49,14 @@ pub async fn shutdown_signal() {
 pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
     let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
-    let webhook = Arc::new(crate::webhook::Webhook::new(&serve, &cfg.policy));
+    let webhook = Arc::new(crate::webhook::Webhook::new(
+        crate::webhook::WebhookSettings {
+            token: serve.token.clone(),
+            identities: crate::webhook::Identities::new(&serve.instances, serve.listen),
+            relay: serve.relay,
+            cooldown: cfg.policy.cooldown,
+        },
+    ));
     let collector = Arc::new(Collector::new(cfg, metrics.clone()));
     let engine = Arc::new(Engine::new(
         collector.clone(),
