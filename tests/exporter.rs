@@ -651,3 +651,50 @@ fn every_scrape_has_every_family_while_the_collectors_run_back_to_back() {
     );
     assert!(answers > 1000, "only {answers} scrapes in 20 s");
 }
+
+/// A bilge that has recorded nothing yet still exposes every family the bundled rules and
+/// dashboard read, its counters at 0, so `increase()` has a first sample and no panel says
+/// "No data". Only the build families wait for a first build: their `project` label comes
+/// from it.
+#[test]
+fn a_fresh_serve_exposes_every_family_the_bundle_reads() {
+    require_root();
+    let d = Daemon::start("fresh");
+    d.build(Some("app:1"), &["RUN echo one > /one"]);
+    d.docker(&["volume", "create", "data"]);
+    d.docker(&[
+        "run", "--name", "exited", "--network", "none", "app:1", "echo", "hello",
+    ]);
+    let dir = temp_dir("fresh-serve");
+    let token = token_file(&dir, "fresh-token");
+    let s = Server::start_in(
+        dir.clone(),
+        &d.host,
+        &["--webhook.token-file", token.to_str().unwrap()],
+    );
+    s.wait_ready();
+    let text = s.metrics();
+    for series in [
+        "bilge_cleanup_runs_total{result=\"success\",trigger=\"webhook\"}",
+        "bilge_cleanup_runs_total{result=\"skipped\",trigger=\"cli\"}",
+        "bilge_cleanup_reclaimed_bytes_total{action=\"build_cache\"}",
+        "bilge_webhook_requests_total{outcome=\"accepted\"}",
+        "bilge_webhook_requests_total{outcome=\"unauthorized\"}",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series}");
+    }
+    let file = dir.join("fresh-metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bundle_lint.py"))
+        .args(["--fresh", "--metrics"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a fresh bilge lacks families the bundle reads: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
