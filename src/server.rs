@@ -9,6 +9,7 @@
 //! refusals included, in `bilge_webhook_requests_total{outcome}`; what each alert does is
 //! decided in [`crate::webhook`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,14 +27,31 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
-use crate::cleanup::{Engine, Level};
+use crate::cleanup::Engine;
 use crate::collect::Collector;
-use crate::config::ServeConfig;
 use crate::format::parse_duration;
 pub use crate::http_error::AppError;
 use crate::metrics::Metrics;
+use crate::model::Level;
 use crate::store::Store;
 use crate::webhook::{Decision, Outcome, Payload, RELAYED_HEADER, Webhook};
+
+/// Settings of `bilge serve` only.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The metrics path.
+    pub telemetry_path: String,
+    /// The webhook/API bearer token; `None` turns the authenticated endpoints off.
+    pub token: Option<String>,
+    /// Extra `instance` values that name this host.
+    pub instances: Vec<String>,
+    /// Relay alerts for other instances.
+    pub relay: bool,
+    /// Largest request body.
+    pub max_body: usize,
+}
 
 /// Everything a handler may need.
 #[derive(Debug, Clone)]
@@ -46,6 +64,8 @@ pub struct AppState {
     pub store: Store,
     /// `bilge serve`'s settings.
     pub serve: Arc<ServeConfig>,
+    /// Cap on distinct project label values.
+    pub max_projects: usize,
     /// The cleanup engine.
     pub engine: Arc<Engine>,
     /// The Alertmanager webhook's settings and memory.

@@ -39,47 +39,17 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 use super::policy::{Level, Plan, Policy, plan};
+use crate::collect::disk::FilesystemConfig;
 use crate::collect::{Collector, DataRoot};
-use crate::config::Config;
-use crate::docker::{DiskUsage, DockerApi};
+use crate::docker::{DiskUsage, DockerApi, DockerConfig};
 use crate::format::{FreeTarget, format_duration, human_bytes};
 use crate::metrics::Metrics;
+pub use crate::model::Trigger;
 use crate::store::{ActionRecord, CleanupRecord, Store};
 use crate::{Error, Result};
 
 /// Longest time one prune call may take (pruning gigabytes of build cache takes minutes).
 const PRUNE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// What started a run; the `trigger` label of `bilge_cleanup_runs_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// An Alertmanager alert through `POST /api/v1/alerts`.
-    Webhook,
-    /// The data root fell under the low watermark.
-    Watermark,
-    /// `bilge clean`.
-    Cli,
-    /// `bilge build --clean-and-retry` after a disk failure.
-    BuildRetry,
-}
-
-impl Trigger {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Webhook => "webhook",
-            Trigger::Watermark => "watermark",
-            Trigger::Cli => "cli",
-            Trigger::BuildRetry => "build_retry",
-        }
-    }
-
-    /// Automatic triggers are rate-limited by the policy's cooldown.
-    pub fn is_automatic(self) -> bool {
-        matches!(self, Trigger::Webhook | Trigger::Watermark)
-    }
-}
 
 /// A request for a cleanup run.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +172,19 @@ struct Done {
     error: Option<String>,
 }
 
+/// What an engine of its own (`bilge clean`, `bilge build`) needs.
+#[derive(Debug, Clone)]
+pub struct Standalone {
+    /// The host's policy.
+    pub policy: Policy,
+    /// The daemon to prune.
+    pub docker: DockerConfig,
+    /// How the data root is measured.
+    pub filesystem: FilesystemConfig,
+    /// The store the audit goes to.
+    pub state_path: PathBuf,
+}
+
 /// The cleanup engine. Share it in an `Arc`.
 #[derive(Debug)]
 pub struct Engine {
@@ -217,10 +200,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine over `collector`'s Docker daemon and data root, with the collector's policy,
+    /// An engine over `collector`'s Docker daemon and data root, with the host's `policy`,
     /// writing to `store` and `metrics`. The host lock file is `<store path>.lock`.
-    pub fn new(collector: Arc<Collector>, store: Store, metrics: Metrics) -> Engine {
-        let policy = collector.config().policy.clone();
+    pub fn new(
+        policy: Policy,
+        collector: Arc<Collector>,
+        store: Store,
+        metrics: Metrics,
+    ) -> Engine {
         let mut lock = store.path().as_os_str().to_owned();
         lock.push(".lock");
         let engine = Engine {
@@ -240,11 +227,11 @@ impl Engine {
     }
 
     /// An engine with its own metrics, store and collector, for `bilge clean` and `bilge build`.
-    pub fn standalone(cfg: Config) -> Result<Arc<Engine>> {
+    pub fn standalone(s: Standalone) -> Result<Arc<Engine>> {
         let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
-        let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
-        let collector = Arc::new(Collector::new(cfg, metrics.clone()));
-        Ok(Arc::new(Engine::new(collector, store, metrics)))
+        let store = Store::new(&s.state_path, metrics.store_errors.clone());
+        let collector = Arc::new(Collector::new(s.docker, s.filesystem));
+        Ok(Arc::new(Engine::new(s.policy, collector, store, metrics)))
     }
 
     /// Continues the cooldown from the last automatic run in the audit table, so a restart does
@@ -294,7 +281,7 @@ impl Engine {
 
     /// The plan for `level` from the collector's last snapshot (never waits on Docker).
     pub fn plan_from_snapshot(&self, level: Level, until: Option<Duration>) -> Option<Plan> {
-        let du = self.collector.snapshot().disk_usage?;
+        let du = self.collector.snapshot().disk_usage.clone()?;
         Some(plan(
             &du,
             &self.policy,

@@ -23,7 +23,8 @@ use super::dedup::{Dedup, Key};
 use super::identity::Identities;
 use super::payload::{Alert, Payload};
 use super::relay::{self, Forward};
-use crate::cleanup::{Level, Policy, Refusal, Request, Trigger};
+use crate::cleanup::{Policy, Refusal, Request};
+use crate::model::{Level, Trigger};
 
 /// Where one alert goes, before deduplication and admission.
 #[derive(Debug, Clone, PartialEq, Eq)]
