@@ -50,8 +50,10 @@ pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
     let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
     let webhook = Arc::new(crate::webhook::Webhook::new(&serve, &cfg.policy));
+    let policy = cfg.policy.clone();
     let collector = Arc::new(Collector::new(cfg, metrics.clone()));
     let engine = Arc::new(Engine::new(
+        policy,
         collector.clone(),
         store.clone(),
         metrics.clone(),

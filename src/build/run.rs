@@ -18,6 +18,7 @@ use super::classify::{Classification, DiskState, Exit, Reason};
 use super::submit::Recorder;
 use crate::cleanup::engine::{Engine, Request, Trigger};
 use crate::cleanup::policy::Level;
+use crate::collect::Collector;
 use crate::collect::disk::{Statter, Usage};
 use crate::config::{BuildConfig, Config, DockerConfig};
 use crate::docker::DockerApi;
@@ -67,7 +68,11 @@ impl Cleaner for EngineCleaner {
     async fn clean(&self, target: FreeTarget) -> Result<String> {
         let engine = self
             .engine
-            .get_or_try_init(|| async { Engine::standalone(self.cfg.clone()) })
+            .get_or_try_init(|| async {
+                Engine::standalone(self.cfg.policy.clone(), &self.cfg.state_path, |m| {
+                    Collector::new(self.cfg.clone(), m)
+                })
+            })
             .await?;
         let mut req = Request::new(Trigger::BuildRetry, Level::STANDARD);
         req.target_free = Some(target);

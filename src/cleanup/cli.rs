@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::engine::{Engine, Report, Request, Trigger};
 use super::policy::{Level, Plan, Policy};
 use crate::cli::CleanArgs;
+use crate::collect::Collector;
 use crate::config::Config;
 use crate::format::{
     FreeTarget, format_duration, human_bytes, parse_duration, parse_free_target, table,
@@ -81,7 +82,9 @@ pub async fn run(cfg: Config, args: &CleanArgs) -> Result<()> {
             ),
         ));
     }
-    let engine = Engine::standalone(cfg)?;
+    let policy = cfg.policy.clone();
+    let state_path = cfg.state_path.clone();
+    let engine = Engine::standalone(policy, &state_path, |m| Collector::new(cfg, m))?;
     let req = Request {
         until: opts.until,
         target_free: opts.target_free,
