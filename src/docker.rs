@@ -406,7 +406,8 @@ pub const PRUNE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The status an engine before 23.0 answers a second concurrent `/system/df` with.
 const DF_BUSY_STATUS: u16 = 500;
 
-/// Runs a Docker call, giving up after `timeout`. Every call to the daemon goes through here.
+/// Runs a Docker call, giving up after `timeout`: every call but the event stream (which stays
+/// open while the daemon is up) goes through here.
 async fn within<T, E>(
     timeout: Duration,
     f: impl Future<Output = std::result::Result<T, E>>,
