@@ -23,8 +23,23 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use crate::config::DockerConfig;
 use crate::{Error, Result};
+
+/// Where Docker listens when neither `--docker.host` nor `$DOCKER_HOST` says.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Where the Docker daemon is and how patiently to talk to it.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// `unix:///path` or `tcp://host:port`.
+    pub host: String,
+    /// Longest time one API call may take.
+    pub timeout: Duration,
+    /// Time between two collections (serve only).
+    pub refresh_interval: Duration,
+    /// How many largest images/volumes/logs to export.
+    pub top_n: usize,
+}
 
 /// What the daemon says about itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -15,10 +15,12 @@ pub mod error;
 pub mod format;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod page;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod webhook;
 
 pub use error::{Error, Result};

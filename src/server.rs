@@ -2,6 +2,7 @@
 //! none waits on Docker. Errors are JSON `{"error": "..."}` with the right status; bad input is
 //! not logged, internal errors are logged once and answered with a plain 500.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,11 +19,27 @@ use tokio::sync::Notify;
 
 use crate::cleanup::{Engine, Level};
 use crate::collect::Collector;
-use crate::config::ServeConfig;
 use crate::format::parse_duration;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::webhook::Webhook;
+
+/// Settings of `bilge serve` only.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The metrics path.
+    pub telemetry_path: String,
+    /// The webhook/API bearer token; `None` turns the authenticated endpoints off.
+    pub token: Option<String>,
+    /// Extra `instance` values that name this host.
+    pub instances: Vec<String>,
+    /// Relay alerts for other instances.
+    pub relay: bool,
+    /// Largest request body.
+    pub max_body: usize,
+}
 
 /// Everything a handler may need.
 #[derive(Debug, Clone)]
@@ -35,6 +52,8 @@ pub struct AppState {
     pub store: Store,
     /// `bilge serve`'s settings.
     pub serve: Arc<ServeConfig>,
+    /// Cap on distinct project label values.
+    pub max_projects: usize,
     /// The cleanup engine.
     pub engine: Arc<Engine>,
     /// The Alertmanager webhook's settings and memory.

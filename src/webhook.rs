@@ -33,9 +33,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::cleanup::{Engine, Level, Policy, Request, Trigger};
-use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::server::AppError;
+use crate::server::ServeConfig;
 
 /// The header that marks a request relayed by another bilge (its value names the relayer).
 pub const RELAYED_HEADER: &str = "x-bilge-relayed";

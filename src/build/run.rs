@@ -15,16 +15,33 @@ use tokio::sync::OnceCell;
 
 use super::child::{self, Outcome};
 use super::classify::{Classification, DiskState, Exit, Reason};
-use super::submit::Recorder;
-use crate::cleanup::engine::{Engine, Request, Trigger};
+use super::submit::{Recorder, ServerTarget};
+use crate::cleanup::engine::{Engine, Request, Standalone, Trigger};
 use crate::cleanup::policy::Level;
-use crate::collect::Collector;
 use crate::collect::disk::{Statter, Usage};
-use crate::config::{BuildConfig, Config, DockerConfig};
-use crate::docker::DockerApi;
+use crate::docker::{DockerApi, DockerConfig};
 use crate::format::{FreeTarget, human_bytes};
 use crate::store::{BuildRecord, Store};
 use crate::{Error, Result};
+
+/// Settings of `bilge build` only.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// The project recorded with the outcome.
+    pub project: String,
+    /// Least free space on Docker's data root to start a build with.
+    pub min_free: Option<FreeTarget>,
+    /// Clean up and build once more after a disk failure.
+    pub clean_and_retry: bool,
+    /// Where to send the outcome (else the local store).
+    pub server: Option<ServerTarget>,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The Docker daemon whose data root is watched.
+    pub docker: DockerConfig,
+    /// The store outcomes go to without `--server`.
+    pub state_path: PathBuf,
+}
 
 /// Where Docker keeps its data when the daemon cannot be asked.
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/docker";
@@ -49,16 +66,16 @@ pub trait Cleaner {
 #[derive(Debug)]
 pub struct EngineCleaner {
     /// Settings for the engine.
-    cfg: Config,
+    settings: Standalone,
     /// The engine, once started.
     engine: OnceCell<Arc<Engine>>,
 }
 
 impl EngineCleaner {
-    /// A cleaner for the daemon, store and policy in `cfg`.
-    pub fn new(cfg: Config) -> EngineCleaner {
+    /// A cleaner for the daemon, store and policy in `settings`.
+    pub fn new(settings: Standalone) -> EngineCleaner {
         EngineCleaner {
-            cfg,
+            settings,
             engine: OnceCell::new(),
         }
     }
@@ -68,11 +85,7 @@ impl Cleaner for EngineCleaner {
     async fn clean(&self, target: FreeTarget) -> Result<String> {
         let engine = self
             .engine
-            .get_or_try_init(|| async {
-                Engine::standalone(self.cfg.policy.clone(), &self.cfg.state_path, |m| {
-                    Collector::new(self.cfg.clone(), m)
-                })
-            })
+            .get_or_try_init(|| async { Engine::standalone(self.settings.clone()) })
             .await?;
         let mut req = Request::new(Trigger::BuildRetry, Level::STANDARD);
         req.target_free = Some(target);
@@ -432,15 +445,15 @@ async fn clean(cleaner: &impl Cleaner, target: FreeTarget) {
 }
 
 /// Runs `bilge build` to its end; returns the exit code.
-pub async fn run(cfg: &Config, b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
+pub async fn run(b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
     let store = Store::new(
-        &cfg.state_path,
+        &b.state_path,
         prometheus::IntCounter::new("bilge_store_errors_total", "store errors")
             .map_err(|e| Error::Other(e.to_string()))?,
     );
     let build = Build {
         b,
-        docker: cfg.docker.clone(),
+        docker: b.docker.clone(),
         root: Arc::new(OnceCell::new()),
         recorder: Recorder::new(b.server.clone(), store),
         host: hostname(),

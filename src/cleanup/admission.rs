@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use super::kinds::Trigger;
 use crate::format::format_duration;
+use crate::model::Trigger;
+use crate::sync::lock;
 
 /// Why a run was not started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,14 +252,6 @@ impl HostLock {
     }
 }
 
-/// Locks a std mutex, recovering from poisoning (the data stays consistent: plain values).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +264,13 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn only_webhook_and_watermark_runs_are_rate_limited() {
+        assert!(Trigger::Webhook.is_automatic() && Trigger::Watermark.is_automatic());
+        assert!(!Trigger::Cli.is_automatic() && !Trigger::BuildRetry.is_automatic());
+        assert_eq!(Trigger::BuildRetry.as_str(), "build_retry");
+    }
 
     #[test]
     fn refusals_say_what_to_wait_for() {

@@ -2,7 +2,8 @@
 //! through the Docker edge ([`PruneEdge`]), re-measures the data root's filesystem after each
 //! level and stops as soon as the free-space target is met. Every run, whatever started it, is
 //! written to the audit table and counted in `bilge_cleanup_*`. Whether a run may start at all
-//! is [`super::admission`]'s business; what it is labelled with is [`super::kinds`]'s.
+//! is [`super::admission`]'s business; what it is labelled with ([`Trigger`], [`CleanupResult`])
+//! comes from [`crate::model`].
 //!
 //! Levels run through Docker's prune endpoints, which act on the daemon's present state and
 //! report `SpaceReclaimed`:
@@ -25,7 +26,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,12 +35,13 @@ use serde::Serialize;
 
 use super::admission::Admission;
 pub use super::admission::Refusal;
-pub use super::kinds::{CleanupResult, Trigger};
 use super::policy::{Level, Plan, Policy, plan};
+use crate::collect::disk::FilesystemConfig;
 use crate::collect::{Collector, DataRoot};
-use crate::docker::{DiskUsage, PruneEdge, PruneFilters, Reclaimed, Removal};
+use crate::docker::{DiskUsage, DockerConfig, PruneEdge, PruneFilters, Reclaimed, Removal};
 use crate::format::{FreeTarget, format_duration, human_bytes};
 use crate::metrics::Metrics;
+pub use crate::model::{CleanupResult, Trigger};
 use crate::store::{ActionRecord, CleanupRecord, Store};
 use crate::{Error, Result};
 
@@ -121,13 +123,26 @@ pub struct Report {
 impl Report {
     /// True for a successful run or a dry run.
     pub fn succeeded(&self) -> bool {
-        self.result.succeeded()
+        matches!(self.result, CleanupResult::Success | CleanupResult::DryRun)
     }
 
     /// Bytes reclaimed over every level.
     pub fn reclaimed_bytes(&self) -> u64 {
         self.record.reclaimed_bytes
     }
+}
+
+/// What an engine of its own (`bilge clean`, `bilge build`) needs.
+#[derive(Debug, Clone)]
+pub struct Standalone {
+    /// The host's policy.
+    pub policy: Policy,
+    /// The daemon to prune.
+    pub docker: DockerConfig,
+    /// How the data root is measured.
+    pub filesystem: FilesystemConfig,
+    /// The store the audit goes to.
+    pub state_path: PathBuf,
 }
 
 /// The cleanup engine. Share it in an `Arc`.
@@ -166,17 +181,12 @@ impl Engine {
         }
     }
 
-    /// An engine with its own metrics, its own store at `state_path` and the collector that
-    /// `collector` makes with those metrics, for `bilge clean` and `bilge build`.
-    pub fn standalone(
-        policy: Policy,
-        state_path: &Path,
-        collector: impl FnOnce(Metrics) -> Collector,
-    ) -> Result<Arc<Engine>> {
+    /// An engine with its own metrics, store and collector, for `bilge clean` and `bilge build`.
+    pub fn standalone(s: Standalone) -> Result<Arc<Engine>> {
         let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
-        let store = Store::new(state_path, metrics.store_errors.clone());
-        let collector = Arc::new(collector(metrics.clone()));
-        Ok(Arc::new(Engine::new(policy, collector, store, metrics)))
+        let store = Store::new(&s.state_path, metrics.store_errors.clone());
+        let collector = Arc::new(Collector::new(s.docker, s.filesystem));
+        Ok(Arc::new(Engine::new(s.policy, collector, store, metrics)))
     }
 
     /// Continues the cooldown from the last automatic run in the audit table, so a restart does
@@ -189,7 +199,10 @@ impl Engine {
             .into_iter()
             .find(|r| {
                 r.trigger.parse().is_ok_and(Trigger::is_automatic)
-                    && r.result.parse().is_ok_and(CleanupResult::pruned)
+                    && matches!(
+                        r.result.parse(),
+                        Ok(CleanupResult::Success | CleanupResult::Failure)
+                    )
             })
             .and_then(|r| {
                 let ago = (Utc::now() - r.started_at).to_std().ok()?;
@@ -222,7 +235,7 @@ impl Engine {
 
     /// The plan for `level` from the collector's last snapshot (never waits on Docker).
     pub fn plan_from_snapshot(&self, level: Level, until: Option<Duration>) -> Option<Plan> {
-        let du = self.collector.snapshot().disk_usage?;
+        let du = self.collector.snapshot().disk_usage.clone()?;
         Some(plan(
             &du,
             &self.policy,
@@ -710,6 +723,7 @@ mod tests {
     use super::*;
     use crate::collect::disk::Usage;
     use crate::docker::{BuildCacheRecord, Container, Image, Volume};
+    use crate::sync::lock;
 
     const GIB: u64 = 1 << 30;
 
@@ -894,11 +908,6 @@ mod tests {
                 },
             })
         }
-    }
-
-    /// Locks a test mutex (a poisoned one only follows a test that already failed).
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A host with something for every level: a build cache record, a stopped container (and
