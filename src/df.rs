@@ -151,7 +151,7 @@ pub async fn run(docker: DockerConfig, filesystem: FilesystemConfig, json: bool)
         print!("{}", render_text(&s));
     }
     match (&s.docker, &s.docker_error) {
-        (None, Some(e)) => Err(Error::Docker(e.trim_start_matches("docker: ").to_string())),
+        (None, Some(e)) => Err(Error::docker(e.trim_start_matches("docker: "))),
         _ => Ok(()),
     }
 }
