@@ -1,7 +1,7 @@
 //! The webhook's decision table, as pure functions: what each alert of a delivery does, given
 //! the names of this host, the relay switch, the host's policy, the deduplication memory, the
 //! time and whether the engine can take a run now. No I/O, no HTTP, no Docker: the async shell in
-//! [`super`] reads the engine's state into an [`Admission`], calls [`decide`], and carries out
+//! [`super`] reads the engine's state into an [`Availability`], calls [`decide`], and carries out
 //! what [`run`] and [`forwards`] say.
 //!
 //! Per alert, in this order:
@@ -26,7 +26,7 @@ use super::relay::{self, Forward};
 use crate::cleanup::{Policy, Refusal, Request};
 use crate::model::{Level, Trigger};
 
-/// Where one alert goes, before deduplication and admission.
+/// Where one alert goes, before deduplication and the engine's availability.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// This host cleans up to this level (before capping).
@@ -85,9 +85,10 @@ fn is_authority(s: &str) -> bool {
             .any(|c| c.is_whitespace() || matches!(c, '/' | '@' | '?' | '#' | '\\'))
 }
 
-/// Whether the engine can take a run now, as read just before deciding.
+/// Whether the engine can take a run now, as read just before deciding: the "admission" input
+/// of [`decide`], a plain value (the gate itself is `cleanup::admission`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub enum Availability {
     /// No run in progress and no cooldown: a run may start.
     Free,
     /// A run is in progress on this host.
@@ -96,22 +97,22 @@ pub enum Admission {
     Cooldown(Duration),
 }
 
-impl Admission {
+impl Availability {
     /// Why a run cannot start now, if it cannot.
     pub fn refusal(self) -> Option<Refusal> {
         match self {
-            Admission::Free => None,
-            Admission::Running => Some(Refusal::Busy),
-            Admission::Cooldown(left) => Some(Refusal::Cooldown(left)),
+            Availability::Free => None,
+            Availability::Running => Some(Refusal::Busy),
+            Availability::Cooldown(left) => Some(Refusal::Cooldown(left)),
         }
     }
 }
 
-impl From<Refusal> for Admission {
-    fn from(r: Refusal) -> Admission {
+impl From<Refusal> for Availability {
+    fn from(r: Refusal) -> Availability {
         match r {
-            Refusal::Busy => Admission::Running,
-            Refusal::Cooldown(left) => Admission::Cooldown(left),
+            Refusal::Busy => Availability::Running,
+            Refusal::Cooldown(left) => Availability::Cooldown(left),
         }
     }
 }
@@ -281,7 +282,7 @@ pub fn decide(
     rules: &Rules<'_>,
     dedup: &Dedup,
     now: Instant,
-    admission: Admission,
+    availability: Availability,
 ) -> Vec<Decision> {
     let mut acting: Vec<Key> = Vec::new();
     let mut decisions: Vec<Decision> = payload
@@ -316,7 +317,7 @@ pub fn decide(
     let level = rules.policy.cap(wanted);
     for d in &mut decisions {
         let Some(asked) = d.acting() else { continue };
-        *d = match admission.refusal() {
+        *d = match availability.refusal() {
             None => Decision::Accepted {
                 level,
                 asked,
@@ -511,7 +512,7 @@ mod tests {
         policy: Policy,
         dedup: Dedup,
         now: Instant,
-        admission: Admission,
+        availability: Availability,
     }
 
     impl Host {
@@ -524,7 +525,7 @@ mod tests {
                 dedup: Dedup::default(),
                 // An hour ahead, so that "acted on ten minutes ago" is always a valid instant.
                 now: Instant::now() + Duration::from_secs(3600),
-                admission: Admission::Free,
+                availability: Availability::Free,
             }
         }
 
@@ -544,8 +545,8 @@ mod tests {
             self
         }
 
-        fn admission(mut self, a: Admission) -> Host {
-            self.admission = a;
+        fn availability(mut self, a: Availability) -> Host {
+            self.availability = a;
             self
         }
 
@@ -573,7 +574,7 @@ mod tests {
                 &rules,
                 &self.dedup,
                 self.now,
-                self.admission,
+                self.availability,
             )
         }
     }
@@ -809,7 +810,9 @@ mod tests {
     #[test]
     fn an_alert_while_a_run_is_in_progress_is_answered_cooldown_and_recorded_as_skipped() {
         let alerts = [firing("a1", "web1:9830", "standard")];
-        let d = Host::new().admission(Admission::Running).decide(&alerts);
+        let d = Host::new()
+            .availability(Availability::Running)
+            .decide(&alerts);
         assert_eq!(
             d,
             [Decision::Cooldown {
@@ -833,7 +836,7 @@ mod tests {
     #[test]
     fn an_alert_during_the_cooldown_is_answered_cooldown_with_the_time_left() {
         let left = Duration::from_secs(90);
-        let host = Host::new().admission(Admission::Cooldown(left));
+        let host = Host::new().availability(Availability::Cooldown(left));
         let d = host.decide(&[firing("a1", "web1:9830", "standard")]);
         assert_eq!(d[0].as_str(), "cooldown");
         assert_eq!(d[0].level(), Some(Level::DanglingImages));
@@ -845,7 +848,7 @@ mod tests {
         let a = firing("a1", "web1:9830", "standard");
         let host = Host::new()
             .acted_on(&a, Duration::from_secs(10))
-            .admission(Admission::Cooldown(Duration::from_secs(60)));
+            .availability(Availability::Cooldown(Duration::from_secs(60)));
         assert_eq!(
             host.decide(&[a]),
             [Decision::Duplicate(Repeat::AlreadyActed)]
@@ -854,7 +857,7 @@ mod tests {
 
     #[test]
     fn relays_and_ignored_alerts_do_not_wait_for_the_engine() {
-        let host = Host::new().with_relay().admission(Admission::Running);
+        let host = Host::new().with_relay().availability(Availability::Running);
         let d = host.decide(&[
             firing("a1", "web2:9830", "standard"),
             firing("a2", "web1:9830", "nuke"),
@@ -869,15 +872,15 @@ mod tests {
         let host = Host::new();
         let free = host.decide(&alerts);
         let refused = Host::new()
-            .admission(Admission::from(Refusal::Busy))
+            .availability(Availability::from(Refusal::Busy))
             .decide(&alerts);
         assert_eq!(free[0].as_str(), "accepted");
         assert_eq!(refused[0].as_str(), "cooldown");
         assert_eq!(
-            Admission::from(Refusal::Busy).refusal(),
+            Availability::from(Refusal::Busy).refusal(),
             Some(Refusal::Busy)
         );
-        assert_eq!(Admission::Free.refusal(), None);
+        assert_eq!(Availability::Free.refusal(), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::cleanup::Engine;
 
 pub use decide::{
-    Admission, Answer, Decision, Outcome, Repeat, Route, Rules, Run, answer, decide, forwards,
+    Answer, Availability, Decision, Outcome, Repeat, Route, Rules, Run, answer, decide, forwards,
     outcome, route, run,
 };
 pub use dedup::{DEDUP_CAPACITY, Dedup, MIN_DEDUP_WINDOW};
@@ -112,7 +112,7 @@ impl Webhook {
                 // A panic elsewhere while holding the memory leaves it usable as it is.
                 Err(p) => p.into_inner(),
             };
-            let decisions = decide(payload, relayed, &rules, &dedup, now, admission(engine));
+            let decisions = decide(payload, relayed, &rules, &dedup, now, availability(engine));
             match run(payload, &decisions) {
                 None => decisions,
                 Some(Run::Skip { request, refusal }) => {
@@ -126,7 +126,7 @@ impl Webhook {
                         }
                         decisions
                     }
-                    // The engine knows more than `admission` (another bilge on this host holds
+                    // The engine knows more than `availability` (another bilge on this host holds
                     // its lock): the same table, with its refusal.
                     Err(refusal) => {
                         skipped = Some((request, refusal));
@@ -165,10 +165,10 @@ impl Webhook {
 
 /// Whether `engine` can take an automatic run now: the cooldown first, then a run in progress
 /// in this process (the engine's `try_start` has the last word, host lock included).
-pub fn admission(engine: &Engine) -> Admission {
+pub fn availability(engine: &Engine) -> Availability {
     match engine.cooldown_remaining() {
-        Some(left) => Admission::Cooldown(left),
-        None if engine.is_running() => Admission::Running,
-        None => Admission::Free,
+        Some(left) => Availability::Cooldown(left),
+        None if engine.is_running() => Availability::Running,
+        None => Availability::Free,
     }
 }
