@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cleanup::Engine;
+use crate::sync::lock;
 
 pub use decide::{
     Answer, Availability, Decision, Outcome, Repeat, Route, Rules, Run, answer, decide, forwards,
@@ -107,11 +108,7 @@ impl Webhook {
         let now = Instant::now();
         let mut skipped = None;
         let mut decisions = {
-            let mut dedup = match self.dedup.lock() {
-                Ok(g) => g,
-                // A panic elsewhere while holding the memory leaves it usable as it is.
-                Err(p) => p.into_inner(),
-            };
+            let mut dedup = lock(&self.dedup);
             let decisions = decide(payload, relayed, &rules, &dedup, now, availability(engine));
             match run(payload, &decisions) {
                 None => decisions,
