@@ -21,6 +21,7 @@ use crate::cleanup::policy::Level;
 use crate::collect::disk::{Statter, Usage};
 use crate::docker::{DockerApi, DockerConfig};
 use crate::format::{FreeTarget, human_bytes};
+use crate::model::BuildResult;
 use crate::store::{BuildRecord, Store};
 use crate::{Error, Result};
 
@@ -246,7 +247,7 @@ pub fn format_seconds(s: f64) -> String {
 /// The one summary line: result, reason, exit code, duration, evidence.
 pub fn summary(rec: &BuildRecord) -> String {
     let took = format_seconds(rec.duration_seconds);
-    if rec.result == "success" {
+    if rec.result == BuildResult::Success {
         let attempt = if rec.attempt > 1 {
             format!(" (attempt {})", rec.attempt)
         } else {
@@ -254,7 +255,7 @@ pub fn summary(rec: &BuildRecord) -> String {
         };
         return format!("bilge: build success after {took}{attempt}");
     }
-    let mut detail = rec.reason.clone();
+    let mut detail = rec.reason.to_string();
     if let Some(c) = rec.exit_code {
         detail.push_str(&format!(", exit {c}"));
     }
@@ -328,8 +329,12 @@ impl Build<'_> {
         BuildRecord {
             id: None,
             project: self.b.project.clone(),
-            result: if success { "success" } else { "failure" }.into(),
-            reason: verdict.reason.as_str().into(),
+            result: if success {
+                BuildResult::Success
+            } else {
+                BuildResult::Failure
+            },
+            reason: verdict.reason,
             exit_code,
             started_at: started,
             finished_at: started
@@ -517,8 +522,8 @@ mod tests {
         BuildRecord {
             id: None,
             project: "p".into(),
-            result: result.into(),
-            reason: reason.into(),
+            result: result.parse().unwrap(),
+            reason: reason.parse().unwrap(),
             exit_code: Some(if result == "success" { 0 } else { 1 }),
             started_at: Utc::now(),
             finished_at: Utc::now(),

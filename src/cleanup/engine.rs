@@ -198,11 +198,8 @@ impl Engine {
             .unwrap_or_default()
             .into_iter()
             .find(|r| {
-                r.trigger.parse().is_ok_and(Trigger::is_automatic)
-                    && matches!(
-                        r.result.parse(),
-                        Ok(CleanupResult::Success | CleanupResult::Failure)
-                    )
+                r.trigger.is_automatic()
+                    && matches!(r.result, CleanupResult::Success | CleanupResult::Failure)
             })
             .and_then(|r| {
                 let ago = (Utc::now() - r.started_at).to_std().ok()?;
@@ -287,9 +284,9 @@ impl Engine {
         let now = Utc::now();
         let rec = CleanupRecord {
             id: None,
-            trigger: req.trigger.as_str().into(),
-            level: self.policy.cap(req.level).as_str().into(),
-            result: CleanupResult::Skipped.as_str().into(),
+            trigger: req.trigger,
+            level: self.policy.cap(req.level),
+            result: CleanupResult::Skipped,
             started_at: now,
             finished_at: now,
             actions: Vec::new(),
@@ -694,9 +691,9 @@ fn audit(
         result,
         record: CleanupRecord {
             id: None,
-            trigger: req.trigger.as_str().into(),
-            level: level.as_str().into(),
-            result: result.as_str().into(),
+            trigger: req.trigger,
+            level,
+            result,
             started_at: started,
             finished_at: finished,
             actions,
@@ -1215,7 +1212,7 @@ mod tests {
         let report = audit(&req, Level::DanglingImages, Utc::now(), Utc::now(), run);
         assert_eq!(report.result, CleanupResult::Failure);
         assert!(!report.succeeded());
-        assert_eq!(report.record.result, "failure");
+        assert_eq!(report.record.result, CleanupResult::Failure);
         let detail = report.record.detail.unwrap_or_default();
         assert!(
             detail.starts_with("stopped_containers: docker: "),
@@ -1249,7 +1246,7 @@ mod tests {
         let report = audit(&req, Level::DanglingImages, Utc::now(), Utc::now(), run);
         assert_eq!(report.result, CleanupResult::DryRun);
         assert!(report.succeeded());
-        assert_eq!(report.record.result, "dry_run");
+        assert_eq!(report.record.result, CleanupResult::DryRun);
         assert_eq!(report.record.reclaimed_bytes, 0);
         // The audit keeps what each level would have freed.
         let estimates: Vec<u64> = report
