@@ -21,7 +21,7 @@ use crate::cleanup::cli::CleanOptions;
 use crate::cleanup::policy::{Level, Policy};
 use crate::cli::{BuildArgs, CleanArgs, GlobalArgs, LogFormat as LogFormatArg, ServeArgs};
 use crate::collect::disk::FilesystemConfig;
-use crate::docker::{DEFAULT_HOST, DockerConfig};
+use crate::docker::{DEFAULT_HOST, DockerConfig, DockerHost};
 use crate::format::{parse_duration, parse_free_target, parse_size};
 use crate::logging::{LogConfig, LogFormat};
 use crate::serve::ServeSettings;
@@ -79,15 +79,7 @@ impl Config {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| DEFAULT_HOST.into()),
         };
-        if !(host.starts_with("unix://")
-            || host.starts_with("tcp://")
-            || host.starts_with("http://"))
-        {
-            return Err(Error::config(
-                "--docker.host",
-                format!("{host:?} must start with unix://, tcp:// or http://"),
-            ));
-        }
+        DockerHost::parse(&host).map_err(|m| Error::config("--docker.host", m))?;
         let timeout = flag("--docker.timeout", parse_duration(&g.docker_timeout))?;
         if timeout.is_zero() {
             return Err(Error::config("--docker.timeout", "must be more than 0s"));

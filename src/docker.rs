@@ -25,6 +25,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// Where a Docker daemon listens: `--docker.host` parsed once, for every part that connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerHost {
+    /// `unix:///path/to/docker.sock`.
+    Unix(String),
+    /// `tcp://host:port` (or `http://host:port`): the `host:port` part.
+    Tcp(String),
+}
+
+impl DockerHost {
+    /// Parses `unix:///path`, `tcp://host:port` or `http://host:port`; the error says what fits.
+    pub fn parse(s: &str) -> std::result::Result<DockerHost, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(format!(
+                    "{s:?} names no socket path (example: unix:///var/run/docker.sock)"
+                ));
+            }
+            return Ok(DockerHost::Unix(path.to_string()));
+        }
+        let rest = s
+            .strip_prefix("tcp://")
+            .or_else(|| s.strip_prefix("http://"));
+        match rest.map(|r| r.trim_end_matches('/')) {
+            Some(addr) if !addr.is_empty() => Ok(DockerHost::Tcp(addr.to_string())),
+            Some(_) => Err(format!(
+                "{s:?} names no host:port (example: tcp://127.0.0.1:2375)"
+            )),
+            None => Err(format!("{s:?} must start with unix://, tcp:// or http://")),
+        }
+    }
+
+    /// Whether the daemon runs on this machine, so that its data root can be stat'ed here.
+    pub fn is_local(&self) -> bool {
+        match self {
+            DockerHost::Unix(_) => true,
+            DockerHost::Tcp(addr) => ["127.", "localhost:", "[::1]:"]
+                .iter()
+                .any(|p| addr.starts_with(p)),
+        }
+    }
+}
+
 /// Where Docker listens when neither `--docker.host` nor `$DOCKER_HOST` says.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
@@ -650,7 +693,7 @@ impl PruneEdge for DockerApi {
 #[derive(Debug, Clone)]
 pub struct DockerApi {
     client: Docker,
-    host: String,
+    host: DockerHost,
     version: String,
     timeout: Duration,
     /// The connection `/system/df` is asked on, kept open between calls. Holding it serializes
@@ -665,7 +708,8 @@ impl DockerApi {
     /// Connects and negotiates the API version (downgrading for older daemons).
     pub async fn connect(cfg: &DockerConfig) -> Result<DockerApi> {
         let secs = cfg.timeout.as_secs().max(1);
-        let client = if let Some(path) = cfg.host.strip_prefix("unix://") {
+        let host = DockerHost::parse(&cfg.host).map_err(Error::docker)?;
+        let client = if let DockerHost::Unix(path) = &host {
             if !std::path::Path::new(path).exists() {
                 return Err(Error::docker(format!(
                     "no socket at {path}: is dockerd running? (start it, or point --docker.host / DOCKER_HOST at its socket)"
@@ -679,7 +723,7 @@ impl DockerApi {
         let v = client.client_version();
         Ok(DockerApi {
             client,
-            host: cfg.host.clone(),
+            host,
             version: format!("{}.{}", v.major_version, v.minor_version),
             timeout: cfg.timeout,
             df_conn: Default::default(),
@@ -835,21 +879,19 @@ impl DockerApi {
 
     /// A new HTTP/1 connection to the daemon; its driver runs as a task until it closes.
     async fn raw_connect(&self) -> Result<RawConn> {
-        if let Some(p) = self.host.strip_prefix("unix://") {
-            let s = tokio::net::UnixStream::connect(p)
-                .await
-                .map_err(|e| Error::docker_from(format!("{p}: {e}"), e))?;
-            handshake(s).await
-        } else {
-            let addr = self
-                .host
-                .trim_start_matches("tcp://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/');
-            let s = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| Error::docker_from(format!("{addr}: {e}"), e))?;
-            handshake(s).await
+        match &self.host {
+            DockerHost::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| Error::docker_from(format!("{p}: {e}"), e))?;
+                handshake(s).await
+            }
+            DockerHost::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| Error::docker_from(format!("{addr}: {e}"), e))?;
+                handshake(s).await
+            }
         }
     }
 }
@@ -872,6 +914,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_hosts_parse_into_a_socket_or_an_address() {
+        assert_eq!(
+            DockerHost::parse("unix:///run/docker.sock"),
+            Ok(DockerHost::Unix("/run/docker.sock".into()))
+        );
+        assert_eq!(
+            DockerHost::parse("tcp://10.0.0.2:2375/"),
+            Ok(DockerHost::Tcp("10.0.0.2:2375".into()))
+        );
+        assert!(DockerHost::parse("ssh://host").is_err());
+        assert!(DockerHost::parse("unix://").is_err());
+        assert!(DockerHost::parse("tcp://").is_err());
+    }
 
     const OLD: &str = r#"{"LayersSize":3000,"Images":[
         {"Id":"sha256:aaaaaaaaaaaaaaaaaaaa","ParentId":"","RepoTags":["app:1"],"Created":1700000000,"Size":2000,"SharedSize":500,"VirtualSize":2000,"Labels":null,"Containers":1},

@@ -13,6 +13,7 @@ pub mod df;
 pub mod docker;
 pub mod error;
 pub mod format;
+pub mod host;
 pub mod http_error;
 pub mod logging;
 pub mod metrics;

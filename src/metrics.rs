@@ -120,10 +120,7 @@ impl prometheus::core::Collector for SampledProcess {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let mut last = match self.last.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut last = crate::sync::lock(&self.last);
         if let Some((at, families)) = last.as_ref() {
             if at.elapsed() < PROCESS_SAMPLE {
                 return families.clone();

@@ -219,10 +219,7 @@ impl Store {
 
     /// Runs `f` on the connection, opening it first if needed; failures are logged and counted.
     fn with<T>(&self, what: &str, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let mut guard = match self.conn.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut guard = crate::sync::lock(&self.conn);
         let r = (|| {
             if guard.is_none() {
                 *guard = Some(Self::open(&self.path)?);

@@ -82,10 +82,7 @@ pub type Shared = Arc<Mutex<BuildMetrics>>;
 /// Catches up on a blocking thread (SQLite blocks); returns how many rows were new.
 pub async fn catch_up(bm: Shared, store: Store) -> Result<usize> {
     let handle = tokio::task::spawn_blocking(move || {
-        let mut guard = match bm.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = crate::sync::lock(&bm);
         guard.catch_up(&store)
     });
     handle

@@ -19,7 +19,7 @@ use super::submit::{Recorder, ServerTarget};
 use crate::cleanup::engine::{Engine, Request, Standalone, Trigger};
 use crate::cleanup::policy::Level;
 use crate::collect::disk::{Statter, Usage};
-use crate::docker::{DockerApi, DockerConfig};
+use crate::docker::{DockerApi, DockerConfig, DockerHost};
 use crate::format::{FreeTarget, human_bytes};
 use crate::model::BuildResult;
 use crate::store::{BuildRecord, Store};
@@ -128,24 +128,10 @@ pub fn disk_state(u: &Usage) -> DiskState {
     }
 }
 
-/// Whether `host` is a daemon on this machine, whose data root bilge can stat.
-fn is_local(host: &str) -> bool {
-    if host.starts_with("unix://") {
-        return true;
-    }
-    let rest = host
-        .strip_prefix("tcp://")
-        .or_else(|| host.strip_prefix("http://"))
-        .unwrap_or("");
-    ["127.", "localhost:", "[::1]:"]
-        .iter()
-        .any(|p| rest.starts_with(p))
-}
-
 /// Docker's data root on this host: asked from the daemon, else [`DEFAULT_DATA_ROOT`] when it
 /// exists. None when the daemon runs elsewhere or nothing fits.
 async fn find_data_root(docker: DockerConfig) -> Option<PathBuf> {
-    if !is_local(&docker.host) {
+    if !DockerHost::parse(&docker.host).is_ok_and(|h| h.is_local()) {
         return None;
     }
     let mut d = docker;
@@ -268,14 +254,6 @@ pub fn summary(rec: &BuildRecord) -> String {
         .map(|e| format!(": {e}"))
         .unwrap_or_default();
     format!("bilge: build failure ({detail}) after {took}{evidence}")
-}
-
-/// The host name recorded with outcomes.
-pub fn hostname() -> Option<String> {
-    nix::unistd::gethostname()
-        .ok()
-        .map(|h| h.to_string_lossy().into_owned())
-        .filter(|h| !h.is_empty())
 }
 
 /// What `bilge build` needs while it runs.
@@ -461,7 +439,7 @@ pub async fn run(b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
         docker: b.docker.clone(),
         root: Arc::new(OnceCell::new()),
         recorder: Recorder::new(b.server.clone(), store),
-        host: hostname(),
+        host: crate::host::hostname(),
     };
     // Look for the data root while the build runs, so a failure does not wait for it.
     let root = build.root.clone();
@@ -513,6 +491,7 @@ mod tests {
 
     #[test]
     fn only_local_daemons_have_a_data_root_bilge_can_measure() {
+        let is_local = |h: &str| DockerHost::parse(h).is_ok_and(|h| h.is_local());
         assert!(is_local("unix:///var/run/docker.sock"));
         assert!(is_local("tcp://127.0.0.1:2375"));
         assert!(!is_local("tcp://build-host:2375"));

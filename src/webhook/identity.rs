@@ -52,9 +52,7 @@ fn default_identities(port: u16) -> Vec<String> {
         format!("127.0.0.1:{port}"),
         format!("[::1]:{port}"),
     ];
-    if let Ok(h) = nix::unistd::gethostname()
-        && let Some(h) = h.to_str()
-    {
+    if let Some(h) = crate::host::hostname() {
         v.push(format!("{h}:{port}"));
     }
     match nix::ifaddrs::getifaddrs() {
