@@ -13,7 +13,7 @@
 //!
 //! The host lock **fails open** today: when the lock file cannot be opened or locked (a full or
 //! read-only disk), runs go ahead with the in-process slot only, with a warning.
-//! [`HostLock::degraded`] is the one place that decides this.
+//! `HostLock::degraded` is the one place that decides this.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

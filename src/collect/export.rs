@@ -151,7 +151,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The families of [`FAMILIES`] as a prometheus collector reading a [`SnapshotCell`].
+/// The families of the table `FAMILIES` as a prometheus collector reading a [`SnapshotCell`].
 #[derive(Debug)]
 pub struct SnapshotFamilies {
     cell: SnapshotCell,
