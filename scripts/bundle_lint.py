@@ -8,6 +8,9 @@ Modes (default: run every static check, one line per check, exit 1 if any fails)
   --list-metrics          print every metric name the dashboard and the rules read, one per line
   --metrics FILE          fail, listing them, if any of those names is missing from FILE
                           (the /metrics text of a real bilge)
+  --fresh                 with --metrics: FILE comes from a bilge that has recorded nothing yet;
+                          every name must still be sampled, counters at 0 included, except the
+                          build families (their `project` label exists only once a build is)
   --dashboard-queries     print every dashboard panel query as one JSON object a line,
                           {"panel": id, "title": ..., "expr": ...}, with Grafana's variables
                           replaced ($instance -> .*, $__rate_interval -> 5m, $__interval -> 1m,
@@ -692,10 +695,25 @@ def exposed_metrics(text):
     return declared, sampled
 
 
-def check_metrics(root, path):
+# Families labelled by what was recorded (the project of a build): no sample can exist before the
+# first build, so a fresh bilge is allowed to lack them.
+LABELLED_BY_EVENTS = {
+    "bilge_builds_total",
+    "bilge_build_duration_seconds_bucket",
+    "bilge_build_last_timestamp_seconds",
+}
+
+
+def check_metrics(root, path, fresh=False):
     used = referenced_metrics(root)
     declared, sampled = exposed_metrics(Path(path).read_text(encoding="utf-8"))
-    missing = sorted(n for n in used if n not in declared and n not in sampled)
+    if fresh:
+        # A fresh bilge must sample every other family: a counter at 0 is a sample.
+        missing = sorted(n for n in used if n not in sampled and n not in LABELLED_BY_EVENTS)
+        for n in sorted(LABELLED_BY_EVENTS & set(used) - sampled):
+            print(f"note  {n} has no sample before the first build (its project label)")
+    else:
+        missing = sorted(n for n in used if n not in declared and n not in sampled)
     empty = sorted(n for n in used if n in declared and n not in sampled)
     for n in empty:
         print(f"note  {n} is declared in {path} but has no samples yet")
@@ -762,6 +780,7 @@ def main(argv=None):
     mode.add_argument("--dashboard-queries", action="store_true")
     mode.add_argument("--promql-rules", metavar="FILE")
     mode.add_argument("--sync-prometheusrule", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="with --metrics: from a bilge that recorded nothing yet")
     args = ap.parse_args(argv)
     # Printing into `| head` is fine: die quietly on a closed pipe.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -771,7 +790,7 @@ def main(argv=None):
             print(name)
         return 0
     if args.metrics:
-        return check_metrics(root, args.metrics)
+        return check_metrics(root, args.metrics, fresh=args.fresh)
     if args.dashboard_queries:
         return dashboard_queries(root)
     if args.promql_rules:

@@ -59,6 +59,8 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+say "module graph: no cycle, cli and leaves import nothing, only config names config"
+python3 scripts/check_imports.py
 
 # ---- 3. a private Docker daemon -----------------------------------------------------------
 TESTBED=$(mktemp -d /tmp/bilge-testbed.XXXXXX)

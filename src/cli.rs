@@ -1,5 +1,6 @@
 //! The raw command line, as clap parses it. Every flag has a `BILGE_*` environment variable.
-//! Nothing here is validated beyond its shape: [`crate::config`] turns these into a `Config`.
+//! Nothing here is validated beyond its shape: `config.rs` turns these into each part's
+//! settings. A leaf: it imports nothing from the rest of the crate.
 
 use std::path::PathBuf;
 
@@ -63,22 +64,20 @@ pub struct GlobalArgs {
         global = true
     )]
     pub docker_top_n: usize,
-    /// Regexp of mount points to leave out (node_exporter's default).
+    /// Regexp of mount points to leave out. Default: node_exporter's (/dev, /proc, /sys, /run/credentials, Docker's and Podman's own mounts).
     #[arg(
         long = "collector.filesystem.mount-points-exclude",
         env = "BILGE_COLLECTOR_FILESYSTEM_MOUNT_POINTS_EXCLUDE",
-        default_value = crate::config::DEFAULT_MOUNT_POINTS_EXCLUDE,
         global = true
     )]
-    pub mount_points_exclude: String,
-    /// Regexp of filesystem types to leave out (node_exporter's default).
+    pub mount_points_exclude: Option<String>,
+    /// Regexp of filesystem types to leave out. Default: node_exporter's (pseudo and overlay filesystems).
     #[arg(
         long = "collector.filesystem.fs-types-exclude",
         env = "BILGE_COLLECTOR_FILESYSTEM_FS_TYPES_EXCLUDE",
-        default_value = crate::config::DEFAULT_FS_TYPES_EXCLUDE,
         global = true
     )]
-    pub fs_types_exclude: String,
+    pub fs_types_exclude: Option<String>,
     /// How long one filesystem stat may take before the mount is marked stuck and skipped.
     #[arg(
         long = "collector.filesystem.stat-timeout",

@@ -1,5 +1,11 @@
 //! Validated configuration: raw flags from [`crate::cli`] plus the optional TOML policy file,
 //! checked once at start-up. A bad value stops start-up with one line naming it.
+//!
+//! This module only assembles. Each setting's type belongs to the module that uses it
+//! ([`DockerConfig`] to the Docker edge, [`FilesystemConfig`] to the filesystem collector, the
+//! policy to the cleanup engine, [`LogConfig`] to logging, [`BuildConfig`] to the build
+//! wrapper, [`ServeConfig`] to the server); here they are built from the flags and handed out,
+//! each part only its slice. No module below this one imports it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,43 +15,18 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::build::record::{check_project, project_from_dir};
+use crate::build::run::BuildConfig;
 use crate::build::submit::ServerTarget;
+use crate::cleanup::cli::CleanOptions;
 use crate::cleanup::policy::{Level, Policy};
-use crate::cli::{BuildArgs, GlobalArgs, LogFormat, ServeArgs};
-use crate::format::{FreeTarget, parse_duration, parse_free_target, parse_size};
+use crate::cli::{BuildArgs, CleanArgs, GlobalArgs, LogFormat as LogFormatArg, ServeArgs};
+use crate::collect::disk::FilesystemConfig;
+use crate::docker::{DEFAULT_HOST, DockerConfig, DockerHost};
+use crate::format::{parse_duration, parse_free_target, parse_size};
+use crate::logging::{LogConfig, LogFormat};
+use crate::serve::ServeSettings;
+use crate::server::ServeConfig;
 use crate::{Error, Result};
-
-/// node_exporter's default `--collector.filesystem.mount-points-exclude`.
-pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
-    "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)";
-/// node_exporter's default `--collector.filesystem.fs-types-exclude`.
-pub const DEFAULT_FS_TYPES_EXCLUDE: &str = "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$";
-
-/// Where the Docker daemon is and how patiently to talk to it.
-#[derive(Debug, Clone)]
-pub struct DockerConfig {
-    /// `unix:///path` or `tcp://host:port`.
-    pub host: String,
-    /// Longest time one API call may take.
-    pub timeout: Duration,
-    /// Time between two collections (serve only).
-    pub refresh_interval: Duration,
-    /// How many largest images/volumes/logs to export.
-    pub top_n: usize,
-}
-
-/// Which filesystems to report and how long a stat may take.
-#[derive(Debug, Clone)]
-pub struct FilesystemConfig {
-    /// Mount points matching this are left out.
-    pub mount_points_exclude: Regex,
-    /// Filesystem types matching this are left out.
-    pub fs_types_exclude: Regex,
-    /// Longest time one statvfs may take before the mount counts as stuck.
-    pub stat_timeout: Duration,
-    /// Time between two filesystem collections (and watermark checks).
-    pub interval: Duration,
-}
 
 /// Settings every subcommand shares.
 #[derive(Debug, Clone)]
@@ -60,38 +41,6 @@ pub struct Config {
     pub policy: Policy,
     /// Cap on distinct project label values.
     pub max_projects: usize,
-}
-
-/// Settings of `bilge serve` only.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    /// Where to listen.
-    pub listen: SocketAddr,
-    /// The metrics path.
-    pub telemetry_path: String,
-    /// The webhook/API bearer token; `None` turns the authenticated endpoints off.
-    pub token: Option<String>,
-    /// Extra `instance` values that name this host.
-    pub instances: Vec<String>,
-    /// Relay alerts for other instances.
-    pub relay: bool,
-    /// Largest request body.
-    pub max_body: usize,
-}
-
-/// Settings of `bilge build` only.
-#[derive(Debug, Clone)]
-pub struct BuildConfig {
-    /// The project recorded with the outcome.
-    pub project: String,
-    /// Least free space on Docker's data root to start a build with.
-    pub min_free: Option<FreeTarget>,
-    /// Clean up and build once more after a disk failure.
-    pub clean_and_retry: bool,
-    /// Where to send the outcome (else the local store).
-    pub server: Option<ServerTarget>,
-    /// The command and its arguments.
-    pub command: Vec<String>,
 }
 
 /// The TOML policy file, as written by the user. Unknown keys are refused so typos surface.
@@ -128,17 +77,9 @@ impl Config {
             None => std::env::var("DOCKER_HOST")
                 .ok()
                 .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
+                .unwrap_or_else(|| DEFAULT_HOST.into()),
         };
-        if !(host.starts_with("unix://")
-            || host.starts_with("tcp://")
-            || host.starts_with("http://"))
-        {
-            return Err(Error::config(
-                "--docker.host",
-                format!("{host:?} must start with unix://, tcp:// or http://"),
-            ));
-        }
+        DockerHost::parse(&host).map_err(|m| Error::config("--docker.host", m))?;
         let timeout = flag("--docker.timeout", parse_duration(&g.docker_timeout))?;
         if timeout.is_zero() {
             return Err(Error::config("--docker.timeout", "must be more than 0s"));
@@ -172,11 +113,15 @@ impl Config {
             filesystem: FilesystemConfig {
                 mount_points_exclude: regex(
                     "--collector.filesystem.mount-points-exclude",
-                    &g.mount_points_exclude,
+                    g.mount_points_exclude
+                        .as_deref()
+                        .unwrap_or(crate::collect::disk::DEFAULT_MOUNT_POINTS_EXCLUDE),
                 )?,
                 fs_types_exclude: regex(
                     "--collector.filesystem.fs-types-exclude",
-                    &g.fs_types_exclude,
+                    g.fs_types_exclude
+                        .as_deref()
+                        .unwrap_or(crate::collect::disk::DEFAULT_FS_TYPES_EXCLUDE),
                 )?,
                 stat_timeout: flag(
                     "--collector.filesystem.stat-timeout",
@@ -190,8 +135,8 @@ impl Config {
         })
     }
 
-    /// Applies `bilge serve`'s own flags and returns its settings.
-    pub fn apply_serve(&mut self, s: &ServeArgs) -> Result<ServeConfig> {
+    /// Validates `bilge serve`'s own flags and hands out the server's settings.
+    pub fn serve(mut self, s: &ServeArgs) -> Result<ServeSettings> {
         self.docker.refresh_interval = flag(
             "--docker.refresh-interval",
             parse_duration(&s.docker_refresh_interval),
@@ -224,20 +169,61 @@ impl Config {
             None => None,
         };
         let max_body = flag("--web.max-body", parse_size(&s.max_body))?;
-        Ok(ServeConfig {
-            listen,
-            telemetry_path: s.telemetry_path.clone(),
-            token,
-            instances: s.webhook_instance.clone(),
-            relay: s.webhook_relay,
-            max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+        Ok(ServeSettings {
+            docker: self.docker,
+            filesystem: self.filesystem,
+            state_path: self.state_path,
+            policy: self.policy,
+            max_projects: self.max_projects,
+            web: ServeConfig {
+                listen,
+                telemetry_path: s.telemetry_path.clone(),
+                token,
+                instances: s.webhook_instance.clone(),
+                relay: s.webhook_relay,
+                max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+            },
         })
+    }
+
+    /// Validates `bilge clean`'s flags.
+    pub fn clean(a: &CleanArgs) -> Result<CleanOptions> {
+        let level = Level::parse(&a.level).map_err(|m| Error::config("--level", m))?;
+        let until = a
+            .until
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|m| Error::config("--until", m))?;
+        let target_free = a
+            .target_free
+            .as_deref()
+            .map(parse_free_target)
+            .transpose()
+            .map_err(|m| Error::config("--target-free", m))?;
+        Ok(CleanOptions {
+            level,
+            until,
+            target_free,
+            dry_run: a.dry_run,
+            yes: a.yes,
+            json: a.json,
+        })
+    }
+
+    /// Validates `--log.level` and `--log.format`.
+    pub fn log(g: &GlobalArgs) -> Result<LogConfig> {
+        let format = match g.log_format {
+            LogFormatArg::Logfmt => LogFormat::Logfmt,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+        LogConfig::new(&g.log_level, format).map_err(|m| Error::config("--log.level", m))
     }
 }
 
 impl Config {
     /// Validates `bilge build`'s own flags and returns its settings.
-    pub fn apply_build(&self, b: &BuildArgs) -> Result<BuildConfig> {
+    pub fn build(&self, b: &BuildArgs) -> Result<BuildConfig> {
         let project = match &b.project {
             Some(p) => {
                 check_project(p).map_err(|m| Error::config("--project", m))?;
@@ -282,6 +268,8 @@ impl Config {
             clean_and_retry: b.clean_and_retry,
             server,
             command: b.command.clone(),
+            docker: self.docker.clone(),
+            state_path: self.state_path.clone(),
         })
     }
 }
@@ -400,35 +388,6 @@ pub fn parse_policy(text: &str) -> std::result::Result<Policy, String> {
     Ok(p)
 }
 
-/// The log settings, validated.
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    /// An `EnvFilter` directive.
-    pub filter: String,
-    /// logfmt or JSON.
-    pub format: LogFormat,
-}
-
-impl LogConfig {
-    /// Validates `--log.level`.
-    pub fn from_args(g: &GlobalArgs) -> Result<LogConfig> {
-        let level = g.log_level.trim().to_ascii_lowercase();
-        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
-            return Err(Error::config(
-                "--log.level",
-                format!(
-                    "{:?} is not one of error, warn, info, debug, trace",
-                    g.log_level
-                ),
-            ));
-        }
-        Ok(LogConfig {
-            filter: level,
-            format: g.log_format,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,6 +417,35 @@ mod tests {
         assert!(parse_server("https://bilge.internal").is_err());
         assert!(parse_server("ftp://x").is_err());
         assert!(parse_server("http://").is_err());
+    }
+
+    fn args(level: &str) -> CleanArgs {
+        CleanArgs {
+            level: level.into(),
+            until: None,
+            target_free: None,
+            dry_run: false,
+            yes: false,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn bad_clean_flags_name_the_flag() {
+        let e = Config::clean(&args("everything")).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("--level"), "{e}");
+        let e = Config::clean(&CleanArgs {
+            until: Some("soon".into()),
+            ..args("standard")
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--until"), "{e}");
+        let e = Config::clean(&CleanArgs {
+            target_free: Some("120%".into()),
+            ..args("standard")
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--target-free"), "{e}");
     }
 
     #[test]

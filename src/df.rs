@@ -4,16 +4,16 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::collect::disk::FilesystemConfig;
 use crate::collect::docker::TYPES;
 use crate::collect::{Collector, Snapshot};
-use crate::config::Config;
+use crate::docker::DockerConfig;
 use crate::format::{human_bytes, table};
-use crate::metrics::Metrics;
 use crate::{Error, Result};
 
 /// Collects once. Filesystems always; Docker when reachable (its error is kept otherwise).
-pub async fn collect_once(cfg: Config, metrics: Metrics) -> Snapshot {
-    let c = Arc::new(Collector::new(cfg, metrics));
+pub async fn collect_once(docker: DockerConfig, filesystem: FilesystemConfig) -> Arc<Snapshot> {
+    let c = Arc::new(Collector::new(docker, filesystem));
     let docker = c.collect_docker().await;
     if let Err(e) = &docker {
         tracing::debug!(error = %e, "docker collection failed");
@@ -141,9 +141,8 @@ pub fn render_text(s: &Snapshot) -> String {
 }
 
 /// Runs `bilge df`. Exit status is an error when Docker could not be reached.
-pub async fn run(cfg: Config, json: bool) -> Result<()> {
-    let metrics = Metrics::new().map_err(|e| Error::Other(e.to_string()))?;
-    let s = collect_once(cfg, metrics).await;
+pub async fn run(docker: DockerConfig, filesystem: FilesystemConfig, json: bool) -> Result<()> {
+    let s = collect_once(docker, filesystem).await;
     if json {
         let text = serde_json::to_string_pretty(&DfJson { snapshot: &s })
             .map_err(|e| Error::Other(e.to_string()))?;
@@ -152,7 +151,7 @@ pub async fn run(cfg: Config, json: bool) -> Result<()> {
         print!("{}", render_text(&s));
     }
     match (&s.docker, &s.docker_error) {
-        (None, Some(e)) => Err(Error::Docker(e.trim_start_matches("docker: ").to_string())),
+        (None, Some(e)) => Err(Error::docker(e.trim_start_matches("docker: "))),
         _ => Ok(()),
     }
 }

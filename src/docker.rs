@@ -2,19 +2,87 @@
 //! answer changed shape across API versions (arrays up to 1.51, per-type summary objects with
 //! `Items` from 1.52) and bollard's model only knows the newer one. Everything is converted to
 //! the plain structs below before it leaves this module.
+//!
+//! The cleanup engine reaches Docker only through [`PruneEdge`], which [`DockerApi`] implements:
+//! prune and remove calls with typed answers ([`Reclaimed`], [`Removal`]) and no bollard types.
+//! Errors keep the daemon's HTTP status ([`Error::docker_status`]), so callers tell an object in
+//! use (409) or gone (404) from a failure without reading messages.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::query_parameters::{
+    PruneBuildOptions, PruneContainersOptions, PruneImagesOptions, RemoveContainerOptions,
+    RemoveImageOptions, RemoveVolumeOptions,
+};
 use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use crate::config::DockerConfig;
 use crate::{Error, Result};
+
+/// Where a Docker daemon listens: `--docker.host` parsed once, for every part that connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerHost {
+    /// `unix:///path/to/docker.sock`.
+    Unix(String),
+    /// `tcp://host:port` (or `http://host:port`): the `host:port` part.
+    Tcp(String),
+}
+
+impl DockerHost {
+    /// Parses `unix:///path`, `tcp://host:port` or `http://host:port`; the error says what fits.
+    pub fn parse(s: &str) -> std::result::Result<DockerHost, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(format!(
+                    "{s:?} names no socket path (example: unix:///var/run/docker.sock)"
+                ));
+            }
+            return Ok(DockerHost::Unix(path.to_string()));
+        }
+        let rest = s
+            .strip_prefix("tcp://")
+            .or_else(|| s.strip_prefix("http://"));
+        match rest.map(|r| r.trim_end_matches('/')) {
+            Some(addr) if !addr.is_empty() => Ok(DockerHost::Tcp(addr.to_string())),
+            Some(_) => Err(format!(
+                "{s:?} names no host:port (example: tcp://127.0.0.1:2375)"
+            )),
+            None => Err(format!("{s:?} must start with unix://, tcp:// or http://")),
+        }
+    }
+
+    /// Whether the daemon runs on this machine, so that its data root can be stat'ed here.
+    pub fn is_local(&self) -> bool {
+        match self {
+            DockerHost::Unix(_) => true,
+            DockerHost::Tcp(addr) => ["127.", "localhost:", "[::1]:"]
+                .iter()
+                .any(|p| addr.starts_with(p)),
+        }
+    }
+}
+
+/// Where Docker listens when neither `--docker.host` nor `$DOCKER_HOST` says.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Where the Docker daemon is and how patiently to talk to it.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// `unix:///path` or `tcp://host:port`.
+    pub host: String,
+    /// Longest time one API call may take.
+    pub timeout: Duration,
+    /// Time between two collections (serve only).
+    pub refresh_interval: Duration,
+    /// How many largest images/volumes/logs to export.
+    pub top_n: usize,
+}
 
 /// What the daemon says about itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -285,7 +353,7 @@ fn is_anonymous(name: &str) -> bool {
 /// Parses a `/system/df` answer of any API generation into plain structs.
 pub fn parse_disk_usage(body: &[u8]) -> Result<DiskUsage> {
     let w: WireDf = serde_json::from_slice(body)
-        .map_err(|e| Error::Docker(format!("unexpected /system/df answer: {e}")))?;
+        .map_err(|e| Error::docker_from(format!("unexpected /system/df answer: {e}"), e))?;
     let daemon_totals = w.image_usage.as_ref().map(|u| DaemonTotals {
         images_size: u.total_size,
     });
@@ -389,12 +457,243 @@ where
         .map_err(|e| Error::Other(format!("{what}: {e}")))
 }
 
+/// Longest time one prune or remove call may take (pruning gigabytes of build cache takes
+/// minutes); every other call has `--docker.timeout`.
+pub const PRUNE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The status an engine before 23.0 answers a second concurrent `/system/df` with.
+const DF_BUSY_STATUS: u16 = 500;
+
+/// Runs a Docker call, giving up after `timeout`: every call but the event stream (which stays
+/// open while the daemon is up) goes through here.
+async fn within<T, E>(
+    timeout: Duration,
+    f: impl Future<Output = std::result::Result<T, E>>,
+) -> Result<T>
+where
+    E: Into<Error>,
+{
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(Error::DockerTimeout(timeout)),
+    }
+}
+
+/// The filters the prune endpoints share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneFilters {
+    /// Only objects older than this (Docker's `until`, in whole seconds).
+    pub until: Duration,
+    /// Objects carrying this label (`key` or `key=value`) stay (Docker's `label!`).
+    pub keep_label: Option<String>,
+}
+
+impl PruneFilters {
+    /// The filters as the prune endpoints take them.
+    fn to_query(&self) -> HashMap<String, Vec<String>> {
+        let mut f = HashMap::new();
+        f.insert("until".to_string(), vec![until_secs(self.until)]);
+        if let Some(label) = &self.keep_label {
+            f.insert("label!".to_string(), vec![label.clone()]);
+        }
+        f
+    }
+}
+
+/// `until` as Docker reads it: whole seconds.
+fn until_secs(until: Duration) -> String {
+    format!("{}s", until.as_secs())
+}
+
+/// What a prune call freed, as Docker reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// `SpaceReclaimed`.
+    pub bytes: u64,
+    /// The ids Docker says it deleted (for an image prune, the layers' ids too).
+    pub deleted: Vec<String>,
+}
+
+/// How Docker answered a request to remove one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The object is deleted.
+    Removed,
+    /// Docker answered, and the object is still there (an image that got a new tag since it
+    /// was planned keeps that tag).
+    Kept,
+    /// Docker refused: the object is in use by now (409), in its words.
+    InUse(String),
+    /// Docker knows no such object any more (404), in its words.
+    Gone(String),
+}
+
+impl Removal {
+    /// Sorts a failed remove call: an object in use or gone by now is an answer, not a failure.
+    fn refused(e: Error) -> Result<Removal> {
+        match e.docker_status() {
+            Some(409) => Ok(Removal::InUse(e.to_string())),
+            Some(404) => Ok(Removal::Gone(e.to_string())),
+            _ => Err(e),
+        }
+    }
+}
+
+/// Docker's prune and remove calls as the cleanup engine needs them, with typed answers.
+/// [`DockerApi`] is the real one; the engine's unit tests drive a fake.
+pub trait PruneEdge: Send + Sync {
+    /// A fresh `/system/df`, parsed.
+    fn disk_usage(&self) -> impl Future<Output = Result<DiskUsage>> + Send;
+
+    /// `POST /build/prune` without `all` (records shared with an image stay), for records last
+    /// used before `until` ago.
+    fn prune_build_cache(&self, until: Duration) -> impl Future<Output = Result<Reclaimed>> + Send;
+
+    /// `POST /containers/prune` with `filters`.
+    fn prune_containers(
+        &self,
+        filters: &PruneFilters,
+    ) -> impl Future<Output = Result<Reclaimed>> + Send;
+
+    /// `POST /images/prune` with `filters`, of untagged images only when `dangling`.
+    fn prune_images(
+        &self,
+        filters: &PruneFilters,
+        dangling: bool,
+    ) -> impl Future<Output = Result<Reclaimed>> + Send;
+
+    /// `DELETE /containers/{id}`, neither forced nor taking its volumes.
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<Removal>> + Send;
+
+    /// `DELETE /volumes/{name}`, not forced.
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<Removal>> + Send;
+
+    /// Removes image `id` the way image prune does: each of its `tags`, or (untagged) the id
+    /// itself; never forced. [`Removal::Removed`] when Docker reports `id` deleted.
+    fn remove_image(
+        &self,
+        id: &str,
+        tags: &[String],
+    ) -> impl Future<Output = Result<Removal>> + Send;
+}
+
+/// A bollard count of bytes (`None` or negative when Docker did not say) as bytes.
+fn bytes(v: Option<i64>) -> u64 {
+    v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+}
+
+impl PruneEdge for DockerApi {
+    async fn disk_usage(&self) -> Result<DiskUsage> {
+        DockerApi::disk_usage(self).await
+    }
+
+    async fn prune_build_cache(&self, until: Duration) -> Result<Reclaimed> {
+        let opts = PruneBuildOptions {
+            filters: Some(HashMap::from([(
+                "until".to_string(),
+                vec![until_secs(until)],
+            )])),
+            ..PruneBuildOptions::default()
+        };
+        let r = within(PRUNE_TIMEOUT, self.pruning().prune_build(Some(opts))).await?;
+        Ok(Reclaimed {
+            bytes: bytes(r.space_reclaimed),
+            deleted: r.caches_deleted.unwrap_or_default(),
+        })
+    }
+
+    async fn prune_containers(&self, filters: &PruneFilters) -> Result<Reclaimed> {
+        let opts = PruneContainersOptions {
+            filters: Some(filters.to_query()),
+        };
+        let r = within(PRUNE_TIMEOUT, self.pruning().prune_containers(Some(opts))).await?;
+        Ok(Reclaimed {
+            bytes: bytes(r.space_reclaimed),
+            deleted: r.containers_deleted.unwrap_or_default(),
+        })
+    }
+
+    async fn prune_images(&self, filters: &PruneFilters, dangling: bool) -> Result<Reclaimed> {
+        let mut query = filters.to_query();
+        query.insert("dangling".into(), vec![dangling.to_string()]);
+        let opts = PruneImagesOptions {
+            filters: Some(query),
+        };
+        let r = within(PRUNE_TIMEOUT, self.pruning().prune_images(Some(opts))).await?;
+        Ok(Reclaimed {
+            bytes: bytes(r.space_reclaimed),
+            deleted: r
+                .images_deleted
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|d| d.deleted)
+                .collect(),
+        })
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<Removal> {
+        let opts = RemoveContainerOptions {
+            v: false,
+            force: false,
+            link: false,
+        };
+        match within(
+            PRUNE_TIMEOUT,
+            self.pruning().remove_container(id, Some(opts)),
+        )
+        .await
+        {
+            Ok(()) => Ok(Removal::Removed),
+            Err(e) => Removal::refused(e),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<Removal> {
+        let opts = RemoveVolumeOptions { force: false };
+        match within(
+            PRUNE_TIMEOUT,
+            self.pruning().remove_volume(name, Some(opts)),
+        )
+        .await
+        {
+            Ok(()) => Ok(Removal::Removed),
+            Err(e) => Removal::refused(e),
+        }
+    }
+
+    async fn remove_image(&self, id: &str, tags: &[String]) -> Result<Removal> {
+        let client = self.pruning();
+        let names: Vec<&str> = if tags.is_empty() {
+            vec![id]
+        } else {
+            tags.iter().map(String::as_str).collect()
+        };
+        let mut deleted = false;
+        for name in names {
+            let opts = RemoveImageOptions {
+                force: false,
+                noprune: false,
+                ..RemoveImageOptions::default()
+            };
+            match within(PRUNE_TIMEOUT, client.remove_image(name, Some(opts), None)).await {
+                Ok(items) => deleted |= items.iter().any(|d| d.deleted.as_deref() == Some(id)),
+                Err(e) => return Removal::refused(e),
+            }
+        }
+        Ok(if deleted {
+            Removal::Removed
+        } else {
+            Removal::Kept
+        })
+    }
+}
+
 /// A connection to one Docker daemon, with the negotiated API version and a timeout on
 /// every call.
 #[derive(Debug, Clone)]
 pub struct DockerApi {
     client: Docker,
-    host: String,
+    host: DockerHost,
     version: String,
     timeout: Duration,
     /// The connection `/system/df` is asked on, kept open between calls. Holding it serializes
@@ -409,9 +708,10 @@ impl DockerApi {
     /// Connects and negotiates the API version (downgrading for older daemons).
     pub async fn connect(cfg: &DockerConfig) -> Result<DockerApi> {
         let secs = cfg.timeout.as_secs().max(1);
-        let client = if let Some(path) = cfg.host.strip_prefix("unix://") {
+        let host = DockerHost::parse(&cfg.host).map_err(Error::docker)?;
+        let client = if let DockerHost::Unix(path) = &host {
             if !std::path::Path::new(path).exists() {
-                return Err(Error::Docker(format!(
+                return Err(Error::docker(format!(
                     "no socket at {path}: is dockerd running? (start it, or point --docker.host / DOCKER_HOST at its socket)"
                 )));
             }
@@ -419,22 +719,15 @@ impl DockerApi {
         } else {
             Docker::connect_with_http(&cfg.host, secs, bollard::API_DEFAULT_VERSION)?
         };
-        let client = tokio::time::timeout(cfg.timeout, client.negotiate_version())
-            .await
-            .map_err(|_| Error::DockerTimeout(cfg.timeout))??;
+        let client = within(cfg.timeout, client.negotiate_version()).await?;
         let v = client.client_version();
         Ok(DockerApi {
             client,
-            host: cfg.host.clone(),
+            host,
             version: format!("{}.{}", v.major_version, v.minor_version),
             timeout: cfg.timeout,
             df_conn: Default::default(),
         })
-    }
-
-    /// The bollard client, for callers that need an endpoint not wrapped here.
-    pub fn client(&self) -> &Docker {
-        &self.client
     }
 
     /// The negotiated API version, e.g. `1.41`.
@@ -443,14 +736,17 @@ impl DockerApi {
     }
 
     /// Runs a Docker call with the configured timeout.
-    pub async fn call<T, F>(&self, f: F) -> Result<T>
-    where
-        F: std::future::Future<Output = std::result::Result<T, bollard::errors::Error>>,
-    {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::DockerTimeout(self.timeout)),
-        }
+    async fn call<T>(
+        &self,
+        f: impl Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    ) -> Result<T> {
+        within(self.timeout, f).await
+    }
+
+    /// The client for prune-sized calls: bollard's own request timeout raised to
+    /// [`PRUNE_TIMEOUT`] (run them through [`within`] with the same bound).
+    fn pruning(&self) -> Docker {
+        self.client.clone().with_timeout(PRUNE_TIMEOUT)
     }
 
     /// `GET /info`, reduced to what bilge reports.
@@ -467,10 +763,11 @@ impl DockerApi {
 
     /// `GET /system/df` (verbose where the API has summaries), parsed for either generation.
     ///
-    /// The daemon runs one disk usage operation at a time and refuses others ("a disk usage
-    /// operation is already running"): calls from this process wait for each other, and a call
-    /// that meets another process's (a `bilge clean` next to `bilge serve`) retries within the
-    /// timeout.
+    /// Engines before 23.0 run one disk usage operation at a time and refuse others with a 500
+    /// ("a disk usage operation is already running"; newer ones share the running answer): calls
+    /// from this process wait for each other, and a call that meets another process's (a
+    /// `bilge clean` next to `bilge serve`) retries within the timeout. The refusal has no status
+    /// of its own, so any 500 is retried: a lasting one is returned once the timeout has passed.
     pub async fn disk_usage(&self) -> Result<DiskUsage> {
         let mut conn = self.df_conn.lock().await;
         let start = std::time::Instant::now();
@@ -481,10 +778,11 @@ impl DockerApi {
                     return offload(large, "parsing /system/df", move || parse_disk_usage(&body))
                         .await?;
                 }
-                Err(Error::Docker(m))
-                    if m.contains("already running") && start.elapsed() < self.timeout =>
+                Err(e)
+                    if e.docker_status() == Some(DF_BUSY_STATUS)
+                        && start.elapsed() < self.timeout =>
                 {
-                    tracing::debug!("another disk usage operation is running; retrying");
+                    tracing::debug!(error = %e, "another disk usage operation may be running; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => return Err(e),
@@ -535,7 +833,7 @@ impl DockerApi {
             hyper::Request::get(uri.as_str())
                 .header(hyper::header::HOST, "docker")
                 .body(Empty::<Bytes>::new())
-                .map_err(|e| Error::Docker(e.to_string()))
+                .map_err(|e| Error::docker_from(e.to_string(), e))
         };
         let fut = async {
             let kept = conn.take().filter(|c| c.is_ready());
@@ -552,48 +850,48 @@ impl DockerApi {
                     sender
                         .send_request(request()?)
                         .await
-                        .map_err(|e| Error::Docker(e.to_string()))?
+                        .map_err(|e| Error::docker_from(e.to_string(), e))?
                 }
-                Err(e) => return Err(Error::Docker(e.to_string())),
+                Err(e) => return Err(Error::docker_from(e.to_string(), e)),
             };
             let status = resp.status();
             let body = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| Error::Docker(e.to_string()))?
+                .map_err(|e| Error::docker_from(e.to_string(), e))?
                 .to_bytes();
             *conn = Some(sender);
             if !status.is_success() {
-                return Err(Error::Docker(format!(
-                    "{path}: {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                )));
+                return Err(Error::Docker {
+                    status: Some(status.as_u16()),
+                    message: format!(
+                        "{path}: {status}: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    ),
+                    source: None,
+                });
             }
             Ok(body)
         };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| Error::DockerTimeout(self.timeout))?
+        within(self.timeout, fut).await
     }
 
     /// A new HTTP/1 connection to the daemon; its driver runs as a task until it closes.
     async fn raw_connect(&self) -> Result<RawConn> {
-        if let Some(p) = self.host.strip_prefix("unix://") {
-            let s = tokio::net::UnixStream::connect(p)
-                .await
-                .map_err(|e| Error::Docker(format!("{p}: {e}")))?;
-            handshake(s).await
-        } else {
-            let addr = self
-                .host
-                .trim_start_matches("tcp://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/');
-            let s = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| Error::Docker(format!("{addr}: {e}")))?;
-            handshake(s).await
+        match &self.host {
+            DockerHost::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| Error::docker_from(format!("{p}: {e}"), e))?;
+                handshake(s).await
+            }
+            DockerHost::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| Error::docker_from(format!("{addr}: {e}"), e))?;
+                handshake(s).await
+            }
         }
     }
 }
@@ -604,7 +902,7 @@ where
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| Error::Docker(e.to_string()))?;
+        .map_err(|e| Error::docker_from(e.to_string(), e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "docker connection closed");
@@ -616,6 +914,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_hosts_parse_into_a_socket_or_an_address() {
+        assert_eq!(
+            DockerHost::parse("unix:///run/docker.sock"),
+            Ok(DockerHost::Unix("/run/docker.sock".into()))
+        );
+        assert_eq!(
+            DockerHost::parse("tcp://10.0.0.2:2375/"),
+            Ok(DockerHost::Tcp("10.0.0.2:2375".into()))
+        );
+        assert!(DockerHost::parse("ssh://host").is_err());
+        assert!(DockerHost::parse("unix://").is_err());
+        assert!(DockerHost::parse("tcp://").is_err());
+    }
 
     const OLD: &str = r#"{"LayersSize":3000,"Images":[
         {"Id":"sha256:aaaaaaaaaaaaaaaaaaaa","ParentId":"","RepoTags":["app:1"],"Created":1700000000,"Size":2000,"SharedSize":500,"VirtualSize":2000,"Labels":null,"Containers":1},
@@ -670,6 +983,57 @@ mod tests {
     fn a_malformed_answer_is_an_error_not_a_panic() {
         assert!(parse_disk_usage(b"{\"Images\": 3}").is_err());
         assert!(parse_disk_usage(b"not json").is_err());
+    }
+
+    /// The error bollard gives for a daemon's answer with `status`.
+    fn answered(status: u16, message: &str) -> Error {
+        Error::from(bollard::errors::Error::DockerResponseServerError {
+            status_code: status,
+            message: message.into(),
+        })
+    }
+
+    #[test]
+    fn an_object_in_use_or_gone_is_an_answer_and_other_errors_stay_errors() {
+        let in_use = answered(409, "conflict: unable to remove repository reference");
+        assert!(
+            matches!(Removal::refused(in_use), Ok(Removal::InUse(m)) if m.contains("conflict"))
+        );
+        let gone = answered(404, "No such container: abc");
+        assert!(matches!(Removal::refused(gone), Ok(Removal::Gone(_))));
+        let broken = answered(500, "boom");
+        assert!(matches!(Removal::refused(broken), Err(e) if e.docker_status() == Some(500)));
+        let timeout = Error::DockerTimeout(PRUNE_TIMEOUT);
+        assert!(matches!(
+            Removal::refused(timeout),
+            Err(Error::DockerTimeout(_))
+        ));
+    }
+
+    #[test]
+    fn prune_filters_say_until_in_whole_seconds_and_keep_the_protect_label() {
+        let f = PruneFilters {
+            until: Duration::from_millis(90_500),
+            keep_label: Some("bilge.keep=true".into()),
+        };
+        let q = f.to_query();
+        assert_eq!(q.get("until"), Some(&vec!["90s".to_string()]));
+        assert_eq!(q.get("label!"), Some(&vec!["bilge.keep=true".to_string()]));
+        let bare = PruneFilters {
+            keep_label: None,
+            ..f
+        };
+        assert!(!bare.to_query().contains_key("label!"));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_outlasts_its_bound_is_a_timeout() {
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<(), Error>(())
+        };
+        let r = within(Duration::from_millis(10), slow).await;
+        assert!(matches!(r, Err(Error::DockerTimeout(d)) if d == Duration::from_millis(10)));
     }
 
     #[test]

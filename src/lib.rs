@@ -13,12 +13,16 @@ pub mod df;
 pub mod docker;
 pub mod error;
 pub mod format;
+pub mod host;
+pub mod http_error;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod page;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod webhook;
 
 pub use error::{Error, Result};

@@ -9,8 +9,37 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::cli::LogFormat;
-use crate::config::LogConfig;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` pairs, one event a line.
+    Logfmt,
+    /// One JSON object a line.
+    Json,
+}
+
+/// The log settings, validated.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive.
+    pub filter: String,
+    /// logfmt or JSON.
+    pub format: LogFormat,
+}
+
+/// The levels `--log.level` takes, least verbose first.
+pub const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl LogConfig {
+    /// Validates a level name (one of [`LEVELS`], any case); the error says what would be right.
+    pub fn new(level: &str, format: LogFormat) -> Result<LogConfig, String> {
+        let filter = level.trim().to_ascii_lowercase();
+        if !LEVELS.contains(&filter.as_str()) {
+            return Err(format!("{level:?} is not one of {}", LEVELS.join(", ")));
+        }
+        Ok(LogConfig { filter, format })
+    }
+}
 
 /// Quotes a logfmt value when it needs it.
 fn quote(v: &str) -> String {

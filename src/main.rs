@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use bilge::cleanup::engine::Standalone;
 use bilge::cli::{Cli, Command};
-use bilge::config::{Config, LogConfig};
+use bilge::config::Config;
 
 /// How long exit waits for blocking threads: a statvfs stuck on a hung mount never returns, and
 /// must not keep bilge from exiting.
@@ -14,12 +15,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = match LogConfig::from_args(&cli.global) {
+    let log = match Config::log(&cli.global) {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
     };
     bilge::logging::init(&log);
-    let mut cfg = match Config::from_args(&cli.global) {
+    let cfg = match Config::from_args(&cli.global) {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
@@ -35,14 +36,12 @@ fn main() -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = match cli.command {
-        Command::Serve(args) => match cfg.apply_serve(&args) {
-            Ok(serve) => rt
-                .block_on(bilge::serve::run(cfg, serve))
-                .map_err(Into::into),
+        Command::Serve(args) => match cfg.serve(&args) {
+            Ok(serve) => rt.block_on(bilge::serve::run(serve)).map_err(Into::into),
             Err(e) => return usage_error(&e),
         },
         Command::Df(args) => rt
-            .block_on(bilge::df::run(cfg, args.json))
+            .block_on(bilge::df::run(cfg.docker, cfg.filesystem, args.json))
             .map_err(Into::into),
         Command::Healthcheck(args) => rt
             .block_on(bilge::healthcheck(&bilge::healthcheck_url(
@@ -50,16 +49,19 @@ fn main() -> ExitCode {
                 std::env::var("BILGE_WEB_LISTEN_ADDRESS").ok(),
             )))
             .map_err(Into::into),
-        Command::Clean(args) => rt
-            .block_on(bilge::cleanup::cli::run(cfg, &args))
-            .map_err(Into::into),
+        Command::Clean(args) => match Config::clean(&args) {
+            Ok(opts) => rt
+                .block_on(bilge::cleanup::cli::run(standalone(cfg), opts))
+                .map_err(Into::into),
+            Err(e) => return usage_error(&e),
+        },
         Command::Build(args) => {
-            let build = match cfg.apply_build(&args) {
+            let build = match cfg.build(&args) {
                 Ok(b) => b,
                 Err(e) => return usage_error(&e),
             };
-            let cleaner = bilge::build::run::EngineCleaner::new(cfg.clone());
-            let code = match rt.block_on(bilge::build::run::run(&cfg, &build, &cleaner)) {
+            let cleaner = bilge::build::run::EngineCleaner::new(standalone(cfg));
+            let code = match rt.block_on(bilge::build::run::run(&build, &cleaner)) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("bilge: {e}");
@@ -82,6 +84,16 @@ fn main() -> ExitCode {
             eprintln!("bilge: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The slice of the settings an engine of its own needs.
+fn standalone(cfg: Config) -> Standalone {
+    Standalone {
+        policy: cfg.policy,
+        docker: cfg.docker,
+        filesystem: cfg.filesystem,
+        state_path: cfg.state_path,
     }
 }
 

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Bytes;
+
+use crate::model::{CleanupResult, Level, Trigger};
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -20,7 +22,7 @@ pub const BUILD_DURATION_BUCKETS: [f64; 13] = [
 ];
 
 /// Every metric family, registered on one registry: a handle to one shared [`Families`],
-/// reached through `Deref` (`metrics.docker_up`). Cloning it is one reference count, not one per
+/// reached through `Deref` (`metrics.store_errors`). Cloning it is one reference count, not one per
 /// family: axum clones the state, and so this, for every request.
 #[derive(Debug, Clone)]
 pub struct Metrics(Arc<Families>);
@@ -43,65 +45,8 @@ pub struct Families {
 
     /// `bilge_exporter_build_info{version,revision}`.
     pub build_info: GaugeVec,
-    /// `bilge_collector_success{collector}`.
-    pub collector_success: GaugeVec,
-    /// `bilge_collector_duration_seconds{collector}`.
-    pub collector_duration: GaugeVec,
-    /// `bilge_collector_last_success_timestamp_seconds{collector}`.
-    pub collector_last_success: GaugeVec,
     /// `bilge_store_errors_total`.
     pub store_errors: IntCounter,
-
-    /// `bilge_filesystem_size_bytes{device,mountpoint,fstype}`.
-    pub fs_size: GaugeVec,
-    /// `bilge_filesystem_free_bytes`.
-    pub fs_free: GaugeVec,
-    /// `bilge_filesystem_avail_bytes`.
-    pub fs_avail: GaugeVec,
-    /// `bilge_filesystem_files`.
-    pub fs_files: GaugeVec,
-    /// `bilge_filesystem_files_free`.
-    pub fs_files_free: GaugeVec,
-    /// `bilge_filesystem_readonly`.
-    pub fs_readonly: GaugeVec,
-
-    /// `bilge_docker_data_root_size_bytes{mountpoint}`.
-    pub data_root_size: GaugeVec,
-    /// `bilge_docker_data_root_avail_bytes{mountpoint}`.
-    pub data_root_avail: GaugeVec,
-    /// `bilge_docker_data_root_files{mountpoint}`.
-    pub data_root_files: GaugeVec,
-    /// `bilge_docker_data_root_files_free{mountpoint}`.
-    pub data_root_files_free: GaugeVec,
-
-    /// `bilge_docker_up`.
-    pub docker_up: IntGauge,
-    /// `bilge_docker_info{version,api_version,storage_driver,data_root}`.
-    pub docker_info: GaugeVec,
-    /// `bilge_docker_objects{type}`.
-    pub docker_objects: GaugeVec,
-    /// `bilge_docker_active_objects{type}`.
-    pub docker_active_objects: GaugeVec,
-    /// `bilge_docker_size_bytes{type}`.
-    pub docker_size: GaugeVec,
-    /// `bilge_docker_reclaimable_bytes{type}`.
-    pub docker_reclaimable: GaugeVec,
-    /// `bilge_docker_containers{state}`.
-    pub docker_containers: GaugeVec,
-    /// `bilge_docker_dangling_images`.
-    pub dangling_images: Gauge,
-    /// `bilge_docker_dangling_images_bytes`.
-    pub dangling_images_bytes: Gauge,
-    /// `bilge_docker_build_cache_reclaimable_bytes{older_than}`.
-    pub build_cache_reclaimable_by_age: GaugeVec,
-    /// `bilge_docker_logs_bytes`.
-    pub logs_bytes: Gauge,
-    /// `bilge_docker_largest_image_bytes{image}`.
-    pub largest_image: GaugeVec,
-    /// `bilge_docker_largest_volume_bytes{volume}`.
-    pub largest_volume: GaugeVec,
-    /// `bilge_docker_largest_container_log_bytes{container}`.
-    pub largest_log: GaugeVec,
 
     /// `bilge_builds_total{project,result,reason}`.
     pub builds: IntCounterVec,
@@ -144,8 +89,6 @@ fn counter_vec(
     Ok(c)
 }
 
-const FS: &[&str] = &["device", "mountpoint", "fstype"];
-
 /// How long one reading of the `process_*` families is reused.
 #[cfg(target_os = "linux")]
 const PROCESS_SAMPLE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -177,10 +120,7 @@ impl prometheus::core::Collector for SampledProcess {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let mut last = match self.last.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut last = crate::sync::lock(&self.last);
         if let Some((at, families)) = last.as_ref() {
             if at.elapsed() < PROCESS_SAMPLE {
                 return families.clone();
@@ -214,28 +154,11 @@ impl Metrics {
             "Failed reads and writes of the SQLite state store.",
         )?;
         r.register(Box::new(store_errors.clone()))?;
-        let docker_up = IntGauge::new(
-            "bilge_docker_up",
-            "1 if the last Docker collection reached the daemon, else 0.",
-        )?;
-        r.register(Box::new(docker_up.clone()))?;
         let gauge = |name: &str, help: &str| -> prometheus::Result<Gauge> {
             let g = Gauge::new(name, help)?;
             r.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let dangling_images = gauge(
-            "bilge_docker_dangling_images",
-            "Untagged images that no container uses.",
-        )?;
-        let dangling_images_bytes = gauge(
-            "bilge_docker_dangling_images_bytes",
-            "Bytes held only by dangling images.",
-        )?;
-        let logs_bytes = gauge(
-            "bilge_docker_logs_bytes",
-            "Bytes of all containers' log files (LogPath).",
-        )?;
         let cleanup_last_run = gauge(
             "bilge_cleanup_last_run_timestamp_seconds",
             "When the last cleanup run finished, as a Unix timestamp.",
@@ -259,149 +182,7 @@ impl Metrics {
         let m = Families {
             last_exposition: Arc::default(),
             build_info,
-            collector_success: gauge_vec(
-                &r,
-                "bilge_collector_success",
-                "1 if the collector's last run succeeded, else 0.",
-                &["collector"],
-            )?,
-            collector_duration: gauge_vec(
-                &r,
-                "bilge_collector_duration_seconds",
-                "How long the collector's last run took.",
-                &["collector"],
-            )?,
-            collector_last_success: gauge_vec(
-                &r,
-                "bilge_collector_last_success_timestamp_seconds",
-                "When the collector last succeeded, as a Unix timestamp.",
-                &["collector"],
-            )?,
             store_errors,
-            fs_size: gauge_vec(
-                &r,
-                "bilge_filesystem_size_bytes",
-                "Filesystem size in bytes.",
-                FS,
-            )?,
-            fs_free: gauge_vec(
-                &r,
-                "bilge_filesystem_free_bytes",
-                "Filesystem free space in bytes.",
-                FS,
-            )?,
-            fs_avail: gauge_vec(
-                &r,
-                "bilge_filesystem_avail_bytes",
-                "Filesystem space available to non-root users in bytes.",
-                FS,
-            )?,
-            fs_files: gauge_vec(
-                &r,
-                "bilge_filesystem_files",
-                "Filesystem total file nodes.",
-                FS,
-            )?,
-            fs_files_free: gauge_vec(
-                &r,
-                "bilge_filesystem_files_free",
-                "Filesystem free file nodes.",
-                FS,
-            )?,
-            fs_readonly: gauge_vec(
-                &r,
-                "bilge_filesystem_readonly",
-                "1 if the filesystem is read-only.",
-                FS,
-            )?,
-            data_root_size: gauge_vec(
-                &r,
-                "bilge_docker_data_root_size_bytes",
-                "Size of the filesystem holding Docker's data root.",
-                &["mountpoint"],
-            )?,
-            data_root_avail: gauge_vec(
-                &r,
-                "bilge_docker_data_root_avail_bytes",
-                "Space available on the filesystem holding Docker's data root.",
-                &["mountpoint"],
-            )?,
-            data_root_files: gauge_vec(
-                &r,
-                "bilge_docker_data_root_files",
-                "File nodes of the filesystem holding Docker's data root.",
-                &["mountpoint"],
-            )?,
-            data_root_files_free: gauge_vec(
-                &r,
-                "bilge_docker_data_root_files_free",
-                "Free file nodes of the filesystem holding Docker's data root.",
-                &["mountpoint"],
-            )?,
-            docker_up,
-            docker_info: gauge_vec(
-                &r,
-                "bilge_docker_info",
-                "The Docker daemon's version, API version, storage driver and data root; always 1.",
-                &["version", "api_version", "storage_driver", "data_root"],
-            )?,
-            docker_objects: gauge_vec(
-                &r,
-                "bilge_docker_objects",
-                "Docker objects by type.",
-                &["type"],
-            )?,
-            docker_active_objects: gauge_vec(
-                &r,
-                "bilge_docker_active_objects",
-                "Docker objects in use by type (as docker system df counts ACTIVE).",
-                &["type"],
-            )?,
-            docker_size: gauge_vec(
-                &r,
-                "bilge_docker_size_bytes",
-                "Disk used by Docker objects by type (as docker system df counts SIZE).",
-                &["type"],
-            )?,
-            docker_reclaimable: gauge_vec(
-                &r,
-                "bilge_docker_reclaimable_bytes",
-                "Bytes a prune of unused objects would free, by type (as docker system df).",
-                &["type"],
-            )?,
-            docker_containers: gauge_vec(
-                &r,
-                "bilge_docker_containers",
-                "Containers by state.",
-                &["state"],
-            )?,
-            dangling_images,
-            dangling_images_bytes,
-            build_cache_reclaimable_by_age: gauge_vec(
-                &r,
-                "bilge_docker_build_cache_reclaimable_bytes",
-                "Reclaimable build cache last used longer ago than older_than.",
-                &["older_than"],
-            )?,
-            logs_bytes,
-            largest_image: gauge_vec(
-                &r,
-                "bilge_docker_largest_image_bytes",
-                "The largest images (top N).",
-                &["image"],
-            )?,
-            largest_volume: gauge_vec(
-                &r,
-                "bilge_docker_largest_volume_bytes",
-                "The largest volumes (top N).",
-                &["volume"],
-            )?,
-            largest_log: gauge_vec(
-                &r,
-                "bilge_docker_largest_container_log_bytes",
-                "The largest container log files (top N).",
-                &["container"],
-            )?,
             builds: counter_vec(
                 &r,
                 "bilge_builds_total",
@@ -437,11 +218,25 @@ impl Metrics {
             )?,
             registry: r,
         };
-        m.docker_up.set(0);
-        for c in ["filesystem", "docker"] {
-            m.collector_success.with_label_values(&[c]).set(0.0);
+        // Families whose label values are known in advance exist from the start, at 0, so that
+        // `increase()` has a first sample and a dashboard shows 0 rather than "No data".
+        for t in Trigger::ALL {
+            for res in CleanupResult::ALL {
+                m.cleanup_runs
+                    .with_label_values(&[t.as_str(), res.as_str()]);
+            }
+        }
+        for l in Level::ALL {
+            m.cleanup_reclaimed.with_label_values(&[l.as_str()]);
         }
         Ok(Metrics(Arc::new(m)))
+    }
+
+    /// Makes `bilge_webhook_requests_total` exist at 0 for every outcome (when the webhook is on).
+    pub fn start_webhook_outcomes(&self, outcomes: &[&str]) {
+        for o in outcomes {
+            self.webhook_requests.with_label_values(&[o]);
+        }
     }
 
     /// The text exposition for a scrape that arrives now, never older than the scrape: an
@@ -485,8 +280,8 @@ mod tests {
         let Ok(m) = m else { panic!("{m:?}") };
         let text = String::from_utf8(m.encode()).unwrap_or_default();
         assert!(text.contains("bilge_exporter_build_info{"));
-        assert!(text.contains("bilge_docker_up 0"));
-        assert!(text.contains("bilge_collector_success{collector=\"docker\"} 0"));
+        assert!(text.contains("bilge_cleanup_in_progress 0"));
+        assert!(text.contains("bilge_store_errors_total 0"));
     }
 
     #[tokio::test]
@@ -495,11 +290,11 @@ mod tests {
             panic!("metrics")
         };
         let first = m.exposition().await;
-        m.docker_up.set(1);
+        m.cleanup_in_progress.set(1);
         let second = m.exposition().await;
         let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
-        assert!(text(&first).contains("bilge_docker_up 0"));
-        assert!(text(&second).contains("bilge_docker_up 1"));
+        assert!(text(&first).contains("bilge_cleanup_in_progress 0"));
+        assert!(text(&second).contains("bilge_cleanup_in_progress 1"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,8 +303,8 @@ mod tests {
             panic!("metrics")
         };
         for round in 0..50 {
-            m.dangling_images.set(f64::from(round));
-            let want = format!("bilge_docker_dangling_images {round}\n");
+            m.cleanup_last_run.set(f64::from(round));
+            let want = format!("bilge_cleanup_last_run_timestamp_seconds {round}\n");
             let scrapes: Vec<_> = (0..8)
                 .map(|_| {
                     let m = m.clone();
@@ -526,6 +321,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn cleanup_counters_exist_at_zero_before_any_run() {
+        let Ok(m) = Metrics::new() else {
+            panic!("metrics")
+        };
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        assert!(
+            text.contains("bilge_cleanup_runs_total{result=\"skipped\",trigger=\"build_retry\"} 0")
+        );
+        assert!(text.contains("bilge_cleanup_reclaimed_bytes_total{action=\"unused_volumes\"} 0"));
+        assert!(!text.contains("bilge_webhook_requests_total"));
+        m.start_webhook_outcomes(&["accepted", "unauthorized"]);
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        assert!(text.contains("bilge_webhook_requests_total{outcome=\"unauthorized\"} 0"));
     }
 
     #[test]

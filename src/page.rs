@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::collect::Snapshot;
 use crate::collect::docker::TYPES;
 use crate::format::human_bytes;
+use crate::model::{BuildResult, CleanupResult};
 use crate::store::{BuildRecord, CleanupRecord};
 
 /// Escapes text for HTML.
@@ -238,9 +239,13 @@ pub fn render(
                 "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"n\">{:.1}s</td><td><code>{}</code></td></tr>",
                 ago(Some(b.finished_at), now),
                 esc(&b.project),
-                if b.result == "success" { "good" } else { "bad" },
-                esc(&b.result),
-                esc(&b.reason),
+                if b.result == BuildResult::Success {
+                    "good"
+                } else {
+                    "bad"
+                },
+                b.result,
+                b.reason,
                 b.duration_seconds,
                 esc(b.evidence.as_deref().unwrap_or(""))
             );
@@ -257,10 +262,14 @@ pub fn render(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"n\">{}</td></tr>",
                 ago(Some(c.finished_at), now),
-                esc(&c.trigger),
-                esc(&c.level),
-                if c.result == "failure" { "bad" } else { "good" },
-                esc(&c.result),
+                c.trigger,
+                c.level,
+                if c.result == CleanupResult::Failure {
+                    "bad"
+                } else {
+                    "good"
+                },
+                c.result,
                 human_bytes(c.reclaimed_bytes)
             );
         }

@@ -1,16 +1,18 @@
 //! `bilge serve`: starts the collectors and the HTTP server, and stops both on SIGINT/SIGTERM.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::build::history::{self, BuildMetrics};
-use crate::cleanup::Engine;
+use crate::cleanup::{Engine, Policy};
 use crate::collect::Collector;
-use crate::config::{Config, ServeConfig};
+use crate::collect::disk::FilesystemConfig;
+use crate::docker::DockerConfig;
 use crate::metrics::Metrics;
-use crate::server::{AppState, router};
+use crate::server::{AppState, ServeConfig, router};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -45,13 +47,48 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Everything `bilge serve` runs with, validated; each part goes to the module that uses it.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// The Docker daemon (collector, engine).
+    pub docker: DockerConfig,
+    /// Filesystem collection.
+    pub filesystem: FilesystemConfig,
+    /// The SQLite file.
+    pub state_path: PathBuf,
+    /// The cleanup policy.
+    pub policy: Policy,
+    /// Cap on distinct project label values.
+    pub max_projects: usize,
+    /// The HTTP server and webhook.
+    pub web: ServeConfig,
+}
+
 /// Builds the shared state for a server (used by `run` and by tests).
-pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
+pub fn state(s: ServeSettings) -> Result<AppState> {
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
-    let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
-    let webhook = Arc::new(crate::webhook::Webhook::new(&serve, &cfg.policy));
-    let collector = Arc::new(Collector::new(cfg, metrics.clone()));
+    let store = Store::new(&s.state_path, metrics.store_errors.clone());
+    let webhook = Arc::new(crate::webhook::Webhook::new(
+        crate::webhook::WebhookSettings {
+            token: s.web.token.clone(),
+            identities: crate::webhook::Identities::new(&s.web.instances, s.web.listen),
+            relay: s.web.relay,
+            cooldown: s.policy.cooldown,
+        },
+    ));
+    let collector = Arc::new(Collector::new(s.docker, s.filesystem));
+    let families = collector
+        .families()
+        .map_err(|e| Error::Other(format!("metrics: {e}")))?;
+    metrics
+        .registry
+        .register(Box::new(families))
+        .map_err(|e| Error::Other(format!("metrics: {e}")))?;
+    if s.web.token.is_some() {
+        metrics.start_webhook_outcomes(&crate::webhook::Outcome::ALL.map(|o| o.as_str()));
+    }
     let engine = Arc::new(Engine::new(
+        s.policy,
         collector.clone(),
         store.clone(),
         metrics.clone(),
@@ -60,7 +97,8 @@ pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
         metrics,
         collector,
         store,
-        serve: Arc::new(serve),
+        max_projects: s.max_projects,
+        serve: Arc::new(s.web),
         engine,
         webhook,
         started: Instant::now(),
@@ -70,18 +108,17 @@ pub fn state(cfg: Config, serve: ServeConfig) -> Result<AppState> {
 
 /// Runs the server until `shutdown` resolves.
 pub async fn run_until(
-    cfg: Config,
-    serve: ServeConfig,
+    settings: ServeSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listen = serve.listen;
+    let listen = settings.web.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         Error::io(
             format!("cannot listen on {listen} (--web.listen-address)"),
             e,
         )
     })?;
-    let state = state(cfg, serve)?;
+    let state = state(settings)?;
     match state.store.check() {
         Ok(()) => state.engine.resume_cooldown(),
         Err(e) => {
@@ -92,7 +129,7 @@ pub async fn run_until(
     // Replay the build history into the metrics before answering scrapes, then follow it.
     let builds = Arc::new(Mutex::new(BuildMetrics::new(
         state.metrics.clone(),
-        state.collector.config().max_projects,
+        state.max_projects,
     )));
     match history::catch_up(builds.clone(), state.store.clone()).await {
         Ok(n) => tracing::debug!(builds = n, "build history replayed into the metrics"),
@@ -123,7 +160,7 @@ pub async fn run_until(
     ));
     tracing::info!(
         address = %listen,
-        docker = %state.collector.config().docker.host,
+        docker = %state.collector.docker_config().host,
         state = %state.store.path().display(),
         webhook = state.serve.token.is_some(),
         relay = state.serve.relay,
@@ -152,6 +189,6 @@ pub async fn run_until(
 }
 
 /// Runs the server until SIGINT/SIGTERM.
-pub async fn run(cfg: Config, serve: ServeConfig) -> Result<()> {
-    run_until(cfg, serve, shutdown_signal()).await
+pub async fn run(settings: ServeSettings) -> Result<()> {
+    run_until(settings, shutdown_signal()).await
 }

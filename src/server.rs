@@ -1,28 +1,57 @@
 //! The HTTP surface: one axum `Router` over shared state. Handlers read snapshots and the store;
-//! none waits on Docker. Errors are JSON `{"error": "..."}` with the right status; bad input is
-//! not logged, internal errors are logged once and answered with a plain 500.
+//! none waits on Docker. Errors are [`AppError`]s: JSON `{"error": "..."}` with the right status;
+//! bad input is not logged, internal errors are logged once and answered with a plain 500.
+//!
+//! The webhook and `POST /api/v1/builds` take the API token through one extractor,
+//! [`ApiToken`]: `Authorization: Bearer <token>`, or basic auth whose password is the token (the
+//! user name is ignored), compared in constant time. Without a token configured both endpoints
+//! are off (404); a refused request changes nothing. The webhook handler counts every answer,
+//! refusals included, in `bilge_webhook_requests_total{outcome}`; what each alert does is
+//! decided in [`crate::webhook`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
-use crate::cleanup::{Engine, Level};
+use crate::cleanup::Engine;
 use crate::collect::Collector;
-use crate::config::ServeConfig;
 use crate::format::parse_duration;
+pub use crate::http_error::AppError;
 use crate::metrics::Metrics;
+use crate::model::Level;
 use crate::store::Store;
-use crate::webhook::Webhook;
+use crate::webhook::{Decision, Outcome, Payload, RELAYED_HEADER, Webhook};
+
+/// Settings of `bilge serve` only.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The metrics path.
+    pub telemetry_path: String,
+    /// The webhook/API bearer token; `None` turns the authenticated endpoints off.
+    pub token: Option<String>,
+    /// Extra `instance` values that name this host.
+    pub instances: Vec<String>,
+    /// Relay alerts for other instances.
+    pub relay: bool,
+    /// Largest request body.
+    pub max_body: usize,
+}
 
 /// Everything a handler may need.
 #[derive(Debug, Clone)]
@@ -35,6 +64,8 @@ pub struct AppState {
     pub store: Store,
     /// `bilge serve`'s settings.
     pub serve: Arc<ServeConfig>,
+    /// Cap on distinct project label values.
+    pub max_projects: usize,
     /// The cleanup engine.
     pub engine: Arc<Engine>,
     /// The Alertmanager webhook's settings and memory.
@@ -43,53 +74,6 @@ pub struct AppState {
     pub started: Instant,
     /// Notified when the build API stored an outcome, so the build metrics catch up at once.
     pub builds_changed: Arc<Notify>,
-}
-
-/// An error answer.
-#[derive(Debug)]
-pub enum AppError {
-    /// 400 with a message for the caller.
-    BadRequest(String),
-    /// 401: missing or wrong credentials.
-    Unauthorized,
-    /// 404: the endpoint is off or unknown.
-    NotFound(String),
-    /// 409 / 429 style refusals with a message.
-    Refused(StatusCode, String),
-    /// 503: not available right now (e.g. the store).
-    Unavailable(String),
-    /// 500: logged here, answered without details.
-    Internal(crate::Error),
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (status, msg) = match self {
-            AppError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            AppError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "missing or invalid credentials".to_string(),
-            ),
-            AppError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            AppError::Refused(s, m) => (s, m),
-            AppError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
-            AppError::Internal(e) => {
-                tracing::error!(error = %e, "internal error answering a request");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error".to_string(),
-                )
-            }
-        };
-        let mut resp = (status, Json(serde_json::json!({ "error": msg }))).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"bilge\""),
-            );
-        }
-        resp
-    }
 }
 
 /// `?limit=` for history endpoints.
@@ -169,36 +153,90 @@ async fn list_builds(
     let store = s.store.clone();
     let builds = tokio::task::spawn_blocking(move || store.list_builds(limit))
         .await
-        .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
+        .map_err(AppError::internal)?
         .map_err(|_| AppError::Unavailable("the state store is unavailable".into()))?;
     Ok(Json(serde_json::json!({ "builds": builds })).into_response())
 }
 
-/// Checks `Authorization` against the API token: `Bearer <token>`, or Basic auth whose password
-/// is the token (any user name), compared in constant time.
-pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), AppError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if crate::webhook::authorized(value, token) {
-        Ok(())
+/// True when an `Authorization` header carries `token`, as a bearer token or as the password of
+/// basic auth. Constant time in the token's content.
+pub fn authorized(header: Option<&str>, token: &str) -> bool {
+    let Some(h) = header else { return false };
+    let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h, ""));
+    let given: Vec<u8> = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.trim().as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+            return false;
+        };
+        match decoded.iter().position(|b| *b == b':') {
+            Some(i) => decoded[i + 1..].to_vec(),
+            None => return false,
+        }
     } else {
-        Err(AppError::Unauthorized)
+        return false;
+    };
+    bool::from(given.as_slice().ct_eq(token.as_bytes()))
+}
+
+/// Extracted from a request that carries the API token (see [`authorized`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiToken;
+
+/// Why a request did not get past [`ApiToken`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// No token is configured: the authenticated endpoints are off.
+    Off,
+    /// Missing or wrong credentials.
+    Invalid,
+}
+
+impl From<TokenRejection> for AppError {
+    fn from(r: TokenRejection) -> AppError {
+        match r {
+            TokenRejection::Off => AppError::NotFound(
+                "this endpoint is off: start bilge serve with --webhook.token-file (the API token of the webhook and the build API)".into(),
+            ),
+            TokenRejection::Invalid => AppError::Unauthorized,
+        }
+    }
+}
+
+impl IntoResponse for TokenRejection {
+    fn into_response(self) -> Response {
+        AppError::from(self).into_response()
+    }
+}
+
+impl FromRequestParts<AppState> for ApiToken {
+    type Rejection = TokenRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<ApiToken, TokenRejection> {
+        let Some(token) = state.serve.token.as_deref() else {
+            return Err(TokenRejection::Off);
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if authorized(given, token) {
+            Ok(ApiToken)
+        } else {
+            Err(TokenRejection::Invalid)
+        }
     }
 }
 
 /// `POST /api/v1/builds`: validates one outcome and stores it; the build metrics follow the store.
 async fn push_build(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    _token: ApiToken,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    let Some(token) = s.serve.token.as_deref() else {
-        return Err(AppError::NotFound(
-            "the build API is off: start bilge serve with --webhook.token-file to accept build outcomes".into(),
-        ));
-    };
-    authorize(&headers, token)?;
     let body = body.map_err(|e| AppError::Refused(e.status(), e.body_text()))?;
     let mut record =
         crate::build::record::parse(&body, chrono::Utc::now()).map_err(AppError::BadRequest)?;
@@ -206,7 +244,7 @@ async fn push_build(
     let row = record.clone();
     let id = tokio::task::spawn_blocking(move || store.insert_build(&row))
         .await
-        .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
+        .map_err(AppError::internal)?
         .map_err(|_| {
             AppError::Unavailable(
                 "the state store is unavailable; the build was not recorded".into(),
@@ -225,21 +263,64 @@ async fn list_cleanups(
     let store = s.store.clone();
     let cleanups = tokio::task::spawn_blocking(move || store.list_cleanups(limit))
         .await
-        .map_err(|e| AppError::Internal(crate::Error::Other(e.to_string())))?
+        .map_err(AppError::internal)?
         .map_err(|_| AppError::Unavailable("the state store is unavailable".into()))?;
     Ok(Json(serde_json::json!({ "cleanups": cleanups })).into_response())
 }
 
-async fn alerts(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    crate::webhook::handle(
-        &s.webhook,
-        &s.engine,
-        &s.metrics,
-        &headers,
-        body,
-        s.serve.max_body,
-    )
-    .await
+/// `POST /api/v1/alerts`: authenticate, read and parse the delivery, let the webhook carry it
+/// out, answer what it decided. Every answer is counted by its outcome.
+async fn alerts(
+    State(s): State<AppState>,
+    token: Result<ApiToken, TokenRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (outcome, resp) = match receive_alerts(&s, token, &headers, body).await {
+        Ok((payload, decisions)) => (
+            crate::webhook::outcome(&decisions),
+            Json(crate::webhook::answer(&payload, &decisions)).into_response(),
+        ),
+        Err((outcome, e)) => (outcome, e.into_response()),
+    };
+    s.metrics
+        .webhook_requests
+        .with_label_values(&[outcome.as_str()])
+        .inc();
+    resp
+}
+
+/// The webhook's work for one request: the decisions, or the refusal and how it is counted.
+/// The body is read only once the token checked out.
+async fn receive_alerts(
+    s: &AppState,
+    token: Result<ApiToken, TokenRejection>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Payload, Vec<Decision>), (Outcome, AppError)> {
+    token.map_err(|r| (Outcome::Unauthorized, AppError::from(r)))?;
+    let max_body = s.serve.max_body;
+    let bytes = axum::body::to_bytes(body, max_body).await.map_err(|_| {
+        (
+            Outcome::BadRequest,
+            AppError::Refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {max_body} bytes (--web.max-body)"),
+            ),
+        )
+    })?;
+    let (payload, raw) = crate::webhook::parse(&bytes)
+        .map_err(|m| (Outcome::BadRequest, AppError::BadRequest(m)))?;
+    let relayed = headers.contains_key(RELAYED_HEADER);
+    if let Some(from) = headers.get(RELAYED_HEADER).and_then(|v| v.to_str().ok()) {
+        tracing::info!(
+            from,
+            alerts = payload.alerts.len(),
+            "webhook delivery relayed by another bilge"
+        );
+    }
+    let decisions = s.webhook.deliver(&s.engine, &payload, &raw, relayed).await;
+    Ok((payload, decisions))
 }
 
 /// `?level=` and `?until=` for `/api/v1/plan`.
@@ -310,4 +391,36 @@ async fn page(State(s): State<AppState>) -> Html<String> {
         &cleanups,
         chrono::Utc::now(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_basic_auth_carry_the_token() {
+        assert!(authorized(Some("Bearer s3cret"), "s3cret"));
+        assert!(authorized(Some("bearer s3cret"), "s3cret"));
+        assert!(!authorized(Some("Bearer s3cre"), "s3cret"));
+        assert!(!authorized(Some("Bearer s3crett"), "s3cret"));
+        assert!(!authorized(Some("Bearer "), "s3cret"));
+        assert!(!authorized(None, "s3cret"));
+        let basic = base64::engine::general_purpose::STANDARD.encode("alertmanager:s3cret");
+        assert!(authorized(Some(&format!("Basic {basic}")), "s3cret"));
+        let wrong = base64::engine::general_purpose::STANDARD.encode("s3cret:nope");
+        assert!(!authorized(Some(&format!("Basic {wrong}")), "s3cret"));
+        assert!(!authorized(Some("Basic !!!"), "s3cret"));
+        assert!(!authorized(Some("Token s3cret"), "s3cret"));
+    }
+
+    #[test]
+    fn an_endpoint_without_a_token_is_off_and_says_how_to_turn_it_on() {
+        let off = AppError::from(TokenRejection::Off);
+        assert_eq!(off.status(), StatusCode::NOT_FOUND);
+        assert!(matches!(off, AppError::NotFound(m) if m.contains("--webhook.token-file")));
+        assert_eq!(
+            AppError::from(TokenRejection::Invalid).status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }

@@ -10,6 +10,8 @@ use prometheus::IntCounter;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use crate::build::classify::Reason;
+use crate::model::{BuildResult, CleanupResult, Level, Trigger};
 use crate::{Error, Result};
 
 /// One recorded build, as pushed to and listed by `/api/v1/builds`.
@@ -20,10 +22,10 @@ pub struct BuildRecord {
     pub id: Option<i64>,
     /// Project name (already capped by the caller).
     pub project: String,
-    /// `success` or `failure`.
-    pub result: String,
+    /// How it ended.
+    pub result: BuildResult,
     /// `none` on success, else a classification reason.
-    pub reason: String,
+    pub reason: Reason,
     /// The command's exit code (128+N for a signal).
     pub exit_code: Option<i32>,
     /// When the build started.
@@ -65,12 +67,12 @@ pub struct CleanupRecord {
     /// Row id (absent until stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,
-    /// `webhook`, `watermark`, `cli` or `build_retry`.
-    pub trigger: String,
+    /// What started it.
+    pub trigger: Trigger,
     /// The highest level requested after capping.
-    pub level: String,
-    /// `success`, `failure`, `dry_run` or `skipped`.
-    pub result: String,
+    pub level: Level,
+    /// How it ended.
+    pub result: CleanupResult,
     /// Started.
     pub started_at: DateTime<Utc>,
     /// Finished.
@@ -95,9 +97,9 @@ fn cleanup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CleanupRecord> {
     let actions: String = r.get(6)?;
     Ok(CleanupRecord {
         id: Some(r.get(0)?),
-        trigger: r.get(1)?,
-        level: r.get(2)?,
-        result: r.get(3)?,
+        trigger: named(r, 1)?,
+        level: named(r, 2)?,
+        result: named(r, 3)?,
         started_at: parse_ts(r.get(4)?)?,
         finished_at: parse_ts(r.get(5)?)?,
         actions: serde_json::from_str(&actions).unwrap_or_default(),
@@ -144,8 +146,9 @@ fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
     Ok(BuildRecord {
         id: Some(r.get(0)?),
         project: r.get(1)?,
-        result: r.get(2)?,
-        reason: r.get(3)?,
+        result: named(r, 2)?,
+        // A reason this version does not know (an edited file, another version) reads `unknown`.
+        reason: named(r, 3).unwrap_or(Reason::Unknown),
         exit_code: r.get(4)?,
         started_at: parse_ts(r.get(5)?)?,
         finished_at: parse_ts(r.get(6)?)?,
@@ -162,6 +165,18 @@ pub struct Store {
     path: PathBuf,
     conn: Arc<Mutex<Option<Connection>>>,
     errors: IntCounter,
+}
+
+/// Column `i` read as one of the named enums (stored as its `as_str` text).
+fn named<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn ts(t: &DateTime<Utc>) -> String {
@@ -204,10 +219,7 @@ impl Store {
 
     /// Runs `f` on the connection, opening it first if needed; failures are logged and counted.
     fn with<T>(&self, what: &str, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let mut guard = match self.conn.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut guard = crate::sync::lock(&self.conn);
         let r = (|| {
             if guard.is_none() {
                 *guard = Some(Self::open(&self.path)?);
@@ -235,7 +247,7 @@ impl Store {
             c.execute(
                 "INSERT INTO builds (project, result, reason, exit_code, started_at, finished_at, duration_seconds, evidence, host, attempt)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![b.project, b.result, b.reason, b.exit_code, ts(&b.started_at), ts(&b.finished_at),
+                params![b.project, b.result.as_str(), b.reason.as_str(), b.exit_code, ts(&b.started_at), ts(&b.finished_at),
                         b.duration_seconds, b.evidence, b.host, b.attempt],
             )?;
             Ok(c.last_insert_rowid())
@@ -265,12 +277,12 @@ impl Store {
     }
 
     /// For each (project, result): the newest finish time, to restore gauges after a restart.
-    pub fn last_build_times(&self) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+    pub fn last_build_times(&self) -> Result<Vec<(String, BuildResult, DateTime<Utc>)>> {
         self.with("reading build times", |c| {
             let mut st = c.prepare(
                 "SELECT project, result, MAX(finished_at) FROM builds GROUP BY project, result",
             )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, parse_ts(r.get(2)?)?)))?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, named(r, 1)?, parse_ts(r.get(2)?)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -292,7 +304,7 @@ impl Store {
             c.execute(
                 "INSERT INTO cleanups (trigger, level, result, started_at, finished_at, actions, reclaimed_bytes, alert, detail)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![r.trigger, r.level, r.result, ts(&r.started_at), ts(&r.finished_at), actions,
+                params![r.trigger.as_str(), r.level.as_str(), r.result.as_str(), ts(&r.started_at), ts(&r.finished_at), actions,
                         r.reclaimed_bytes as i64, r.alert, r.detail],
             )?;
             Ok(c.last_insert_rowid())
@@ -351,19 +363,15 @@ mod tests {
         )
     }
 
-    fn build(project: &str, result: &str, secs: i64) -> BuildRecord {
+    fn build(project: &str, result: BuildResult, secs: i64) -> BuildRecord {
         let t = DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
+        let ok = result == BuildResult::Success;
         BuildRecord {
             id: None,
             project: project.into(),
-            result: result.into(),
-            reason: if result == "success" {
-                "none"
-            } else {
-                "no_space"
-            }
-            .into(),
-            exit_code: Some(if result == "success" { 0 } else { 1 }),
+            result,
+            reason: if ok { Reason::None } else { Reason::NoSpace },
+            exit_code: Some(if ok { 0 } else { 1 }),
             started_at: t,
             finished_at: t,
             duration_seconds: 1.5,
@@ -376,13 +384,16 @@ mod tests {
     #[test]
     fn builds_round_trip_newest_first() {
         let (s, dir, errors) = temp_store("builds");
-        s.insert_build(&build("a", "success", 1)).unwrap();
-        s.insert_build(&build("a", "failure", 2)).unwrap();
-        s.insert_build(&build("b", "success", 3)).unwrap();
+        s.insert_build(&build("a", BuildResult::Success, 1))
+            .unwrap();
+        s.insert_build(&build("a", BuildResult::Failure, 2))
+            .unwrap();
+        s.insert_build(&build("b", BuildResult::Success, 3))
+            .unwrap();
         let list = s.list_builds(2).unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].project, "b");
-        assert_eq!(list[1].reason, "no_space");
+        assert_eq!(list[1].reason, Reason::NoSpace);
         assert_eq!(s.last_build_times().unwrap().len(), 3);
         assert_eq!(s.projects().unwrap(), ["a", "b"]);
         let after: Vec<i64> = s
@@ -402,9 +413,9 @@ mod tests {
         let now = Utc::now();
         let rec = CleanupRecord {
             id: None,
-            trigger: "cli".into(),
-            level: "dangling_images".into(),
-            result: "success".into(),
+            trigger: Trigger::Cli,
+            level: Level::DanglingImages,
+            result: CleanupResult::Success,
             started_at: now,
             finished_at: now,
             actions: vec![ActionRecord {
@@ -428,7 +439,10 @@ mod tests {
     fn an_unwritable_path_is_counted_not_fatal() {
         let errors = IntCounter::new("e", "e").unwrap();
         let s = Store::new(Path::new("/proc/bilge/nope.db"), errors.clone());
-        assert!(s.insert_build(&build("a", "success", 1)).is_err());
+        assert!(
+            s.insert_build(&build("a", BuildResult::Success, 1))
+                .is_err()
+        );
         assert!(s.list_builds(1).is_err());
         assert_eq!(errors.get(), 2);
     }

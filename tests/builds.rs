@@ -251,7 +251,7 @@ fn a_command_that_cannot_start_exits_127_and_is_recorded() {
     );
     let stored = stored_builds(&state);
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].reason, "command_failed");
+    assert_eq!(stored[0].reason.as_str(), "command_failed");
     assert_eq!(stored[0].exit_code, Some(127));
 }
 
@@ -773,7 +773,7 @@ fn min_free_refuses_to_start_a_build_on_a_full_disk() {
         .list_cleanups(10)
         .unwrap();
     assert_eq!(audit.len(), 1);
-    assert_eq!(audit[0].trigger, "build_retry");
+    assert_eq!(audit[0].trigger.as_str(), "build_retry");
 
     // A modest minimum lets the build run.
     let o = bilge_build(

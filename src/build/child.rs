@@ -30,6 +30,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::classify::{Classifier, Exit};
+use crate::sync::lock;
 
 /// Bytes read per system call.
 const CHUNK: usize = 64 * 1024;
@@ -233,14 +234,6 @@ impl LineFeed {
         c.feed(&self.pending);
         c.feed(b"\n");
         self.pending.clear();
-    }
-}
-
-/// Locks the classifier; a panic elsewhere does not make its state unusable.
-fn lock(c: &Mutex<Classifier>) -> std::sync::MutexGuard<'_, Classifier> {
-    match c.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

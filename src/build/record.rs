@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::classify::Reason;
+use crate::model::BuildResult;
 use crate::store::BuildRecord;
 
 /// Longest project name, in characters.
@@ -241,8 +242,12 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
     Ok(BuildRecord {
         id: None,
         project: input.project,
-        result: if success { "success" } else { "failure" }.into(),
-        reason: reason.as_str().into(),
+        result: if success {
+            BuildResult::Success
+        } else {
+            BuildResult::Failure
+        },
+        reason,
         exit_code: input.exit_code,
         started_at: started,
         finished_at: finished,
@@ -317,7 +322,7 @@ mod tests {
             "started_at":"2025-06-01T11:00:00Z","finished_at":"2025-06-01T11:02:00+00:00",
             "duration_seconds":120.4,"evidence":"No space left on device","host":"ci-1","attempt":2}"#,
         );
-        assert_eq!(r.reason, "no_space");
+        assert_eq!(r.reason, Reason::NoSpace);
         assert_eq!(r.duration_seconds, 120.4);
         assert_eq!(r.attempt, 2);
         assert_eq!(r.host.as_deref(), Some("ci-1"));
@@ -328,12 +333,12 @@ mod tests {
         let r = ok(r#"{"project":"web","result":"success","duration_seconds":30}"#);
         assert_eq!(r.finished_at, now());
         assert_eq!((r.finished_at - r.started_at).num_seconds(), 30);
-        assert_eq!(r.reason, "none");
+        assert_eq!(r.reason, Reason::None);
         let r = ok(
             r#"{"project":"web","result":"failure","started_at":"2025-06-01T11:00:00Z","finished_at":"2025-06-01T11:00:10Z"}"#,
         );
         assert_eq!(r.duration_seconds, 10.0);
-        assert_eq!(r.reason, "unknown");
+        assert_eq!(r.reason, Reason::Unknown);
         let r = ok(
             r#"{"project":"web","result":"success","started_at":"2025-06-01T11:00:00Z","duration_seconds":5}"#,
         );

@@ -15,15 +15,34 @@ use tokio::sync::OnceCell;
 
 use super::child::{self, Outcome};
 use super::classify::{Classification, DiskState, Exit, Reason};
-use super::submit::Recorder;
-use crate::cleanup::engine::{Engine, Request, Trigger};
+use super::submit::{Recorder, ServerTarget};
+use crate::cleanup::engine::{Engine, Request, Standalone, Trigger};
 use crate::cleanup::policy::Level;
 use crate::collect::disk::{Statter, Usage};
-use crate::config::{BuildConfig, Config, DockerConfig};
-use crate::docker::DockerApi;
+use crate::docker::{DockerApi, DockerConfig, DockerHost};
 use crate::format::{FreeTarget, human_bytes};
+use crate::model::BuildResult;
 use crate::store::{BuildRecord, Store};
 use crate::{Error, Result};
+
+/// Settings of `bilge build` only.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// The project recorded with the outcome.
+    pub project: String,
+    /// Least free space on Docker's data root to start a build with.
+    pub min_free: Option<FreeTarget>,
+    /// Clean up and build once more after a disk failure.
+    pub clean_and_retry: bool,
+    /// Where to send the outcome (else the local store).
+    pub server: Option<ServerTarget>,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The Docker daemon whose data root is watched.
+    pub docker: DockerConfig,
+    /// The store outcomes go to without `--server`.
+    pub state_path: PathBuf,
+}
 
 /// Where Docker keeps its data when the daemon cannot be asked.
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/docker";
@@ -48,16 +67,16 @@ pub trait Cleaner {
 #[derive(Debug)]
 pub struct EngineCleaner {
     /// Settings for the engine.
-    cfg: Config,
+    settings: Standalone,
     /// The engine, once started.
     engine: OnceCell<Arc<Engine>>,
 }
 
 impl EngineCleaner {
-    /// A cleaner for the daemon, store and policy in `cfg`.
-    pub fn new(cfg: Config) -> EngineCleaner {
+    /// A cleaner for the daemon, store and policy in `settings`.
+    pub fn new(settings: Standalone) -> EngineCleaner {
         EngineCleaner {
-            cfg,
+            settings,
             engine: OnceCell::new(),
         }
     }
@@ -67,7 +86,7 @@ impl Cleaner for EngineCleaner {
     async fn clean(&self, target: FreeTarget) -> Result<String> {
         let engine = self
             .engine
-            .get_or_try_init(|| async { Engine::standalone(self.cfg.clone()) })
+            .get_or_try_init(|| async { Engine::standalone(self.settings.clone()) })
             .await?;
         let mut req = Request::new(Trigger::BuildRetry, Level::STANDARD);
         req.target_free = Some(target);
@@ -109,24 +128,10 @@ pub fn disk_state(u: &Usage) -> DiskState {
     }
 }
 
-/// Whether `host` is a daemon on this machine, whose data root bilge can stat.
-fn is_local(host: &str) -> bool {
-    if host.starts_with("unix://") {
-        return true;
-    }
-    let rest = host
-        .strip_prefix("tcp://")
-        .or_else(|| host.strip_prefix("http://"))
-        .unwrap_or("");
-    ["127.", "localhost:", "[::1]:"]
-        .iter()
-        .any(|p| rest.starts_with(p))
-}
-
 /// Docker's data root on this host: asked from the daemon, else [`DEFAULT_DATA_ROOT`] when it
 /// exists. None when the daemon runs elsewhere or nothing fits.
 async fn find_data_root(docker: DockerConfig) -> Option<PathBuf> {
-    if !is_local(&docker.host) {
+    if !DockerHost::parse(&docker.host).is_ok_and(|h| h.is_local()) {
         return None;
     }
     let mut d = docker;
@@ -228,7 +233,7 @@ pub fn format_seconds(s: f64) -> String {
 /// The one summary line: result, reason, exit code, duration, evidence.
 pub fn summary(rec: &BuildRecord) -> String {
     let took = format_seconds(rec.duration_seconds);
-    if rec.result == "success" {
+    if rec.result == BuildResult::Success {
         let attempt = if rec.attempt > 1 {
             format!(" (attempt {})", rec.attempt)
         } else {
@@ -236,7 +241,7 @@ pub fn summary(rec: &BuildRecord) -> String {
         };
         return format!("bilge: build success after {took}{attempt}");
     }
-    let mut detail = rec.reason.clone();
+    let mut detail = rec.reason.to_string();
     if let Some(c) = rec.exit_code {
         detail.push_str(&format!(", exit {c}"));
     }
@@ -249,14 +254,6 @@ pub fn summary(rec: &BuildRecord) -> String {
         .map(|e| format!(": {e}"))
         .unwrap_or_default();
     format!("bilge: build failure ({detail}) after {took}{evidence}")
-}
-
-/// The host name recorded with outcomes.
-pub fn hostname() -> Option<String> {
-    nix::unistd::gethostname()
-        .ok()
-        .map(|h| h.to_string_lossy().into_owned())
-        .filter(|h| !h.is_empty())
 }
 
 /// What `bilge build` needs while it runs.
@@ -310,8 +307,12 @@ impl Build<'_> {
         BuildRecord {
             id: None,
             project: self.b.project.clone(),
-            result: if success { "success" } else { "failure" }.into(),
-            reason: verdict.reason.as_str().into(),
+            result: if success {
+                BuildResult::Success
+            } else {
+                BuildResult::Failure
+            },
+            reason: verdict.reason,
             exit_code,
             started_at: started,
             finished_at: started
@@ -427,18 +428,18 @@ async fn clean(cleaner: &impl Cleaner, target: FreeTarget) {
 }
 
 /// Runs `bilge build` to its end; returns the exit code.
-pub async fn run(cfg: &Config, b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
+pub async fn run(b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
     let store = Store::new(
-        &cfg.state_path,
+        &b.state_path,
         prometheus::IntCounter::new("bilge_store_errors_total", "store errors")
             .map_err(|e| Error::Other(e.to_string()))?,
     );
     let build = Build {
         b,
-        docker: cfg.docker.clone(),
+        docker: b.docker.clone(),
         root: Arc::new(OnceCell::new()),
         recorder: Recorder::new(b.server.clone(), store),
-        host: hostname(),
+        host: crate::host::hostname(),
     };
     // Look for the data root while the build runs, so a failure does not wait for it.
     let root = build.root.clone();
@@ -490,6 +491,7 @@ mod tests {
 
     #[test]
     fn only_local_daemons_have_a_data_root_bilge_can_measure() {
+        let is_local = |h: &str| DockerHost::parse(h).is_ok_and(|h| h.is_local());
         assert!(is_local("unix:///var/run/docker.sock"));
         assert!(is_local("tcp://127.0.0.1:2375"));
         assert!(!is_local("tcp://build-host:2375"));
@@ -499,8 +501,8 @@ mod tests {
         BuildRecord {
             id: None,
             project: "p".into(),
-            result: result.into(),
-            reason: reason.into(),
+            result: result.parse().unwrap(),
+            reason: reason.parse().unwrap(),
             exit_code: Some(if result == "success" { 0 } else { 1 }),
             started_at: Utc::now(),
             finished_at: Utc::now(),

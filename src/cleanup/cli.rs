@@ -10,13 +10,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
-use super::engine::{Engine, Report, Request, Trigger};
+use super::engine::{Engine, Report, Request, Standalone, Trigger};
 use super::policy::{Level, Plan, Policy};
-use crate::cli::CleanArgs;
-use crate::config::Config;
-use crate::format::{
-    FreeTarget, format_duration, human_bytes, parse_duration, parse_free_target, table,
-};
+use crate::format::{FreeTarget, format_duration, human_bytes, table};
 use crate::{Error, Result};
 
 /// `bilge clean`'s flags, validated.
@@ -36,37 +32,9 @@ pub struct CleanOptions {
     pub json: bool,
 }
 
-impl CleanOptions {
-    /// Validates the raw flags.
-    pub fn from_args(a: &CleanArgs) -> Result<CleanOptions> {
-        let level = Level::parse(&a.level).map_err(|m| Error::config("--level", m))?;
-        let until = a
-            .until
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map_err(|m| Error::config("--until", m))?;
-        let target_free = a
-            .target_free
-            .as_deref()
-            .map(parse_free_target)
-            .transpose()
-            .map_err(|m| Error::config("--target-free", m))?;
-        Ok(CleanOptions {
-            level,
-            until,
-            target_free,
-            dry_run: a.dry_run,
-            yes: a.yes,
-            json: a.json,
-        })
-    }
-}
-
 /// Runs `bilge clean`. A failed run is an error (exit code 1) after its table is printed.
-pub async fn run(cfg: Config, args: &CleanArgs) -> Result<()> {
-    let opts = CleanOptions::from_args(args)?;
-    let level = cfg.policy.cap(opts.level);
+pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<()> {
+    let level = engine.policy.cap(opts.level);
     let confirm = level.is_aggressive() && !opts.dry_run && !opts.yes;
     if confirm && !std::io::stdin().is_terminal() {
         return Err(Error::config(
@@ -81,7 +49,7 @@ pub async fn run(cfg: Config, args: &CleanArgs) -> Result<()> {
             ),
         ));
     }
-    let engine = Engine::standalone(cfg)?;
+    let engine = Engine::standalone(engine)?;
     let req = Request {
         until: opts.until,
         target_free: opts.target_free,
@@ -273,35 +241,6 @@ pub fn render_report(r: &Report) -> String {
 mod tests {
     use super::*;
     use crate::cleanup::policy::{Kept, LevelPlan};
-
-    fn args(level: &str) -> CleanArgs {
-        CleanArgs {
-            level: level.into(),
-            until: None,
-            target_free: None,
-            dry_run: false,
-            yes: false,
-            json: false,
-        }
-    }
-
-    #[test]
-    fn bad_flags_name_the_flag() {
-        let e = CleanOptions::from_args(&args("everything")).unwrap_err();
-        assert!(e.is_usage() && e.to_string().contains("--level"), "{e}");
-        let e = CleanOptions::from_args(&CleanArgs {
-            until: Some("soon".into()),
-            ..args("standard")
-        })
-        .unwrap_err();
-        assert!(e.to_string().contains("--until"), "{e}");
-        let e = CleanOptions::from_args(&CleanArgs {
-            target_free: Some("120%".into()),
-            ..args("standard")
-        })
-        .unwrap_err();
-        assert!(e.to_string().contains("--target-free"), "{e}");
-    }
 
     #[test]
     fn the_plan_table_has_a_row_per_level_and_a_total() {

@@ -1,6 +1,9 @@
-//! The executor: runs a [`Plan`] level by level against the Docker daemon, re-measures the data
-//! root's filesystem after each level and stops as soon as the free-space target is met. Every
-//! run, whatever started it, is written to the audit table and counted in `bilge_cleanup_*`.
+//! The executor: plans a cleanup from a fresh look at the daemon, runs the plan level by level
+//! through the Docker edge ([`PruneEdge`]), re-measures the data root's filesystem after each
+//! level and stops as soon as the free-space target is met. Every run, whatever started it, is
+//! written to the audit table and counted in `bilge_cleanup_*`. Whether a run may start at all
+//! is [`super::admission`]'s business; what it is labelled with ([`Trigger`], [`CleanupResult`])
+//! comes from [`crate::model`].
 //!
 //! Levels run through Docker's prune endpoints, which act on the daemon's present state and
 //! report `SpaceReclaimed`:
@@ -16,70 +19,31 @@
 //! Two cases cannot be said with prune filters, and there the engine removes the objects of a
 //! fresh plan one by one (counting each object's planned bytes): Docker ANDs several `label!`
 //! filters (so with more than one protect label an object carrying only one of them would go),
-//! and volume prune has no `until` filter (and, before API 1.42, takes named volumes too).
+//! and volume prune has no `until` filter (and, before API 1.42, takes named volumes too). An
+//! object that is in use or gone by the time it is removed is skipped, not a failure.
 //!
-//! One run at a time: an in-process mutex, plus an `flock` on `<state.path>.lock` so that
-//! `bilge serve`, `bilge clean` and `bilge build --clean-and-retry` on one host never prune in
-//! parallel (Docker itself answers 409 to a second concurrent prune).
+//! The engine takes the host's [`Policy`] and nothing else of the configuration.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
+use std::collections::HashSet;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::Docker;
-use bollard::query_parameters::{
-    PruneBuildOptions, PruneContainersOptions, PruneImagesOptions, RemoveContainerOptions,
-    RemoveImageOptions, RemoveVolumeOptions,
-};
-use chrono::Utc;
-use nix::fcntl::{Flock, FlockArg};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::admission::Admission;
+pub use super::admission::Refusal;
 use super::policy::{Level, Plan, Policy, plan};
+use crate::collect::disk::FilesystemConfig;
 use crate::collect::{Collector, DataRoot};
-use crate::config::Config;
-use crate::docker::{DiskUsage, DockerApi};
+use crate::docker::{DiskUsage, DockerConfig, PruneEdge, PruneFilters, Reclaimed, Removal};
 use crate::format::{FreeTarget, format_duration, human_bytes};
 use crate::metrics::Metrics;
+pub use crate::model::{CleanupResult, Trigger};
 use crate::store::{ActionRecord, CleanupRecord, Store};
 use crate::{Error, Result};
-
-/// Longest time one prune call may take (pruning gigabytes of build cache takes minutes).
-const PRUNE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// What started a run; the `trigger` label of `bilge_cleanup_runs_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// An Alertmanager alert through `POST /api/v1/alerts`.
-    Webhook,
-    /// The data root fell under the low watermark.
-    Watermark,
-    /// `bilge clean`.
-    Cli,
-    /// `bilge build --clean-and-retry` after a disk failure.
-    BuildRetry,
-}
-
-impl Trigger {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Webhook => "webhook",
-            Trigger::Watermark => "watermark",
-            Trigger::Cli => "cli",
-            Trigger::BuildRetry => "build_retry",
-        }
-    }
-
-    /// Automatic triggers are rate-limited by the policy's cooldown.
-    pub fn is_automatic(self) -> bool {
-        matches!(self, Trigger::Webhook | Trigger::Watermark)
-    }
-}
 
 /// A request for a cleanup run.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +97,9 @@ pub struct LevelOutcome {
 /// The outcome of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// How the run ended (also in the record, as text).
+    #[serde(skip)]
+    pub result: CleanupResult,
     /// The audit row, as written.
     pub record: CleanupRecord,
     /// Its row id, when the store took it.
@@ -156,7 +123,7 @@ pub struct Report {
 impl Report {
     /// True for a successful run or a dry run.
     pub fn succeeded(&self) -> bool {
-        matches!(self.record.result.as_str(), "success" | "dry_run")
+        matches!(self.result, CleanupResult::Success | CleanupResult::DryRun)
     }
 
     /// Bytes reclaimed over every level.
@@ -165,86 +132,61 @@ impl Report {
     }
 }
 
-/// Why a run was not started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Another run is in progress (in this process or another bilge on this host).
-    Busy,
-    /// The last automatic run started less than the cooldown ago; this much is left.
-    Cooldown(Duration),
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Busy => f.write_str("a cleanup is already running on this host"),
-            Refusal::Cooldown(left) => write!(
-                f,
-                "the cooldown since the last automatic cleanup has {} left",
-                format_duration(Duration::from_secs(left.as_secs().max(1)))
-            ),
-        }
-    }
-}
-
-/// Held while a run executes: the in-process slot and the host-wide lock.
-#[derive(Debug)]
-struct RunGuard {
-    _slot: tokio::sync::OwnedMutexGuard<()>,
-    _host: Option<Flock<File>>,
-}
-
-/// What executing one level gave.
-#[derive(Debug, Default)]
-struct Done {
-    bytes: u64,
-    removed: u64,
-    error: Option<String>,
+/// What an engine of its own (`bilge clean`, `bilge build`) needs.
+#[derive(Debug, Clone)]
+pub struct Standalone {
+    /// The host's policy.
+    pub policy: Policy,
+    /// The daemon to prune.
+    pub docker: DockerConfig,
+    /// How the data root is measured.
+    pub filesystem: FilesystemConfig,
+    /// The store the audit goes to.
+    pub state_path: PathBuf,
 }
 
 /// The cleanup engine. Share it in an `Arc`.
 #[derive(Debug)]
 pub struct Engine {
+    /// Docker's client and the data root's measurements.
     collector: Arc<Collector>,
+    /// The audit table.
     store: Store,
+    /// `bilge_cleanup_*`.
     metrics: Metrics,
+    /// The host's policy.
     policy: Policy,
-    lock_path: PathBuf,
-    lock_file: Mutex<Option<File>>,
-    lock_warned: AtomicBool,
-    slot: Arc<tokio::sync::Mutex<()>>,
-    last_automatic: Mutex<Option<Instant>>,
+    /// Whether a run may start.
+    admission: Admission,
 }
 
 impl Engine {
-    /// An engine over `collector`'s Docker daemon and data root, with the collector's policy,
+    /// An engine with the host's `policy`, over `collector`'s Docker daemon and data root,
     /// writing to `store` and `metrics`. The host lock file is `<store path>.lock`.
-    pub fn new(collector: Arc<Collector>, store: Store, metrics: Metrics) -> Engine {
-        let policy = collector.config().policy.clone();
+    pub fn new(
+        policy: Policy,
+        collector: Arc<Collector>,
+        store: Store,
+        metrics: Metrics,
+    ) -> Engine {
         let mut lock = store.path().as_os_str().to_owned();
         lock.push(".lock");
-        let engine = Engine {
+        let admission = Admission::new(PathBuf::from(lock), policy.cooldown);
+        Engine {
             collector,
             store,
             metrics,
             policy,
-            lock_path: PathBuf::from(lock),
-            lock_file: Mutex::new(None),
-            lock_warned: AtomicBool::new(false),
-            slot: Arc::new(tokio::sync::Mutex::new(())),
-            last_automatic: Mutex::new(None),
-        };
-        // Open the lock file now, while the filesystem may still have room for it.
-        drop(engine.lock_handle());
-        engine
+            admission,
+        }
     }
 
     /// An engine with its own metrics, store and collector, for `bilge clean` and `bilge build`.
-    pub fn standalone(cfg: Config) -> Result<Arc<Engine>> {
+    pub fn standalone(s: Standalone) -> Result<Arc<Engine>> {
         let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
-        let store = Store::new(&cfg.state_path, metrics.store_errors.clone());
-        let collector = Arc::new(Collector::new(cfg, metrics.clone()));
-        Ok(Arc::new(Engine::new(collector, store, metrics)))
+        let store = Store::new(&s.state_path, metrics.store_errors.clone());
+        let collector = Arc::new(Collector::new(s.docker, s.filesystem));
+        Ok(Arc::new(Engine::new(s.policy, collector, store, metrics)))
     }
 
     /// Continues the cooldown from the last automatic run in the audit table, so a restart does
@@ -256,15 +198,15 @@ impl Engine {
             .unwrap_or_default()
             .into_iter()
             .find(|r| {
-                matches!(r.trigger.as_str(), "webhook" | "watermark")
-                    && matches!(r.result.as_str(), "success" | "failure")
+                r.trigger.is_automatic()
+                    && matches!(r.result, CleanupResult::Success | CleanupResult::Failure)
             })
             .and_then(|r| {
                 let ago = (Utc::now() - r.started_at).to_std().ok()?;
                 Instant::now().checked_sub(ago)
             });
-        if last.is_some() {
-            *lock(&self.last_automatic) = last;
+        if let Some(at) = last {
+            self.admission.resume_cooldown(at);
         }
     }
 
@@ -280,21 +222,17 @@ impl Engine {
 
     /// True while a run of this process executes.
     pub fn is_running(&self) -> bool {
-        self.slot.try_lock().is_err()
+        self.admission.is_running()
     }
 
     /// Time left before an automatic run may start again, if any.
     pub fn cooldown_remaining(&self) -> Option<Duration> {
-        let last = (*lock(&self.last_automatic))?;
-        self.policy
-            .cooldown
-            .checked_sub(last.elapsed())
-            .filter(|d| !d.is_zero())
+        self.admission.cooldown_remaining()
     }
 
     /// The plan for `level` from the collector's last snapshot (never waits on Docker).
     pub fn plan_from_snapshot(&self, level: Level, until: Option<Duration>) -> Option<Plan> {
-        let du = self.collector.snapshot().disk_usage?;
+        let du = self.collector.snapshot().disk_usage.clone()?;
         Some(plan(
             &du,
             &self.policy,
@@ -306,7 +244,7 @@ impl Engine {
 
     /// The plan for `level` from a fresh `/system/df` (records nothing).
     pub async fn plan_now(&self, level: Level, until: Option<Duration>) -> Result<Plan> {
-        let (_, du) = self.fresh_usage().await?;
+        let du = self.collector.docker().await?.disk_usage().await?;
         Ok(plan(
             &du,
             &self.policy,
@@ -323,28 +261,7 @@ impl Engine {
         if req.dry_run {
             return self.execute(req).await;
         }
-        let slot = match self.slot.clone().try_lock_owned() {
-            Ok(g) => g,
-            Err(_) => {
-                tracing::info!("waiting for the cleanup already running in this process");
-                self.slot.clone().lock_owned().await
-            }
-        };
-        let host = match self.try_host_lock() {
-            Ok(l) => l,
-            Err(_) => {
-                tracing::info!(lock = %self.lock_path.display(),
-                    "waiting for the cleanup another bilge is running on this host");
-                self.wait_host_lock().await
-            }
-        };
-        let _guard = RunGuard {
-            _slot: slot,
-            _host: host,
-        };
-        if req.trigger.is_automatic() {
-            *lock(&self.last_automatic) = Some(Instant::now());
-        }
+        let _ticket = self.admission.wait(req.trigger).await;
         self.execute(req).await
     }
 
@@ -354,30 +271,10 @@ impl Engine {
         self: &Arc<Self>,
         req: Request,
     ) -> std::result::Result<tokio::task::JoinHandle<Report>, Refusal> {
-        let mut last = lock(&self.last_automatic);
-        if req.trigger.is_automatic()
-            && let Some(at) = *last
-            && let Some(left) = self.policy.cooldown.checked_sub(at.elapsed())
-            && !left.is_zero()
-        {
-            return Err(Refusal::Cooldown(left));
-        }
-        let slot = self
-            .slot
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| Refusal::Busy)?;
-        let host = self.try_host_lock()?;
-        if req.trigger.is_automatic() {
-            *last = Some(Instant::now());
-        }
-        drop(last);
+        let ticket = self.admission.try_admit(req.trigger)?;
         let me = self.clone();
         Ok(tokio::spawn(async move {
-            let _guard = RunGuard {
-                _slot: slot,
-                _host: host,
-            };
+            let _ticket = ticket;
             me.execute(req).await
         }))
     }
@@ -387,9 +284,9 @@ impl Engine {
         let now = Utc::now();
         let rec = CleanupRecord {
             id: None,
-            trigger: req.trigger.as_str().into(),
-            level: self.policy.cap(req.level).as_str().into(),
-            result: "skipped".into(),
+            trigger: req.trigger,
+            level: self.policy.cap(req.level),
+            result: CleanupResult::Skipped,
             started_at: now,
             finished_at: now,
             actions: Vec::new(),
@@ -399,73 +296,9 @@ impl Engine {
         };
         self.metrics
             .cleanup_runs
-            .with_label_values(&[req.trigger.as_str(), "skipped"])
+            .with_label_values(&[req.trigger.as_str(), CleanupResult::Skipped.as_str()])
             .inc();
         self.write(rec).await;
-    }
-
-    /// A duplicate of the open lock file, opening it first if needed. `None` (warned once) when it
-    /// cannot be opened: runs then go ahead with the in-process lock only.
-    fn lock_handle(&self) -> Option<File> {
-        let mut guard = lock(&self.lock_file);
-        if guard.is_none() {
-            let opened = (|| {
-                if let Some(dir) = self
-                    .lock_path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                {
-                    std::fs::create_dir_all(dir)?;
-                }
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&self.lock_path)
-            })();
-            match opened {
-                Ok(f) => *guard = Some(f),
-                Err(e) => {
-                    if !self.lock_warned.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(lock = %self.lock_path.display(), error = %e,
-                            "cannot open the cleanup lock file; cleanups by other bilge processes on this host are not excluded");
-                    }
-                    return None;
-                }
-            }
-        }
-        guard.as_ref().and_then(|f| f.try_clone().ok())
-    }
-
-    /// Takes the host-wide lock without waiting.
-    fn try_host_lock(&self) -> std::result::Result<Option<Flock<File>>, Refusal> {
-        let Some(f) = self.lock_handle() else {
-            return Ok(None);
-        };
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => Ok(Some(l)),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Refusal::Busy),
-            Err((_, e)) => {
-                tracing::warn!(lock = %self.lock_path.display(), error = %e, "cannot lock the cleanup lock file");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Waits for the host-wide lock.
-    async fn wait_host_lock(&self) -> Option<Flock<File>> {
-        let f = self.lock_handle()?;
-        match tokio::task::spawn_blocking(move || Flock::lock(f, FlockArg::LockExclusive)).await {
-            Ok(Ok(l)) => Some(l),
-            Ok(Err((_, e))) => {
-                tracing::warn!(lock = %self.lock_path.display(), error = %e, "cannot lock the cleanup lock file");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "waiting for the cleanup lock failed");
-                None
-            }
-        }
     }
 
     /// Writes the audit row; a store failure is logged and counted by the store, never fatal.
@@ -481,114 +314,26 @@ impl Engine {
         }
     }
 
-    /// Plans and (unless a dry run) executes `req`, then records it.
+    /// Plans and (unless a dry run) executes `req`, then records and counts it.
     async fn execute(&self, req: Request) -> Report {
         let started = Utc::now();
-        let until = req.until.unwrap_or(self.policy.until);
-        let target = req.target_free.unwrap_or(self.policy.target_free);
-        let level = self.policy.cap(req.level);
         let real = !req.dry_run;
         if real {
             self.metrics.cleanup_in_progress.set(1);
         }
-        let mut report = Report {
-            record: CleanupRecord {
-                id: None,
-                trigger: req.trigger.as_str().into(),
-                level: level.as_str().into(),
-                result: String::new(),
-                started_at: started,
-                finished_at: started,
-                actions: Vec::new(),
-                reclaimed_bytes: 0,
-                alert: req.alert.clone(),
-                detail: None,
-            },
-            record_id: None,
-            plan: None,
-            levels: Vec::new(),
-            data_root: None,
-            avail_after: None,
-            target_bytes: None,
-            target: target.to_string(),
-            target_met: false,
+        let executor = Executor {
+            policy: &self.policy,
+            metrics: &self.metrics,
         };
-        let mut errors: Vec<String> = Vec::new();
-        match self.fresh_usage().await {
-            Err(e) => errors.push(e.to_string()),
-            Ok((api, du)) => {
-                let p = plan(&du, &self.policy, req.level, until, Utc::now());
-                report.data_root = self.collector.data_root_now().await;
-                report.target_bytes = report
-                    .data_root
-                    .as_ref()
-                    .map(|d| target.bytes_for(d.usage.size));
-                report.avail_after = report.data_root.as_ref().map(|d| d.usage.avail);
-                tracing::info!(
-                    trigger = req.trigger.as_str(),
-                    level = %p.level,
-                    requested = %req.level,
-                    until = %format_duration(until),
-                    target = %target,
-                    estimated = %human_bytes(p.bytes),
-                    dry_run = req.dry_run,
-                    "cleanup starting"
-                );
-                if real {
-                    self.execute_levels(&api, &du, &p, until, &mut report, &mut errors)
-                        .await;
-                } else {
-                    report.levels = p
-                        .levels
-                        .iter()
-                        .map(|l| LevelOutcome {
-                            level: l.level,
-                            estimated_bytes: l.bytes,
-                            reclaimed_bytes: 0,
-                            removed: l.objects,
-                            avail_after: None,
-                            error: None,
-                        })
-                        .collect();
-                }
-                report.plan = Some(p);
-            }
-        }
-        let result = if !real {
-            "dry_run"
-        } else if errors.is_empty() {
-            "success"
-        } else {
-            "failure"
+        let run = match self.collector.docker().await {
+            Ok(api) => executor.run(&api, &*self.collector, &req).await,
+            Err(e) => executor.failed(&req, e),
         };
-        let rec = &mut report.record;
-        rec.result = result.into();
-        rec.finished_at = Utc::now();
-        rec.actions = report
-            .levels
-            .iter()
-            .map(|l| ActionRecord {
-                action: l.level.as_str().into(),
-                reclaimed_bytes: if real {
-                    l.reclaimed_bytes
-                } else {
-                    l.estimated_bytes
-                },
-                removed: l.removed,
-                error: l.error.clone(),
-            })
-            .collect();
-        rec.reclaimed_bytes = if real {
-            report.levels.iter().map(|l| l.reclaimed_bytes).sum()
-        } else {
-            0
-        };
-        if !errors.is_empty() {
-            rec.detail = Some(errors.join("; "));
-        }
+        let mut report = audit(&req, self.policy.cap(req.level), started, Utc::now(), run);
+        let rec = &report.record;
         self.metrics
             .cleanup_runs
-            .with_label_values(&[req.trigger.as_str(), result])
+            .with_label_values(&[req.trigger.as_str(), report.result.as_str()])
             .inc();
         if real {
             self.metrics
@@ -596,57 +341,189 @@ impl Engine {
                 .set(rec.finished_at.timestamp_millis() as f64 / 1000.0);
             self.metrics.cleanup_in_progress.set(0);
         }
-        let finished = report.record.clone();
-        match result {
-            "failure" => tracing::warn!(
+        match report.result {
+            CleanupResult::Failure => tracing::warn!(
                 trigger = req.trigger.as_str(),
-                level = %finished.level,
-                reclaimed = %human_bytes(finished.reclaimed_bytes),
-                error = finished.detail.as_deref().unwrap_or_default(),
+                level = %rec.level,
+                reclaimed = %human_bytes(rec.reclaimed_bytes),
+                error = rec.detail.as_deref().unwrap_or_default(),
                 "cleanup failed"
             ),
-            _ => tracing::info!(
+            result => tracing::info!(
                 trigger = req.trigger.as_str(),
-                level = %finished.level,
-                result,
-                reclaimed = %human_bytes(finished.reclaimed_bytes),
+                level = %rec.level,
+                result = result.as_str(),
+                reclaimed = %human_bytes(rec.reclaimed_bytes),
                 target_met = report.target_met,
                 "cleanup finished"
             ),
         }
-        report.record_id = self.write(finished).await;
+        report.record_id = self.write(report.record.clone()).await;
         report
     }
+}
 
-    /// A connected client and a fresh `/system/df`.
-    async fn fresh_usage(&self) -> Result<(DockerApi, DiskUsage)> {
-        let api = self.collector.docker().await?;
-        let du = api.disk_usage().await?;
-        Ok((api, du))
+/// Where the executor measures free space: the data root's filesystem.
+trait DataRootProbe: Send + Sync {
+    /// The data root's filesystem now (asking Docker where it is, when that is not known yet);
+    /// `None` when it cannot be measured.
+    fn data_root_now(&self) -> impl Future<Output = Option<DataRoot>> + Send;
+}
+
+impl DataRootProbe for Collector {
+    async fn data_root_now(&self) -> Option<DataRoot> {
+        Collector::data_root_now(self).await
+    }
+}
+
+/// What executing a request gave, before it is audited.
+#[derive(Debug)]
+struct Run {
+    /// The plan it started from (absent when Docker could not be asked).
+    plan: Option<Plan>,
+    /// Per level, in the order they ran (planned ones, in a dry run).
+    levels: Vec<LevelOutcome>,
+    /// The data root's filesystem before the run.
+    data_root: Option<DataRoot>,
+    /// Available bytes after the run (before it, when no level measured).
+    avail_after: Option<u64>,
+    /// Bytes that had to be available to stop.
+    target_bytes: Option<u64>,
+    /// The target the run aimed for.
+    target: FreeTarget,
+    /// True when the run stopped because the target was met.
+    target_met: bool,
+    /// What failed, each with where.
+    errors: Vec<String>,
+}
+
+/// What executing one level gave.
+#[derive(Debug, Default, PartialEq)]
+struct Done {
+    /// Bytes freed.
+    bytes: u64,
+    /// Objects removed.
+    removed: u64,
+    /// Why the level failed.
+    error: Option<String>,
+}
+
+impl Done {
+    /// A failed call.
+    fn failed(e: Error) -> Done {
+        Done {
+            error: Some(e.to_string()),
+            ..Done::default()
+        }
+    }
+
+    /// A prune call's answer, counting the deleted ids that `counts` says are objects of the
+    /// level (an image prune also lists layers).
+    fn pruned(r: Result<Reclaimed>, counts: impl Fn(&str) -> bool) -> Done {
+        match r {
+            Ok(r) => Done {
+                bytes: r.bytes,
+                removed: r.deleted.iter().filter(|id| counts(id)).count() as u64,
+                error: None,
+            },
+            Err(e) => Done::failed(e),
+        }
+    }
+}
+
+/// Plans one request and calls the edge for it, level by level: the engine without its
+/// admission, store and collector, so that unit tests drive it against a fake edge.
+#[derive(Debug, Clone, Copy)]
+struct Executor<'a> {
+    /// The host's policy.
+    policy: &'a Policy,
+    /// Where each level's bytes are counted.
+    metrics: &'a Metrics,
+}
+
+impl Executor<'_> {
+    /// The run of a request whose daemon could not be reached: nothing planned, nothing done.
+    fn failed(&self, req: &Request, e: Error) -> Run {
+        Run {
+            plan: None,
+            levels: Vec::new(),
+            data_root: None,
+            avail_after: None,
+            target_bytes: None,
+            target: req.target_free.unwrap_or(self.policy.target_free),
+            target_met: false,
+            errors: vec![e.to_string()],
+        }
+    }
+
+    /// Plans `req` from a fresh `/system/df` and, unless it is a dry run, executes the plan.
+    async fn run(&self, edge: &impl PruneEdge, probe: &impl DataRootProbe, req: &Request) -> Run {
+        let until = req.until.unwrap_or(self.policy.until);
+        let target = req.target_free.unwrap_or(self.policy.target_free);
+        let du = match edge.disk_usage().await {
+            Ok(du) => du,
+            Err(e) => return self.failed(req, e),
+        };
+        let p = plan(&du, self.policy, req.level, until, Utc::now());
+        let data_root = probe.data_root_now().await;
+        let mut run = Run {
+            plan: None,
+            levels: Vec::new(),
+            target_bytes: data_root.as_ref().map(|d| target.bytes_for(d.usage.size)),
+            avail_after: data_root.as_ref().map(|d| d.usage.avail),
+            data_root,
+            target,
+            target_met: false,
+            errors: Vec::new(),
+        };
+        tracing::info!(
+            trigger = req.trigger.as_str(),
+            level = %p.level,
+            requested = %req.level,
+            until = %format_duration(until),
+            target = %target,
+            estimated = %human_bytes(p.bytes),
+            dry_run = req.dry_run,
+            "cleanup starting"
+        );
+        if req.dry_run {
+            run.levels = p
+                .levels
+                .iter()
+                .map(|l| LevelOutcome {
+                    level: l.level,
+                    estimated_bytes: l.bytes,
+                    reclaimed_bytes: 0,
+                    removed: l.objects,
+                    avail_after: None,
+                    error: None,
+                })
+                .collect();
+        } else {
+            self.levels(edge, probe, &du, &p, until, &mut run).await;
+        }
+        run.plan = Some(p);
+        run
     }
 
     /// Runs the plan's levels in order until the target is met.
-    async fn execute_levels(
+    async fn levels(
         &self,
-        api: &DockerApi,
+        edge: &impl PruneEdge,
+        probe: &impl DataRootProbe,
         du: &DiskUsage,
         p: &Plan,
         until: Duration,
-        report: &mut Report,
-        errors: &mut Vec<String>,
+        run: &mut Run,
     ) {
         let image_ids: HashSet<&str> = du.images.iter().map(|i| i.id.as_str()).collect();
         for lp in &p.levels {
-            let done = self.execute_level(api, lp.level, until, &image_ids).await;
+            let done = self.level(edge, lp.level, until, &image_ids).await;
             self.metrics
                 .cleanup_reclaimed
                 .with_label_values(&[lp.level.as_str()])
                 .inc_by(done.bytes);
-            let after = match report.data_root {
-                Some(_) => self.collector.measure_data_root().await,
-                None => self.collector.data_root_now().await,
-            };
-            let avail = after.map(|d| d.usage.avail);
+            let avail = probe.data_root_now().await.map(|d| d.usage.avail);
             tracing::info!(
                 level = %lp.level,
                 estimated = %human_bytes(lp.bytes),
@@ -657,9 +534,9 @@ impl Engine {
                 "cleanup level done"
             );
             if let Some(e) = &done.error {
-                errors.push(format!("{}: {e}", lp.level));
+                run.errors.push(format!("{}: {e}", lp.level));
             }
-            report.levels.push(LevelOutcome {
+            run.levels.push(LevelOutcome {
                 level: lp.level,
                 estimated_bytes: lp.bytes,
                 reclaimed_bytes: done.bytes,
@@ -667,24 +544,23 @@ impl Engine {
                 avail_after: avail,
                 error: done.error,
             });
-            report.avail_after = avail.or(report.avail_after);
-            if let (Some(t), Some(a)) = (report.target_bytes, avail)
+            run.avail_after = avail.or(run.avail_after);
+            if let (Some(t), Some(a)) = (run.target_bytes, avail)
                 && a >= t
             {
-                report.target_met = true;
+                run.target_met = true;
                 break;
             }
         }
     }
 
     /// The prune filters every level shares: `until` and, when exact, the protect label.
-    fn filters(&self, until: Duration) -> HashMap<String, Vec<String>> {
-        let mut f = HashMap::new();
-        f.insert("until".to_string(), vec![format!("{}s", until.as_secs())]);
-        if let [label] = self.policy.protect_labels.as_slice() {
-            f.insert("label!".to_string(), vec![label.clone()]);
-        }
-        f
+    fn filters(&self, until: Duration) -> PruneFilters {
+        let keep_label = match self.policy.protect_labels.as_slice() {
+            [label] => Some(label.clone()),
+            _ => None,
+        };
+        PruneFilters { until, keep_label }
     }
 
     /// Whether the prune endpoints' filters say exactly what the policy says (see module docs).
@@ -693,56 +569,29 @@ impl Engine {
     }
 
     /// Executes one level.
-    async fn execute_level(
+    async fn level(
         &self,
-        api: &DockerApi,
+        edge: &impl PruneEdge,
         level: Level,
         until: Duration,
         image_ids: &HashSet<&str>,
     ) -> Done {
-        let client = api.client().clone().with_timeout(PRUNE_TIMEOUT);
+        let exact = self.prune_is_exact();
         let mut done = match level {
-            Level::BuildCache => self.prune_build_cache(&client, until).await,
-            Level::StoppedContainers if self.prune_is_exact() => {
-                let opts = PruneContainersOptions {
-                    filters: Some(self.filters(until)),
-                };
-                match timed(client.prune_containers(Some(opts))).await {
-                    Ok(r) => Done {
-                        bytes: pos(r.space_reclaimed),
-                        removed: r.containers_deleted.map_or(0, |d| d.len() as u64),
-                        error: None,
-                    },
-                    Err(e) => failed(e),
-                }
+            Level::BuildCache => Done::pruned(edge.prune_build_cache(until).await, |_| true),
+            Level::StoppedContainers if exact => {
+                Done::pruned(edge.prune_containers(&self.filters(until)).await, |_| true)
             }
-            Level::DanglingImages | Level::UnusedImages if self.prune_is_exact() => {
-                let mut filters = self.filters(until);
+            Level::DanglingImages | Level::UnusedImages if exact => {
                 let dangling = level == Level::DanglingImages;
-                filters.insert("dangling".into(), vec![dangling.to_string()]);
-                let opts = PruneImagesOptions {
-                    filters: Some(filters),
-                };
-                match timed(client.prune_images(Some(opts))).await {
-                    Ok(r) => Done {
-                        bytes: pos(r.space_reclaimed),
-                        removed: r
-                            .images_deleted
-                            .unwrap_or_default()
-                            .iter()
-                            .filter_map(|d| d.deleted.as_deref())
-                            .filter(|id| image_ids.contains(id))
-                            .count() as u64,
-                        error: None,
-                    },
-                    Err(e) => failed(e),
-                }
+                let r = edge.prune_images(&self.filters(until), dangling).await;
+                Done::pruned(r, |id| image_ids.contains(id))
             }
-            _ => self.remove_each(api, &client, level, until).await,
+            _ => self.remove_each(edge, level, until).await,
         };
         if matches!(level, Level::DanglingImages | Level::UnusedImages) {
             // BuildKit's records of the removed images' layers are unshared now: release them.
-            let released = self.prune_build_cache(&client, until).await;
+            let released = Done::pruned(edge.prune_build_cache(until).await, |_| true);
             done.bytes += released.bytes;
             if done.error.is_none() {
                 done.error = released.error;
@@ -751,69 +600,32 @@ impl Engine {
         done
     }
 
-    /// `POST /build/prune` without `all`, records last used before the cut-off.
-    async fn prune_build_cache(&self, client: &Docker, until: Duration) -> Done {
-        let mut filters = HashMap::new();
-        filters.insert("until".to_string(), vec![format!("{}s", until.as_secs())]);
-        let opts = PruneBuildOptions {
-            filters: Some(filters),
-            ..PruneBuildOptions::default()
-        };
-        match timed(client.prune_build(Some(opts))).await {
-            Ok(r) => Done {
-                bytes: pos(r.space_reclaimed),
-                removed: r.caches_deleted.map_or(0, |d| d.len() as u64),
-                error: None,
-            },
-            Err(e) => failed(e),
-        }
-    }
-
     /// Removes the objects of a fresh plan for `level` one by one. An object that is gone or in
     /// use by now is skipped; other errors fail the level (after trying every object).
-    async fn remove_each(
-        &self,
-        api: &DockerApi,
-        client: &Docker,
-        level: Level,
-        until: Duration,
-    ) -> Done {
-        let du = match api.disk_usage().await {
+    async fn remove_each(&self, edge: &impl PruneEdge, level: Level, until: Duration) -> Done {
+        let du = match edge.disk_usage().await {
             Ok(du) => du,
-            Err(e) => return failed(e),
+            Err(e) => return Done::failed(e),
         };
-        let p = plan(&du, &self.policy, level, until, Utc::now());
+        let p = plan(&du, self.policy, level, until, Utc::now());
         let Some(lp) = p.level(level) else {
             return Done::default();
         };
         let mut done = Done::default();
         for c in &lp.candidates {
             let r = match level {
-                Level::StoppedContainers => timed(client.remove_container(
-                    &c.id,
-                    Some(RemoveContainerOptions {
-                        v: false,
-                        force: false,
-                        link: false,
-                    }),
-                ))
-                .await
-                .map(|()| true),
-                Level::UnusedVolumes => {
-                    timed(client.remove_volume(&c.id, Some(RemoveVolumeOptions { force: false })))
-                        .await
-                        .map(|()| true)
-                }
-                _ => self.remove_image(client, &du, &c.id).await,
+                Level::StoppedContainers => edge.remove_container(&c.id).await,
+                Level::UnusedVolumes => edge.remove_volume(&c.id).await,
+                _ => edge.remove_image(&c.id, &tags(&du, &c.id)).await,
             };
             match r {
-                Ok(true) => {
+                Ok(Removal::Removed) => {
                     done.bytes += c.bytes;
                     done.removed += 1;
                 }
-                Ok(false) => {}
-                Err(Error::Docker(m)) if is_conflict_or_gone(&m) => {
-                    tracing::debug!(object = %c.name, error = %m, "skipped: in use or gone by now");
+                Ok(Removal::Kept) => {}
+                Ok(Removal::InUse(why) | Removal::Gone(why)) => {
+                    tracing::debug!(object = %c.name, error = %why, "skipped: in use or gone by now");
                 }
                 Err(e) => {
                     tracing::warn!(object = %c.name, error = %e, "cannot remove");
@@ -823,105 +635,656 @@ impl Engine {
         }
         done
     }
+}
 
-    /// Removes one image the way prune does: each tag, then (untagged) the id. True when the
-    /// image itself was deleted.
-    async fn remove_image(&self, client: &Docker, du: &DiskUsage, id: &str) -> Result<bool> {
-        let opts = || {
-            Some(RemoveImageOptions {
-                force: false,
-                noprune: false,
-                ..RemoveImageOptions::default()
-            })
-        };
-        let tags: Vec<String> = du
-            .images
-            .iter()
-            .find(|i| i.id == id)
-            .map(|i| {
-                i.repo_tags
-                    .iter()
-                    .filter(|t| *t != "<none>:<none>")
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut deleted = false;
-        let names = if tags.is_empty() {
-            vec![id.to_string()]
-        } else {
-            tags
-        };
-        for name in names {
-            let items = timed(client.remove_image(&name, opts(), None)).await?;
-            deleted |= items.iter().any(|d| d.deleted.as_deref() == Some(id));
-        }
-        Ok(deleted)
+/// The tags of image `id` in `du` (none for a dangling one).
+fn tags(du: &DiskUsage, id: &str) -> Vec<String> {
+    du.images
+        .iter()
+        .find(|i| i.id == id)
+        .map(|i| {
+            i.repo_tags
+                .iter()
+                .filter(|t| *t != "<none>:<none>")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The report of `run` for `req` (capped to `level`), with its audit row: a dry run records
+/// the estimates and reclaims nothing; any error makes the run a failure. Pure.
+fn audit(
+    req: &Request,
+    level: Level,
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+    run: Run,
+) -> Report {
+    let result = if req.dry_run {
+        CleanupResult::DryRun
+    } else if run.errors.is_empty() {
+        CleanupResult::Success
+    } else {
+        CleanupResult::Failure
+    };
+    let actions = run
+        .levels
+        .iter()
+        .map(|l| ActionRecord {
+            action: l.level.as_str().into(),
+            reclaimed_bytes: if req.dry_run {
+                l.estimated_bytes
+            } else {
+                l.reclaimed_bytes
+            },
+            removed: l.removed,
+            error: l.error.clone(),
+        })
+        .collect();
+    let reclaimed_bytes = if req.dry_run {
+        0
+    } else {
+        run.levels.iter().map(|l| l.reclaimed_bytes).sum()
+    };
+    Report {
+        result,
+        record: CleanupRecord {
+            id: None,
+            trigger: req.trigger,
+            level,
+            result,
+            started_at: started,
+            finished_at: finished,
+            actions,
+            reclaimed_bytes,
+            alert: req.alert.clone(),
+            detail: (!run.errors.is_empty()).then(|| run.errors.join("; ")),
+        },
+        record_id: None,
+        plan: run.plan,
+        levels: run.levels,
+        data_root: run.data_root,
+        avail_after: run.avail_after,
+        target_bytes: run.target_bytes,
+        target: run.target.to_string(),
+        target_met: run.target_met,
     }
-}
-
-/// Locks a std mutex, recovering from poisoning (the data stays consistent: plain values).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-/// Runs a prune-sized Docker call with [`PRUNE_TIMEOUT`].
-async fn timed<T>(
-    f: impl std::future::Future<Output = std::result::Result<T, bollard::errors::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(PRUNE_TIMEOUT, f).await {
-        Ok(r) => r.map_err(Error::from),
-        Err(_) => Err(Error::DockerTimeout(PRUNE_TIMEOUT)),
-    }
-}
-
-fn failed(e: Error) -> Done {
-    Done {
-        error: Some(e.to_string()),
-        ..Done::default()
-    }
-}
-
-fn pos(v: Option<i64>) -> u64 {
-    v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
-}
-
-/// Docker's answers for an object that is in use (409) or already gone (404).
-fn is_conflict_or_gone(message: &str) -> bool {
-    message.contains("409") || message.contains("404") || message.contains("No such")
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::collect::disk::Usage;
+    use crate::docker::{BuildCacheRecord, Container, Image, Volume};
+    use crate::sync::lock;
 
-    #[test]
-    fn only_webhook_and_watermark_runs_are_rate_limited() {
-        assert!(Trigger::Webhook.is_automatic() && Trigger::Watermark.is_automatic());
-        assert!(!Trigger::Cli.is_automatic() && !Trigger::BuildRetry.is_automatic());
-        assert_eq!(Trigger::BuildRetry.as_str(), "build_retry");
+    const GIB: u64 = 1 << 30;
+
+    /// A creation time old enough for any `until` the tests use (2020-09-13).
+    const OLD: i64 = 1_600_000_000;
+
+    /// One call the executor made, as the fake records it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        DiskUsage,
+        PruneBuildCache,
+        PruneContainers,
+        PruneImages { dangling: bool },
+        RemoveContainer(String),
+        RemoveVolume(String),
+        RemoveImage(String, Vec<String>),
     }
 
-    #[test]
-    fn refusals_say_what_to_wait_for() {
+    /// A fake Docker edge over one `/system/df` answer, and a fake 100 GiB data root whose
+    /// available space grows by what each call frees.
+    #[derive(Debug)]
+    struct Fake {
+        du: DiskUsage,
+        calls: Mutex<Vec<Call>>,
+        /// Bytes the next matching call frees, used up in order.
+        frees: Mutex<Vec<(Call, u64)>>,
+        /// Available bytes; `None` when the data root cannot be measured.
+        avail: Mutex<Option<u64>>,
+        /// Calls that fail with a 500.
+        failing: Vec<Call>,
+        /// Objects Docker says are in use by now.
+        in_use: HashSet<String>,
+        /// Objects Docker says are gone by now.
+        gone: HashSet<String>,
+    }
+
+    impl Fake {
+        /// A daemon holding `du`, on a data root with `avail_gib` GiB available.
+        fn new(du: DiskUsage, avail_gib: u64) -> Fake {
+            Fake {
+                du,
+                calls: Mutex::new(Vec::new()),
+                frees: Mutex::new(Vec::new()),
+                avail: Mutex::new(Some(avail_gib * GIB)),
+                failing: Vec::new(),
+                in_use: HashSet::new(),
+                gone: HashSet::new(),
+            }
+        }
+
+        /// The next `call` frees `gib` GiB.
+        fn frees(self, call: Call, gib: u64) -> Fake {
+            lock(&self.frees).push((call, gib * GIB));
+            self
+        }
+
+        /// `call` fails with Docker's 500.
+        fn failing(mut self, call: Call) -> Fake {
+            self.failing.push(call);
+            self
+        }
+
+        /// The data root cannot be measured.
+        fn unmeasurable(self) -> Fake {
+            *lock(&self.avail) = None;
+            self
+        }
+
+        /// Docker answers 409 for removing `id`.
+        fn in_use(mut self, id: &str) -> Fake {
+            self.in_use.insert(id.into());
+            self
+        }
+
+        /// Docker answers 404 for removing `id`.
+        fn gone(mut self, id: &str) -> Fake {
+            self.gone.insert(id.into());
+            self
+        }
+
+        /// The calls made so far.
+        fn calls(&self) -> Vec<Call> {
+            lock(&self.calls).clone()
+        }
+
+        /// Records `call`; fails it when asked to, else frees what it was set to free.
+        fn answer(&self, call: Call) -> Result<u64> {
+            lock(&self.calls).push(call.clone());
+            if self.failing.contains(&call) {
+                return Err(Error::Docker {
+                    status: Some(500),
+                    message: "Docker responded with status code 500: boom".into(),
+                    source: None,
+                });
+            }
+            let mut frees = lock(&self.frees);
+            let bytes = match frees.iter().position(|(c, _)| *c == call) {
+                Some(i) => frees.remove(i).1,
+                None => 0,
+            };
+            if let Some(a) = lock(&self.avail).as_mut() {
+                *a += bytes;
+            }
+            Ok(bytes)
+        }
+
+        /// A remove call's answer for `id`.
+        fn removal(&self, call: Call, id: &str) -> Result<Removal> {
+            self.answer(call)?;
+            Ok(if self.in_use.contains(id) {
+                Removal::InUse(format!("{id} is in use"))
+            } else if self.gone.contains(id) {
+                Removal::Gone(format!("no such object: {id}"))
+            } else {
+                Removal::Removed
+            })
+        }
+    }
+
+    impl PruneEdge for Fake {
+        async fn disk_usage(&self) -> Result<DiskUsage> {
+            self.answer(Call::DiskUsage)?;
+            Ok(self.du.clone())
+        }
+
+        async fn prune_build_cache(&self, _until: Duration) -> Result<Reclaimed> {
+            let bytes = self.answer(Call::PruneBuildCache)?;
+            let deleted = self.du.build_cache.iter().map(|r| r.id.clone()).collect();
+            Ok(Reclaimed { bytes, deleted })
+        }
+
+        async fn prune_containers(&self, _filters: &PruneFilters) -> Result<Reclaimed> {
+            let bytes = self.answer(Call::PruneContainers)?;
+            let deleted = self
+                .du
+                .containers
+                .iter()
+                .filter(|c| !c.is_active())
+                .map(|c| c.id.clone())
+                .collect();
+            Ok(Reclaimed { bytes, deleted })
+        }
+
+        async fn prune_images(&self, _filters: &PruneFilters, dangling: bool) -> Result<Reclaimed> {
+            let bytes = self.answer(Call::PruneImages { dangling })?;
+            // Docker lists the layers it deleted along with the images.
+            let mut deleted: Vec<String> = self
+                .du
+                .images
+                .iter()
+                .filter(|i| i.is_dangling() == dangling && i.containers == 0)
+                .map(|i| i.id.clone())
+                .collect();
+            deleted.push("sha256:some-layer".into());
+            Ok(Reclaimed { bytes, deleted })
+        }
+
+        async fn remove_container(&self, id: &str) -> Result<Removal> {
+            self.removal(Call::RemoveContainer(id.into()), id)
+        }
+
+        async fn remove_volume(&self, name: &str) -> Result<Removal> {
+            self.removal(Call::RemoveVolume(name.into()), name)
+        }
+
+        async fn remove_image(&self, id: &str, tags: &[String]) -> Result<Removal> {
+            self.removal(Call::RemoveImage(id.into(), tags.to_vec()), id)
+        }
+    }
+
+    impl DataRootProbe for Fake {
+        async fn data_root_now(&self) -> Option<DataRoot> {
+            let avail = (*lock(&self.avail))?;
+            Some(DataRoot {
+                path: "/var/lib/docker".into(),
+                mountpoint: "/".into(),
+                usage: Usage {
+                    size: 100 * GIB,
+                    free: avail,
+                    avail,
+                    ..Usage::default()
+                },
+            })
+        }
+    }
+
+    /// A host with something for every level: a build cache record, a stopped container (and
+    /// the image only it uses), a running one, a dangling image and an unused volume.
+    fn host() -> DiskUsage {
+        let container = |name: &str, state: &str, image: &str| Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            image_id: image.into(),
+            state: state.into(),
+            size_rw: GIB as i64,
+            created: OLD,
+            ..Container::default()
+        };
+        let image = |id: &str, tags: &[&str], containers: i64| Image {
+            id: id.into(),
+            repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+            created: OLD,
+            size: 3 * GIB as i64,
+            shared_size: 0,
+            containers,
+            labels: HashMap::new(),
+        };
+        let old = DateTime::from_timestamp(OLD, 0);
+        DiskUsage {
+            build_cache: vec![BuildCacheRecord {
+                id: "r1".into(),
+                kind: "regular".into(),
+                size: 2 * GIB as i64,
+                created_at: old,
+                last_used_at: old,
+                ..BuildCacheRecord::default()
+            }],
+            containers: vec![
+                container("old", "exited", "sha256:app"),
+                container("web", "running", "sha256:web"),
+            ],
+            images: vec![
+                image("sha256:app", &["app:1"], 1),
+                image("sha256:web", &["web:1"], 1),
+                image("sha256:dangling", &[], 0),
+            ],
+            volumes: vec![Volume {
+                name: "data".into(),
+                size: GIB as i64,
+                ref_count: 0,
+                created_at: old,
+                ..Volume::default()
+            }],
+            ..DiskUsage::default()
+        }
+    }
+
+    /// A policy that allows every level, with `labels` as its protect labels.
+    fn policy(labels: &[&str]) -> Policy {
+        Policy {
+            max_level: Level::UnusedVolumes,
+            allow_volumes: true,
+            protect_labels: labels.iter().map(|l| l.to_string()).collect(),
+            ..Policy::default()
+        }
+    }
+
+    /// A real run of `level` by hand that stops at `target_gib` GiB available.
+    fn request(level: Level, target_gib: u64) -> Request {
+        Request {
+            target_free: Some(FreeTarget::Bytes(target_gib * GIB)),
+            ..Request::new(Trigger::Cli, level)
+        }
+    }
+
+    /// Runs `req` under `policy` against `fake`.
+    async fn run(policy: &Policy, fake: &Fake, req: &Request) -> Run {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
+        Executor {
+            policy,
+            metrics: &metrics,
+        }
+        .run(fake, fake, req)
+        .await
+    }
+
+    /// The levels that ran.
+    fn levels(run: &Run) -> Vec<Level> {
+        run.levels.iter().map(|l| l.level).collect()
+    }
+
+    #[tokio::test]
+    async fn the_run_stops_after_the_level_that_meets_the_target() {
+        let fake = Fake::new(host(), 10)
+            .frees(Call::PruneBuildCache, 2)
+            .frees(Call::PruneContainers, 1)
+            .frees(Call::PruneImages { dangling: true }, 3);
+        let run = run(&policy(&["keep"]), &fake, &request(Level::UnusedImages, 15)).await;
         assert_eq!(
-            Refusal::Cooldown(Duration::from_secs(90)).to_string(),
-            "the cooldown since the last automatic cleanup has 1m30s left"
+            fake.calls(),
+            [
+                Call::DiskUsage,
+                Call::PruneBuildCache,
+                Call::PruneContainers,
+                Call::PruneImages { dangling: true },
+                Call::PruneBuildCache,
+            ]
         );
-        assert!(Refusal::Busy.to_string().contains("already running"));
+        assert_eq!(
+            levels(&run),
+            [
+                Level::BuildCache,
+                Level::StoppedContainers,
+                Level::DanglingImages
+            ]
+        );
+        assert!(run.target_met);
+        assert_eq!(run.target_bytes, Some(15 * GIB));
+        assert_eq!(run.avail_after, Some(16 * GIB));
+        let after: Vec<Option<u64>> = run.levels.iter().map(|l| l.avail_after).collect();
+        assert_eq!(after, [Some(12 * GIB), Some(13 * GIB), Some(16 * GIB)]);
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+    }
+
+    #[tokio::test]
+    async fn levels_run_in_order_and_never_beyond_the_requested_one() {
+        let fake = Fake::new(host(), 1);
+        let run = run(
+            &policy(&["keep"]),
+            &fake,
+            &request(Level::StoppedContainers, 99),
+        )
+        .await;
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::DiskUsage,
+                Call::PruneBuildCache,
+                Call::PruneContainers
+            ]
+        );
+        assert_eq!(levels(&run), [Level::BuildCache, Level::StoppedContainers]);
+        assert!(!run.target_met);
+    }
+
+    #[tokio::test]
+    async fn a_request_beyond_the_hosts_max_level_runs_up_to_the_max_level() {
+        let fake = Fake::new(host(), 1);
+        let standard = Policy {
+            max_level: Level::STANDARD,
+            ..policy(&["keep"])
+        };
+        let run = run(&standard, &fake, &request(Level::UnusedVolumes, 99)).await;
+        assert_eq!(
+            levels(&run),
+            [
+                Level::BuildCache,
+                Level::StoppedContainers,
+                Level::DanglingImages
+            ]
+        );
+        assert!(
+            !fake
+                .calls()
+                .contains(&Call::PruneImages { dangling: false })
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_measurement_every_planned_level_runs() {
+        let fake = Fake::new(host(), 0)
+            .unmeasurable()
+            .frees(Call::PruneBuildCache, 50);
+        let run = run(&policy(&["keep"]), &fake, &request(Level::UnusedImages, 1)).await;
+        assert_eq!(run.levels.len(), 4);
+        assert!(!run.target_met && run.target_bytes.is_none() && run.avail_after.is_none());
+    }
+
+    #[tokio::test]
+    async fn image_levels_release_the_build_cache_their_layers_held() {
+        let fake = Fake::new(host(), 1)
+            .frees(Call::PruneBuildCache, 0)
+            .frees(Call::PruneImages { dangling: true }, 1)
+            .frees(Call::PruneBuildCache, 4);
+        let run = run(
+            &policy(&["keep"]),
+            &fake,
+            &request(Level::DanglingImages, 99),
+        )
+        .await;
+        let images = &run.levels[2];
+        assert_eq!(images.level, Level::DanglingImages);
+        assert_eq!(images.reclaimed_bytes, 5 * GIB);
+        // The layer Docker listed is not an image removed.
+        assert_eq!(images.removed, 1);
+    }
+
+    #[tokio::test]
+    async fn each_levels_bytes_are_counted_under_its_action() {
+        let fake = Fake::new(host(), 1)
+            .frees(Call::PruneBuildCache, 2)
+            .frees(Call::PruneContainers, 1);
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
+        let policy = policy(&["keep"]);
+        let executor = Executor {
+            policy: &policy,
+            metrics: &metrics,
+        };
+        executor
+            .run(&fake, &fake, &request(Level::StoppedContainers, 99))
+            .await;
+        let counted = |action: &str| metrics.cleanup_reclaimed.with_label_values(&[action]).get();
+        assert_eq!(counted("build_cache"), 2 * GIB);
+        assert_eq!(counted("stopped_containers"), GIB);
+    }
+
+    #[tokio::test]
+    async fn with_several_protect_labels_objects_are_removed_one_by_one() {
+        let fake = Fake::new(host(), 1);
+        let run = run(
+            &policy(&["keep", "pin"]),
+            &fake,
+            &request(Level::UnusedImages, 99),
+        )
+        .await;
+        let calls = fake.calls();
+        // Prune's filters would AND the labels: no container or image prune at all.
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::PruneContainers | Call::PruneImages { .. }))
+        );
+        assert!(calls.contains(&Call::RemoveContainer("id-old".into())));
+        assert!(calls.contains(&Call::RemoveImage("sha256:dangling".into(), vec![])));
+        assert!(calls.contains(&Call::RemoveImage(
+            "sha256:app".into(),
+            vec!["app:1".into()]
+        )));
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::RemoveImage(id, _) if id == "sha256:web"))
+        );
+        // Each object counts its planned bytes.
+        assert_eq!(run.levels[1].reclaimed_bytes, GIB);
+        assert_eq!(run.levels[1].removed, 1);
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+    }
+
+    #[tokio::test]
+    async fn volumes_are_removed_one_by_one_from_a_fresh_plan() {
+        let fake = Fake::new(host(), 1);
+        let run = run(
+            &policy(&["keep"]),
+            &fake,
+            &request(Level::UnusedVolumes, 99),
+        )
+        .await;
+        let calls = fake.calls();
+        assert_eq!(calls.last(), Some(&Call::RemoveVolume("data".into())));
+        // The fresh plan asked Docker again before removing.
+        assert_eq!(calls[calls.len() - 2], Call::DiskUsage);
+        assert_eq!(
+            run.levels.last().map(|l| l.level),
+            Some(Level::UnusedVolumes)
+        );
+        assert_eq!(run.levels.last().map(|l| l.reclaimed_bytes), Some(GIB));
+    }
+
+    #[tokio::test]
+    async fn a_conflict_from_docker_is_not_a_failure() {
+        let fake = Fake::new(host(), 1)
+            .in_use("id-old")
+            .gone("sha256:dangling");
+        let run = run(
+            &policy(&["keep", "pin"]),
+            &fake,
+            &request(Level::DanglingImages, 99),
+        )
+        .await;
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+        let containers = &run.levels[1];
+        assert_eq!((containers.removed, containers.reclaimed_bytes), (0, 0));
+        assert_eq!(containers.error, None);
+        let images = &run.levels[2];
+        assert_eq!((images.removed, images.error.as_deref()), (0, None));
+        let report = audit(
+            &request(Level::DanglingImages, 99),
+            Level::DanglingImages,
+            Utc::now(),
+            Utc::now(),
+            run,
+        );
+        assert_eq!(report.result, CleanupResult::Success);
+    }
+
+    #[tokio::test]
+    async fn a_failing_level_fails_the_run_and_the_levels_after_it_still_run() {
+        let fake = Fake::new(host(), 1).failing(Call::PruneContainers);
+        let req = request(Level::DanglingImages, 99);
+        let run = run(&policy(&["keep"]), &fake, &req).await;
+        assert_eq!(run.levels.len(), 3);
+        assert!(
+            run.levels[1]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("500"))
+        );
+        let report = audit(&req, Level::DanglingImages, Utc::now(), Utc::now(), run);
+        assert_eq!(report.result, CleanupResult::Failure);
+        assert!(!report.succeeded());
+        assert_eq!(report.record.result, CleanupResult::Failure);
+        let detail = report.record.detail.unwrap_or_default();
+        assert!(
+            detail.starts_with("stopped_containers: docker: "),
+            "{detail}"
+        );
+        assert_eq!(report.record.actions[1].action, "stopped_containers");
+        assert!(report.record.actions[1].error.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_cannot_be_asked_fails_the_run_with_its_error() {
+        let fake = Fake::new(host(), 1).failing(Call::DiskUsage);
+        let req = request(Level::DanglingImages, 99);
+        let run = run(&policy(&["keep"]), &fake, &req).await;
+        assert_eq!(fake.calls(), [Call::DiskUsage]);
+        let report = audit(&req, Level::DanglingImages, Utc::now(), Utc::now(), run);
+        assert_eq!(report.result, CleanupResult::Failure);
+        assert!(report.plan.is_none() && report.levels.is_empty());
+        assert!(report.record.detail.is_some_and(|d| d.contains("boom")));
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_plans_and_deletes_nothing() {
+        let fake = Fake::new(host(), 1);
+        let req = Request {
+            dry_run: true,
+            ..request(Level::DanglingImages, 99)
+        };
+        let run = run(&policy(&["keep"]), &fake, &req).await;
+        assert_eq!(fake.calls(), [Call::DiskUsage]);
+        let report = audit(&req, Level::DanglingImages, Utc::now(), Utc::now(), run);
+        assert_eq!(report.result, CleanupResult::DryRun);
+        assert!(report.succeeded());
+        assert_eq!(report.record.result, CleanupResult::DryRun);
+        assert_eq!(report.record.reclaimed_bytes, 0);
+        // The audit keeps what each level would have freed.
+        let estimates: Vec<u64> = report
+            .record
+            .actions
+            .iter()
+            .map(|a| a.reclaimed_bytes)
+            .collect();
+        assert_eq!(estimates, [2 * GIB, GIB, 3 * GIB]);
     }
 
     #[test]
-    fn conflicts_and_vanished_objects_are_not_failures() {
-        assert!(is_conflict_or_gone(
-            "Docker responded with status code 409: conflict: unable to remove repository reference"
-        ));
-        assert!(is_conflict_or_gone("No such container: abc"));
-        assert!(!is_conflict_or_gone(
-            "Docker responded with status code 500: boom"
-        ));
+    fn the_audit_row_names_the_trigger_the_capped_level_and_the_alert() {
+        let req = Request {
+            alert: Some("fp1,fp2".into()),
+            ..Request::new(Trigger::Webhook, Level::UnusedVolumes)
+        };
+        let run = Run {
+            plan: None,
+            levels: Vec::new(),
+            data_root: None,
+            avail_after: None,
+            target_bytes: None,
+            target: FreeTarget::Percent(15.0),
+            target_met: false,
+            errors: Vec::new(),
+        };
+        let report = audit(&req, Level::STANDARD, Utc::now(), Utc::now(), run);
+        let rec = &report.record;
+        assert_eq!(
+            (rec.trigger.as_str(), rec.level.as_str()),
+            ("webhook", "dangling_images")
+        );
+        assert_eq!(rec.alert.as_deref(), Some("fp1,fp2"));
+        assert_eq!(
+            (rec.result.as_str(), rec.detail.as_ref()),
+            ("success", None)
+        );
+        assert_eq!(report.target, "15%");
     }
 }

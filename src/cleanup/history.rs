@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::metrics::Metrics;
+use crate::model::{CleanupResult, Trigger};
 use crate::store::{CleanupRecord, Store};
 
 /// Rows read from the store in one go.
 const BATCH: usize = 1000;
 
 /// Triggers whose runs happen outside `bilge serve`.
-const FOREIGN: [&str; 2] = ["cli", "build_retry"];
+const FOREIGN: [Trigger; 2] = [Trigger::Cli, Trigger::BuildRetry];
 
 /// The cleanup families and how far into the audit table they have counted.
 #[derive(Debug)]
@@ -42,7 +43,7 @@ impl CleanupMetrics {
         m.cleanup_runs
             .with_label_values(&[r.trigger.as_str(), r.result.as_str()])
             .inc();
-        if r.result == "dry_run" || r.result == "skipped" {
+        if matches!(r.result, CleanupResult::DryRun | CleanupResult::Skipped) {
             return;
         }
         for a in &r.actions {
@@ -63,7 +64,7 @@ impl CleanupMetrics {
         loop {
             let rows = store.cleanups_after(self.last_id, BATCH)?;
             for r in &rows {
-                if !self.replayed || FOREIGN.contains(&r.trigger.as_str()) {
+                if !self.replayed || FOREIGN.contains(&r.trigger) {
                     self.observe(r);
                     counted += 1;
                 }
@@ -147,6 +148,7 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Level;
     use crate::store::ActionRecord;
     use chrono::Utc;
     use prometheus::IntCounter;
@@ -155,9 +157,9 @@ mod tests {
         let now = Utc::now();
         CleanupRecord {
             id: None,
-            trigger: trigger.into(),
-            level: "dangling_images".into(),
-            result: result.into(),
+            trigger: trigger.parse().unwrap(),
+            level: Level::DanglingImages,
+            result: result.parse().unwrap(),
             started_at: now,
             finished_at: now,
             actions: vec![ActionRecord {

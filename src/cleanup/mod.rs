@@ -1,12 +1,15 @@
-//! The cleanup engine: a pure policy and planner ([`policy`]), the executor that runs a plan
-//! through Docker's prune endpoints ([`engine`]), the `bilge clean` command ([`cli`]) and the
-//! watermark watcher that `bilge serve` runs ([`watermark`]).
+//! The cleanup engine: a pure policy and planner ([`policy`]), whether a run may start
+//! ([`admission`]), the executor that runs a plan through Docker's prune endpoints ([`engine`]),
+//! the `bilge clean` command ([`cli`]) and the watermark watcher that `bilge serve` runs
+//! ([`watermark`]).
 
+pub mod admission;
 pub mod cli;
 pub mod engine;
 pub mod history;
 pub mod policy;
 pub mod watermark;
 
-pub use engine::{Engine, Refusal, Report, Request, Trigger};
+pub use admission::Refusal;
+pub use engine::{Engine, Report, Request, Trigger};
 pub use policy::{Level, Plan, Policy};

@@ -21,82 +21,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::docker::DiskUsage;
 use crate::format::{FreeTarget, format_duration};
-
-/// One cleanup level. Each level includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    /// Build cache records not in use.
-    BuildCache,
-    /// Stopped (exited, created, dead) containers.
-    StoppedContainers,
-    /// Untagged images no container uses.
-    DanglingImages,
-    /// Every image no container uses.
-    UnusedImages,
-    /// Volumes no container uses (only where `allow_volumes`).
-    UnusedVolumes,
-}
-
-impl Level {
-    /// Every level, in the order they run.
-    pub const ALL: [Level; 5] = [
-        Level::BuildCache,
-        Level::StoppedContainers,
-        Level::DanglingImages,
-        Level::UnusedImages,
-        Level::UnusedVolumes,
-    ];
-    /// The `standard` preset: the first three levels.
-    pub const STANDARD: Level = Level::DanglingImages;
-    /// The `aggressive` preset: all five levels.
-    pub const AGGRESSIVE: Level = Level::UnusedVolumes;
-
-    /// The name used in flags, labels and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::BuildCache => "build_cache",
-            Level::StoppedContainers => "stopped_containers",
-            Level::DanglingImages => "dangling_images",
-            Level::UnusedImages => "unused_images",
-            Level::UnusedVolumes => "unused_volumes",
-        }
-    }
-
-    /// Parses a level name or a preset (`standard`, `aggressive`) into the highest level it runs.
-    pub fn parse(s: &str) -> Result<Level, String> {
-        match s.trim() {
-            "build_cache" => Ok(Level::BuildCache),
-            "stopped_containers" => Ok(Level::StoppedContainers),
-            "dangling_images" | "standard" => Ok(Level::DanglingImages),
-            "unused_images" => Ok(Level::UnusedImages),
-            "unused_volumes" | "aggressive" => Ok(Level::UnusedVolumes),
-            other => Err(format!(
-                "{other:?} is not a cleanup level (build_cache, stopped_containers, dangling_images, unused_images, unused_volumes, standard, aggressive)"
-            )),
-        }
-    }
-
-    /// The levels up to and including `self`, in order.
-    pub fn up_to(self) -> impl Iterator<Item = Level> {
-        Level::ALL.into_iter().filter(move |l| *l <= self)
-    }
-
-    /// True for levels beyond `standard`, which ask for confirmation on a terminal.
-    pub fn is_aggressive(self) -> bool {
-        self > Level::STANDARD
-    }
-}
-
-impl std::fmt::Display for Level {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::model::Level;
 
 /// The host's cleanup policy: what may be removed, how much, how often.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -7,9 +7,27 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use regex::Regex;
 use serde::Serialize;
 
-use crate::config::FilesystemConfig;
+/// node_exporter's default `--collector.filesystem.mount-points-exclude`.
+pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
+    "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)";
+/// node_exporter's default `--collector.filesystem.fs-types-exclude`.
+pub const DEFAULT_FS_TYPES_EXCLUDE: &str = "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$";
+
+/// Which filesystems to report and how long a stat may take.
+#[derive(Debug, Clone)]
+pub struct FilesystemConfig {
+    /// Mount points matching this are left out.
+    pub mount_points_exclude: Regex,
+    /// Filesystem types matching this are left out.
+    pub fs_types_exclude: Regex,
+    /// Longest time one statvfs may take before the mount counts as stuck.
+    pub stat_timeout: Duration,
+    /// Time between two filesystem collections (and watermark checks).
+    pub interval: Duration,
+}
 
 /// One line of mountinfo, reduced to what bilge reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,7 +38,9 @@ pub struct Mount {
     pub mountpoint: String,
     /// Filesystem type.
     pub fstype: String,
-    /// Mounted read-only.
+    /// Mounted read-only. Not serialized: a [`Filesystem`] reports it once, through its usage,
+    /// which includes it.
+    #[serde(skip)]
     pub readonly: bool,
 }
 
@@ -238,7 +258,6 @@ pub async fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use regex::Regex;
 
     const MI: &str = "\
 22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -251,8 +270,8 @@ mod tests {
 
     fn cfg() -> FilesystemConfig {
         FilesystemConfig {
-            mount_points_exclude: Regex::new(crate::config::DEFAULT_MOUNT_POINTS_EXCLUDE).unwrap(),
-            fs_types_exclude: Regex::new(crate::config::DEFAULT_FS_TYPES_EXCLUDE).unwrap(),
+            mount_points_exclude: Regex::new(DEFAULT_MOUNT_POINTS_EXCLUDE).unwrap(),
+            fs_types_exclude: Regex::new(DEFAULT_FS_TYPES_EXCLUDE).unwrap(),
             stat_timeout: Duration::from_secs(1),
             interval: Duration::from_secs(1),
         }

@@ -3,9 +3,14 @@
 //!
 //! Two loops: filesystems every couple of seconds (statvfs is cheap, and watermarks need to react
 //! fast), Docker every `--docker.refresh-interval`. Both log, count and retry; neither dies.
+//!
+//! Each collection swaps its part of the [`Snapshot`] in whole ([`SnapshotCell::update`]); the
+//! exported families are built from the snapshot when a scrape asks ([`export`]), so the
+//! collectors own no metric and need no registry.
 
 pub mod disk;
 pub mod docker;
+pub mod export;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,11 +23,10 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::docker::{DiskUsage, DockerApi, DockerInfo};
-use crate::metrics::Metrics;
+use crate::docker::{DiskUsage, DockerApi, DockerConfig, DockerInfo};
+use crate::sync::{lock, read, write};
 use crate::{Error, Result};
-use disk::{Filesystem, Statter, Usage};
+use disk::{Filesystem, FilesystemConfig, Statter, Usage};
 use docker::{ContainerLog, DockerSummary};
 
 /// From this many Docker objects on, a collection is summarized on a blocking thread.
@@ -42,6 +46,15 @@ pub struct DataRoot {
     /// Its figures.
     #[serde(flatten)]
     pub usage: Usage,
+}
+
+/// How a collector's last run went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CollectorRun {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// How long it took.
+    pub seconds: f64,
 }
 
 /// The last collected state of the host.
@@ -64,14 +77,39 @@ pub struct Snapshot {
     pub docker_last_success: Option<DateTime<Utc>>,
     /// When filesystems were last collected.
     pub filesystems_last_success: Option<DateTime<Utc>>,
+    /// The last filesystem collection, once one ran.
+    #[serde(skip)]
+    pub filesystems_run: Option<CollectorRun>,
+    /// The last Docker collection, once one ran.
+    #[serde(skip)]
+    pub docker_run: Option<CollectorRun>,
 }
 
-/// The collectors, their shared snapshot and the metrics they fill.
+/// The shared, current snapshot. Writers swap a changed copy in whole; readers get the one that
+/// was current when they asked and keep it as long as they need, without holding a lock.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotCell(Arc<RwLock<Arc<Snapshot>>>);
+
+impl SnapshotCell {
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        read(&self.0).clone()
+    }
+
+    /// Changes the snapshot through `f` and makes the result current, all under the write lock,
+    /// so concurrent updates never lose one another and no reader sees a change half made.
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        let mut current = write(&self.0);
+        f(Arc::make_mut(&mut current));
+    }
+}
+
+/// The collectors and their shared snapshot.
 #[derive(Debug)]
 pub struct Collector {
-    cfg: Config,
-    metrics: Metrics,
-    snapshot: RwLock<Snapshot>,
+    docker_cfg: DockerConfig,
+    fs_cfg: FilesystemConfig,
+    snapshot: SnapshotCell,
     statter: Statter,
     docker: tokio::sync::Mutex<Option<DockerApi>>,
     /// The daemon's info, asked once per connection (it changes only when the daemon restarts,
@@ -86,11 +124,11 @@ pub struct Collector {
 
 impl Collector {
     /// A collector with an empty snapshot.
-    pub fn new(cfg: Config, metrics: Metrics) -> Collector {
+    pub fn new(docker: DockerConfig, filesystem: FilesystemConfig) -> Collector {
         Collector {
-            cfg,
-            metrics,
-            snapshot: RwLock::new(Snapshot::default()),
+            docker_cfg: docker,
+            fs_cfg: filesystem,
+            snapshot: SnapshotCell::default(),
             statter: Statter::default(),
             docker: tokio::sync::Mutex::new(None),
             info: tokio::sync::Mutex::new(None),
@@ -102,9 +140,14 @@ impl Collector {
         }
     }
 
-    /// A copy of the last snapshot.
-    pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
+    /// The last snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load()
+    }
+
+    /// The families exported from this collector's snapshots, for a registry.
+    pub fn families(&self) -> prometheus::Result<export::SnapshotFamilies> {
+        export::SnapshotFamilies::new(self.snapshot.clone())
     }
 
     /// True once both collectors have finished their first run (successful or not).
@@ -117,9 +160,9 @@ impl Collector {
         self.data_root_tx.subscribe()
     }
 
-    /// The settings this collector runs with.
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    /// The Docker settings this collector runs with.
+    pub fn docker_config(&self) -> &DockerConfig {
+        &self.docker_cfg
     }
 
     /// A connected Docker client, connecting (and negotiating) when there is none.
@@ -128,7 +171,7 @@ impl Collector {
         if let Some(api) = guard.as_ref() {
             return Ok(api.clone());
         }
-        let api = DockerApi::connect(&self.cfg.docker).await?;
+        let api = DockerApi::connect(&self.docker_cfg).await?;
         *guard = Some(api.clone());
         Ok(api)
     }
@@ -152,12 +195,12 @@ impl Collector {
         Ok(info)
     }
 
-    /// Stats the data root (if known) now, updating the snapshot and its metrics.
+    /// Stats the data root (if known) now, updating the snapshot.
     pub async fn measure_data_root(&self) -> Option<DataRoot> {
-        let path = self.data_root_path.read().ok()?.clone()?;
+        let path = read(&self.data_root_path).clone()?;
         let usage = match self
             .statter
-            .stat(Path::new(&path), self.cfg.filesystem.stat_timeout)
+            .stat(Path::new(&path), self.fs_cfg.stat_timeout)
             .await
         {
             Ok(u) => u,
@@ -175,31 +218,7 @@ impl Collector {
             mountpoint,
             usage,
         };
-        let m = &self.metrics;
-        for g in [
-            &m.data_root_size,
-            &m.data_root_avail,
-            &m.data_root_files,
-            &m.data_root_files_free,
-        ] {
-            g.reset();
-        }
-        let l = [dr.mountpoint.as_str()];
-        m.data_root_size
-            .with_label_values(&l)
-            .set(usage.size as f64);
-        m.data_root_avail
-            .with_label_values(&l)
-            .set(usage.avail as f64);
-        m.data_root_files
-            .with_label_values(&l)
-            .set(usage.files as f64);
-        m.data_root_files_free
-            .with_label_values(&l)
-            .set(usage.files_free as f64);
-        if let Ok(mut s) = self.snapshot.write() {
-            s.data_root = Some(dr.clone());
-        }
+        self.snapshot.update(|s| s.data_root = Some(dr.clone()));
         self.data_root_tx.send_replace(Some(dr.clone()));
         Some(dr)
     }
@@ -214,9 +233,7 @@ impl Collector {
             };
             match info {
                 Ok(info) if !info.data_root.is_empty() => {
-                    if let Ok(mut p) = self.data_root_path.write() {
-                        *p = Some(info.data_root);
-                    }
+                    *write(&self.data_root_path) = Some(info.data_root);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot ask Docker for its data root"),
@@ -228,69 +245,30 @@ impl Collector {
     /// One filesystem collection (all mounts, then the data root).
     pub async fn collect_filesystems(&self) -> Result<()> {
         let start = Instant::now();
-        let result = disk::collect(&self.cfg.filesystem, &self.statter).await;
-        let m = &self.metrics;
+        let result = disk::collect(&self.fs_cfg, &self.statter).await;
         let ok = match result {
             Ok(list) => {
-                for g in [
-                    &m.fs_size,
-                    &m.fs_free,
-                    &m.fs_avail,
-                    &m.fs_files,
-                    &m.fs_files_free,
-                    &m.fs_readonly,
-                ] {
-                    g.reset();
-                }
-                for f in &list {
-                    let l = [
-                        f.mount.device.as_str(),
-                        f.mount.mountpoint.as_str(),
-                        f.mount.fstype.as_str(),
-                    ];
-                    m.fs_size.with_label_values(&l).set(f.usage.size as f64);
-                    m.fs_free.with_label_values(&l).set(f.usage.free as f64);
-                    m.fs_avail.with_label_values(&l).set(f.usage.avail as f64);
-                    m.fs_files.with_label_values(&l).set(f.usage.files as f64);
-                    m.fs_files_free
-                        .with_label_values(&l)
-                        .set(f.usage.files_free as f64);
-                    m.fs_readonly
-                        .with_label_values(&l)
-                        .set(if f.usage.readonly { 1.0 } else { 0.0 });
-                }
-                if let Ok(mut s) = self.snapshot.write() {
+                self.snapshot.update(|s| {
                     s.filesystems = list;
                     s.filesystems_last_success = Some(Utc::now());
-                }
+                });
                 Ok(())
             }
             Err(e) => Err(Error::io("reading /proc/self/mountinfo", e)),
         };
         self.measure_data_root().await;
-        self.finish("filesystem", start, ok.is_ok());
+        let run = CollectorRun {
+            ok: ok.is_ok(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        self.snapshot.update(|s| s.filesystems_run = Some(run));
         self.fs_done.store(true, Ordering::Release);
         ok
     }
 
-    fn finish(&self, collector: &str, start: Instant, ok: bool) {
-        let m = &self.metrics;
-        m.collector_duration
-            .with_label_values(&[collector])
-            .set(start.elapsed().as_secs_f64());
-        m.collector_success
-            .with_label_values(&[collector])
-            .set(if ok { 1.0 } else { 0.0 });
-        if ok {
-            m.collector_last_success
-                .with_label_values(&[collector])
-                .set(Utc::now().timestamp_millis() as f64 / 1000.0);
-        }
-    }
-
     /// The cache of container log paths (a panic elsewhere cannot leave it half-written).
     fn log_paths(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
-        self.log_paths.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.log_paths)
     }
 
     /// The log paths already known, to be measured while `/system/df` is in flight.
@@ -346,46 +324,43 @@ impl Collector {
             .collect()
     }
 
-    /// One Docker collection: info, `/system/df`, log sizes.
+    /// One Docker collection: info, `/system/df`, log sizes. On failure the last good figures
+    /// stay in the snapshot, marked down.
     pub async fn collect_docker(&self) -> Result<DockerSummary> {
         let start = Instant::now();
         let result = self.collect_docker_inner().await;
-        let m = &self.metrics;
-        match &result {
-            Ok((summary, _)) => {
-                self.publish_docker(summary);
-                m.docker_up.set(1);
-            }
-            Err(e) => {
-                m.docker_up.set(0);
-                if let Ok(mut s) = self.snapshot.write() {
+        if result.is_err() {
+            self.reset_docker().await;
+        }
+        let run = CollectorRun {
+            ok: result.is_ok(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        self.snapshot.update(|s| {
+            s.docker_run = Some(run);
+            match &result {
+                Ok((summary, du)) => {
+                    s.docker = Some(summary.clone());
+                    s.disk_usage = Some(du.clone());
+                    s.docker_up = true;
+                    s.docker_error = None;
+                    s.docker_last_success = Some(Utc::now());
+                }
+                Err(e) => {
                     s.docker_up = false;
                     s.docker_error = Some(e.to_string());
                 }
-                self.reset_docker().await;
             }
-        }
-        self.finish("docker", start, result.is_ok());
+        });
         self.docker_done.store(true, Ordering::Release);
-        let (summary, du) = result?;
-        if let Ok(mut s) = self.snapshot.write() {
-            s.docker = Some(summary.clone());
-            s.disk_usage = Some(Arc::new(du));
-            s.docker_up = true;
-            s.docker_error = None;
-            s.docker_last_success = Some(Utc::now());
-        }
-        Ok(summary)
+        result.map(|(summary, _)| summary)
     }
 
-    async fn collect_docker_inner(&self) -> Result<(DockerSummary, DiskUsage)> {
+    async fn collect_docker_inner(&self) -> Result<(DockerSummary, Arc<DiskUsage>)> {
         let api = self.docker().await?;
         let info: DockerInfo = self.cached_info(&api).await?;
         let first_root = {
-            let mut p = self
-                .data_root_path
-                .write()
-                .map_err(|_| Error::Other("data root lock poisoned".into()))?;
+            let mut p = write(&self.data_root_path);
             let first = p.as_deref() != Some(info.data_root.as_str());
             *p = Some(info.data_root.clone());
             first
@@ -397,63 +372,13 @@ impl Collector {
         let (du, sizes) = tokio::join!(api.disk_usage(), log_sizes(self.known_log_paths()));
         let du = du?;
         let logs = self.container_logs(&api, &du, sizes).await;
-        let top_n = self.cfg.docker.top_n;
+        let top_n = self.docker_cfg.top_n;
         let large = du.objects() >= OFFLOAD_OBJECTS;
         crate::docker::offload(large, "summarizing /system/df", move || {
             let summary = docker::summarize(info, &du, &logs, Utc::now(), top_n);
-            (summary, du)
+            (summary, Arc::new(du))
         })
         .await
-    }
-
-    fn publish_docker(&self, s: &DockerSummary) {
-        let m = &self.metrics;
-        m.docker_info.reset();
-        m.docker_info
-            .with_label_values(&[
-                s.info.version.as_str(),
-                s.info.api_version.as_str(),
-                s.info.storage_driver.as_str(),
-                s.info.data_root.as_str(),
-            ])
-            .set(1.0);
-        for t in docker::TYPES {
-            let u = s.by_type(t);
-            m.docker_objects
-                .with_label_values(&[t])
-                .set(u.objects as f64);
-            m.docker_active_objects
-                .with_label_values(&[t])
-                .set(u.active as f64);
-            m.docker_size.with_label_values(&[t]).set(u.size as f64);
-            m.docker_reclaimable
-                .with_label_values(&[t])
-                .set(u.reclaimable as f64);
-        }
-        m.docker_containers.reset();
-        for (state, n) in &s.containers_by_state {
-            m.docker_containers
-                .with_label_values(&[state.as_str()])
-                .set(*n as f64);
-        }
-        m.dangling_images.set(s.dangling_images as f64);
-        m.dangling_images_bytes.set(s.dangling_images_bytes as f64);
-        for (age, bytes) in &s.build_cache_by_age {
-            m.build_cache_reclaimable_by_age
-                .with_label_values(&[age.as_str()])
-                .set(*bytes as f64);
-        }
-        m.logs_bytes.set(s.logs_bytes as f64);
-        for (g, list) in [
-            (&m.largest_image, &s.top_images),
-            (&m.largest_volume, &s.top_volumes),
-            (&m.largest_log, &s.top_logs),
-        ] {
-            g.reset();
-            for (name, bytes) in list {
-                g.with_label_values(&[name.as_str()]).set(*bytes as f64);
-            }
-        }
     }
 
     /// Runs both loops until `cancel` fires.
@@ -462,7 +387,7 @@ impl Collector {
             let me = self.clone();
             let cancel = cancel.clone();
             async move {
-                let mut tick = tokio::time::interval(me.cfg.filesystem.interval);
+                let mut tick = tokio::time::interval(me.fs_cfg.interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
@@ -479,7 +404,7 @@ impl Collector {
         let dk = {
             let me = self.clone();
             async move {
-                let mut tick = tokio::time::interval(me.cfg.docker.refresh_interval);
+                let mut tick = tokio::time::interval(me.docker_cfg.refresh_interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut was_up = true;
                 loop {
@@ -489,13 +414,13 @@ impl Collector {
                             match me.collect_docker().await {
                                 Ok(_) => {
                                     if !was_up {
-                                        tracing::info!(host = %me.cfg.docker.host, "Docker daemon reachable again");
+                                        tracing::info!(host = %me.docker_cfg.host, "Docker daemon reachable again");
                                     }
                                     was_up = true;
                                 }
                                 Err(e) => {
                                     if was_up {
-                                        tracing::warn!(host = %me.cfg.docker.host, error = %e,
+                                        tracing::warn!(host = %me.docker_cfg.host, error = %e,
                                             "Docker collection failed: bilge_docker_up is 0, the last good Docker figures (if any) stay, and bilge retries every --docker.refresh-interval");
                                     } else {
                                         tracing::debug!(error = %e, "Docker still unreachable");
@@ -513,11 +438,7 @@ impl Collector {
 
     /// The path of Docker's data root, once known.
     pub fn data_root_path(&self) -> Option<PathBuf> {
-        self.data_root_path
-            .read()
-            .ok()
-            .and_then(|p| p.clone())
-            .map(PathBuf::from)
+        read(&self.data_root_path).clone().map(PathBuf::from)
     }
 }
 

@@ -1,0 +1,256 @@
+//! The names bilge's parts share, as types: cleanup levels, triggers and results, build results.
+//! Code compares these enums, never their text; the text (`as_str`, `FromStr`, serde's
+//! snake_case) is for the edges only: SQL rows, JSON, metric labels, flags.
+//!
+//! A leaf: it imports nothing from the rest of the crate.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Text that names none of an enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a {what} ({expected})")]
+pub struct UnknownName {
+    /// The text that was given.
+    pub value: String,
+    /// What it should have named.
+    pub what: &'static str,
+    /// The names accepted.
+    pub expected: String,
+}
+
+/// Implements `Display` and `FromStr` from `as_str` and `ALL`.
+macro_rules! named {
+    ($t:ty, $what:literal) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $t {
+            type Err = UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                <$t>::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownName {
+                        value: s.to_string(),
+                        what: $what,
+                        expected: <$t>::ALL.map(|v| v.as_str()).join(", "),
+                    })
+            }
+        }
+    };
+}
+
+/// One cleanup level. Each level includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Build cache records not in use.
+    BuildCache,
+    /// Stopped (exited, created, dead) containers.
+    StoppedContainers,
+    /// Untagged images no container uses.
+    DanglingImages,
+    /// Every image no container uses.
+    UnusedImages,
+    /// Volumes no container uses (only where `allow_volumes`).
+    UnusedVolumes,
+}
+
+impl Level {
+    /// Every level, in the order they run.
+    pub const ALL: [Level; 5] = [
+        Level::BuildCache,
+        Level::StoppedContainers,
+        Level::DanglingImages,
+        Level::UnusedImages,
+        Level::UnusedVolumes,
+    ];
+    /// The `standard` preset: the first three levels.
+    pub const STANDARD: Level = Level::DanglingImages;
+    /// The `aggressive` preset: all five levels.
+    pub const AGGRESSIVE: Level = Level::UnusedVolumes;
+
+    /// The name used in flags, labels and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::BuildCache => "build_cache",
+            Level::StoppedContainers => "stopped_containers",
+            Level::DanglingImages => "dangling_images",
+            Level::UnusedImages => "unused_images",
+            Level::UnusedVolumes => "unused_volumes",
+        }
+    }
+
+    /// Parses a level name or a preset (`standard`, `aggressive`) into the highest level it runs.
+    pub fn parse(s: &str) -> Result<Level, String> {
+        match s.trim() {
+            "build_cache" => Ok(Level::BuildCache),
+            "stopped_containers" => Ok(Level::StoppedContainers),
+            "dangling_images" | "standard" => Ok(Level::DanglingImages),
+            "unused_images" => Ok(Level::UnusedImages),
+            "unused_volumes" | "aggressive" => Ok(Level::UnusedVolumes),
+            other => Err(format!(
+                "{other:?} is not a cleanup level (build_cache, stopped_containers, dangling_images, unused_images, unused_volumes, standard, aggressive)"
+            )),
+        }
+    }
+
+    /// The levels up to and including `self`, in order.
+    pub fn up_to(self) -> impl Iterator<Item = Level> {
+        Level::ALL.into_iter().filter(move |l| *l <= self)
+    }
+
+    /// True for levels beyond `standard`, which ask for confirmation on a terminal.
+    pub fn is_aggressive(self) -> bool {
+        self > Level::STANDARD
+    }
+}
+
+named!(Level, "cleanup level");
+
+/// What started a run; the `trigger` label of `bilge_cleanup_runs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// An Alertmanager alert through `POST /api/v1/alerts`.
+    Webhook,
+    /// The data root fell under the low watermark.
+    Watermark,
+    /// `bilge clean`.
+    Cli,
+    /// `bilge build --clean-and-retry` after a disk failure.
+    BuildRetry,
+}
+
+impl Trigger {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Webhook => "webhook",
+            Trigger::Watermark => "watermark",
+            Trigger::Cli => "cli",
+            Trigger::BuildRetry => "build_retry",
+        }
+    }
+
+    /// Every trigger.
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Webhook,
+        Trigger::Watermark,
+        Trigger::Cli,
+        Trigger::BuildRetry,
+    ];
+
+    /// Automatic triggers are rate-limited by the policy's cooldown.
+    pub fn is_automatic(self) -> bool {
+        matches!(self, Trigger::Webhook | Trigger::Watermark)
+    }
+}
+
+named!(Trigger, "cleanup trigger");
+
+/// How a cleanup run ended; the `result` label of `bilge_cleanup_runs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupResult {
+    /// Every level it ran succeeded.
+    Success,
+    /// A level failed (what ran before it still counts).
+    Failure,
+    /// A dry run: planned and recorded, nothing deleted.
+    DryRun,
+    /// Not run: another run, the cooldown or the lock was in the way.
+    Skipped,
+}
+
+impl CleanupResult {
+    /// Every result.
+    pub const ALL: [CleanupResult; 4] = [
+        CleanupResult::Success,
+        CleanupResult::Failure,
+        CleanupResult::DryRun,
+        CleanupResult::Skipped,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupResult::Success => "success",
+            CleanupResult::Failure => "failure",
+            CleanupResult::DryRun => "dry_run",
+            CleanupResult::Skipped => "skipped",
+        }
+    }
+}
+
+named!(CleanupResult, "cleanup result");
+
+/// How a build ended; the `result` label of the build families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildResult {
+    /// The command exited 0.
+    Success,
+    /// It did not.
+    Failure,
+}
+
+impl BuildResult {
+    /// Every result.
+    pub const ALL: [BuildResult; 2] = [BuildResult::Success, BuildResult::Failure];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildResult::Success => "success",
+            BuildResult::Failure => "failure",
+        }
+    }
+}
+
+named!(BuildResult, "build result");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_back_to_its_value() {
+        for l in Level::ALL {
+            assert_eq!(l.as_str().parse::<Level>(), Ok(l));
+        }
+        for t in Trigger::ALL {
+            assert_eq!(t.to_string().parse::<Trigger>(), Ok(t));
+        }
+        for r in CleanupResult::ALL {
+            assert_eq!(r.as_str().parse::<CleanupResult>(), Ok(r));
+        }
+        for r in BuildResult::ALL {
+            assert_eq!(r.as_str().parse::<BuildResult>(), Ok(r));
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_says_what_is_accepted() {
+        let e = "sometimes".parse::<BuildResult>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"sometimes\" is not a build result (success, failure)"
+        );
+    }
+
+    #[test]
+    fn serde_and_as_str_agree() {
+        for r in CleanupResult::ALL {
+            let json = serde_json::to_string(&r).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+    }
+}
