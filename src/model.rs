@@ -1,4 +1,5 @@
-//! The names bilge's parts share, as types: cleanup levels, triggers and results, build results.
+//! The names bilge's parts share, as types: cleanup levels, triggers and results, build results
+//! and the reasons a build fails with.
 //! Code compares these enums, never their text; the text (`as_str`, `FromStr`, serde's
 //! snake_case) is for the edges only: SQL rows, JSON, metric labels, flags.
 //!
@@ -217,6 +218,99 @@ impl BuildResult {
 
 named!(BuildResult, "build result");
 
+/// Why a build ended the way it did. Serialised snake_case: "none", "no_space", ...
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The build succeeded.
+    None,
+    /// The disk under the build ran out of space (ENOSPC, quota, "not enough free space").
+    NoSpace,
+    /// The disk looked full but it was the inodes that ran out.
+    NoInodes,
+    /// The kernel reported an I/O error (EIO) while the build wrote files.
+    IoError,
+    /// A filesystem the build wrote to was read-only (EROFS).
+    ReadOnlyFs,
+    /// A process ran out of memory or was killed by the OOM killer.
+    Oom,
+    /// DNS, connection or TLS failures reaching a registry or a package mirror.
+    Network,
+    /// The registry refused the credentials, or there were none.
+    RegistryAuth,
+    /// The Dockerfile did not parse, or named a file that is not in the build context.
+    Dockerfile,
+    /// The build ran past a deadline.
+    Timeout,
+    /// The build was interrupted or canceled.
+    Canceled,
+    /// A build step exited non-zero and nothing more specific explains it.
+    CommandFailed,
+    /// The build failed and nothing in its output or exit status says why.
+    Unknown,
+}
+
+/// Names, parsing and groupings of reasons.
+impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 13] = [
+        Reason::None,
+        Reason::NoSpace,
+        Reason::NoInodes,
+        Reason::IoError,
+        Reason::ReadOnlyFs,
+        Reason::Oom,
+        Reason::Network,
+        Reason::RegistryAuth,
+        Reason::Dockerfile,
+        Reason::Timeout,
+        Reason::Canceled,
+        Reason::CommandFailed,
+        Reason::Unknown,
+    ];
+
+    /// The snake_case name used in metrics, JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::None => "none",
+            Reason::NoSpace => "no_space",
+            Reason::NoInodes => "no_inodes",
+            Reason::IoError => "io_error",
+            Reason::ReadOnlyFs => "read_only_fs",
+            Reason::Oom => "oom",
+            Reason::Network => "network",
+            Reason::RegistryAuth => "registry_auth",
+            Reason::Dockerfile => "dockerfile",
+            Reason::Timeout => "timeout",
+            Reason::Canceled => "canceled",
+            Reason::CommandFailed => "command_failed",
+            Reason::Unknown => "unknown",
+        }
+    }
+
+    /// The reason named `s` (exactly as [`Reason::as_str`] writes it), if any.
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether the cause is the disk itself: no space, no inodes, I/O error or read-only.
+    pub fn is_disk(self) -> bool {
+        matches!(
+            self,
+            Reason::NoSpace | Reason::NoInodes | Reason::IoError | Reason::ReadOnlyFs
+        )
+    }
+
+    /// Whether freeing disk space (a cleanup) may let a retry of the build succeed.
+    pub fn is_retryable_by_cleanup(self) -> bool {
+        matches!(self, Reason::NoSpace | Reason::NoInodes | Reason::IoError)
+    }
+}
+
+named!(Reason, "build reason");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +328,9 @@ mod tests {
         }
         for r in BuildResult::ALL {
             assert_eq!(r.as_str().parse::<BuildResult>(), Ok(r));
+        }
+        for r in Reason::ALL {
+            assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
         }
     }
 

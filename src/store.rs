@@ -10,7 +10,7 @@ use prometheus::IntCounter;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::build::classify::Reason;
+use crate::model::Reason;
 use crate::model::{BuildResult, CleanupResult, Level, Trigger};
 use crate::{Error, Result};
 

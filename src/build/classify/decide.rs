@@ -2,8 +2,8 @@
 //! wins, in a fixed rank, and the [`Reason`] it stands for.
 
 use super::needles::{CAUSES, Cause};
-use super::reason::Reason;
 use super::verdict::{Classification, DiskState, Exit};
+use crate::model::Reason;
 
 /// Causes in the order they win, disk causes first; a tool's own error line last.
 const RANKED: [Cause; 11] = [

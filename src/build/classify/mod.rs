@@ -49,7 +49,8 @@
 //!   cause that only the exit status or the disk state supplied.
 
 //!
-//! Layout, one concern a file: `reason` and `verdict` hold the answer's types; `needles`
+//! Layout, one concern a file: `verdict` holds the answer's types (the `Reason` itself is
+//! `crate::model`'s); `needles`
 //! is the table of what to look for; `rules` says what must hold beyond a needle for its match
 //! to count; `index` finds the needles in a line cheaply; `stream` cuts the output into lines
 //! ([`Classifier`]); `decide` ranks the causes into one [`Reason`]; `evidence` makes the quoted
@@ -59,7 +60,6 @@ mod decide;
 mod evidence;
 mod index;
 mod needles;
-mod reason;
 mod rules;
 mod stream;
 mod verdict;
@@ -67,8 +67,8 @@ mod verdict;
 #[cfg(test)]
 mod tests;
 
+pub use crate::model::Reason;
 pub use evidence::MAX_EVIDENCE;
-pub use reason::{ParseReasonError, Reason};
 pub use stream::{Classifier, MAX_LINE};
 pub use verdict::{Classification, DiskState, Exit};
 

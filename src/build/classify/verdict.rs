@@ -1,7 +1,7 @@
 //! What the classifier is told about how the build ended ([`Exit`], [`DiskState`]) and what it
 //! answers ([`Classification`]): plain values, no logic.
 
-use super::reason::Reason;
+use crate::model::Reason;
 
 /// How the command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
