@@ -1,0 +1,396 @@
+//! Private Docker daemons on temporary paths, the objects tests make on them (busybox images
+//! built `FROM scratch`, containers, volumes), loop filesystems, and the Docker CLI's sizes.
+
+use super::*;
+
+/// A private dockerd on temporary paths, torn down (containers, shims, mounts, files) on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Its directory (socket, data root, exec root, log).
+    pub dir: PathBuf,
+    /// Its data root.
+    pub data_root: PathBuf,
+    /// `unix://…/docker.sock`.
+    pub host: String,
+    child: Option<Child>,
+    /// A loop filesystem mounted under the data root, unmounted on drop.
+    loop_mount: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// Starts a daemon whose data root is a directory under /tmp.
+    pub fn start(name: &str) -> Daemon {
+        let dir = temp_dir(name);
+        let data_root = dir.join("data");
+        Self::start_with(dir, data_root, None)
+    }
+
+    /// Starts a daemon whose data root is a fresh ext4 loop filesystem of `size_mib` MiB.
+    pub fn start_on_loop_fs(name: &str, size_mib: u64) -> Daemon {
+        let dir = temp_dir(name);
+        let mnt = dir.join("data");
+        make_loop_fs(&dir.join("disk.img"), &mnt, size_mib);
+        Self::start_with(dir, mnt.clone(), Some(mnt))
+    }
+
+    fn start_with(dir: PathBuf, data_root: PathBuf, loop_mount: Option<PathBuf>) -> Daemon {
+        require_root();
+        require("/usr/sbin/dockerd", "apt-get install docker.io");
+        require(DOCKER, "apt-get install docker.io");
+        std::fs::create_dir_all(&data_root).unwrap();
+        let mut d = Daemon {
+            host: format!("unix://{}", dir.join("docker.sock").display()),
+            data_root,
+            child: None,
+            loop_mount,
+            dir,
+        };
+        d.launch();
+        d
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.join("dockerd.log")).unwrap();
+        let child = Command::new("/usr/sbin/dockerd")
+            .arg("--host")
+            .arg(&self.host)
+            .arg("--data-root")
+            .arg(&self.data_root)
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("docker.pid"))
+            .args(["--iptables=false", "--bridge=none", "--ip-masq=false"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd did not start; apt-get install docker.io");
+        self.child = Some(child);
+        let host = self.host.clone();
+        let dir = self.dir.clone();
+        wait_for("dockerd to answer", Duration::from_secs(60), || {
+            let ok = Command::new(DOCKER)
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .env("DOCKER_HOST", &host)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
+                assert!(
+                    !log.contains("level=fatal") && !log.contains("failed to start daemon"),
+                    "dockerd failed to start:\n{log}"
+                );
+            }
+            ok.then_some(())
+        });
+    }
+
+    /// Stops the daemon (keeping its files), as if it had crashed or been stopped by hand.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(20));
+        }
+    }
+
+    /// Starts the daemon again on the same paths.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// A `docker` command aimed at this daemon.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.env("DOCKER_HOST", &self.host).env("DOCKER_BUILDKIT", "1");
+        c
+    }
+
+    /// Runs `docker ARGS`, panicking with its output when it fails.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs `docker ARGS` and returns the raw output, success or not.
+    pub fn docker_output(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Builds an image `FROM scratch` with busybox plus the given Dockerfile lines (BuildKit,
+    /// no network). Returns the image id.
+    pub fn build(&self, tag: Option<&str>, lines: &[&str]) -> String {
+        let ctx = build_context(&self.dir, lines);
+        let mut args = vec!["build", "--network", "none", "-q"];
+        if let Some(t) = tag {
+            args.extend(["-t", t]);
+        }
+        let ctx_s = ctx.display().to_string();
+        args.push(&ctx_s);
+        let id = self.docker(&args);
+        std::fs::remove_dir_all(&ctx).unwrap();
+        id
+    }
+
+    /// Writes `docker system df` JSON for later comparison.
+    pub fn system_df(&self) -> Vec<serde_json::Value> {
+        self.docker(&["system", "df", "--format", "{{json .}}"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `docker system df -v` as one JSON object.
+    pub fn system_df_verbose(&self) -> serde_json::Value {
+        serde_json::from_str(&self.docker(&["system", "df", "-v", "--format", "{{json .}}"]))
+            .unwrap()
+    }
+}
+
+/// Makes a build context with busybox and a Dockerfile: `FROM scratch`, busybox installed,
+/// then `lines`.
+pub fn build_context(parent: &Path, lines: &[&str]) -> PathBuf {
+    require("/bin/busybox", "apt-get install busybox-static");
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let ctx = parent.join(format!("ctx{n}"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    let mut df = String::from(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+    );
+    for l in lines {
+        df.push_str(l);
+        df.push('\n');
+    }
+    std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+    ctx
+}
+
+/// Creates an ext4 image file of `size_mib` and loop-mounts it at `mnt`.
+pub fn make_loop_fs(img: &Path, mnt: &Path, size_mib: u64) {
+    require("/sbin/mkfs.ext4", "apt-get install e2fsprogs");
+    std::fs::create_dir_all(mnt).unwrap();
+    let f = std::fs::File::create(img).unwrap();
+    f.set_len(size_mib * 1024 * 1024).unwrap();
+    run_ok(Command::new("/sbin/mkfs.ext4").args(["-q", "-F"]).arg(img));
+    run_ok(Command::new("mount").args(["-o", "loop"]).arg(img).arg(mnt));
+}
+
+/// A small ext4 loop filesystem under /tmp, unmounted and removed on drop.
+#[derive(Debug)]
+pub struct LoopFs {
+    /// Where it is mounted.
+    pub mnt: PathBuf,
+    dir: PathBuf,
+}
+
+impl LoopFs {
+    /// Makes and mounts a filesystem of `size_mib` MiB.
+    pub fn new(name: &str, size_mib: u64) -> LoopFs {
+        require_root();
+        let dir = temp_dir(name);
+        let mnt = dir.join("mnt");
+        make_loop_fs(&dir.join("disk.img"), &mnt, size_mib);
+        LoopFs { mnt, dir }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let ids = self
+                .cmd()
+                .args(["ps", "-aq"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = self.cmd().args(["rm", "-f"]).args(&ids).output();
+            }
+        }
+        self.stop();
+        // Shims outlive dockerd when containers were left running; they name the exec root.
+        let exec = self.dir.join("exec").display().to_string();
+        let _ = Command::new("pkill").args(["-9", "-f", &exec]).status();
+        // Unmount everything under the directory, deepest first.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let prefix = self.dir.display().to_string();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount")
+                .args(["-l", p])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(m) = &self.loop_mount {
+            let _ = Command::new("umount")
+                .args(["-l"])
+                .arg(m)
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Parses a size as the Docker CLI prints it (`7.225MB`, `0B`, `1.982kB`; decimal units).
+pub fn cli_size(s: &str) -> f64 {
+    let s = s.split_whitespace().next().unwrap_or("0B");
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().unwrap_or_else(|_| panic!("bad CLI size {s:?}"));
+    n * match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        other => panic!("unknown CLI unit {other:?} in {s:?}"),
+    }
+}
+
+/// True when `ours` matches the CLI's rounded `cli` text: within 1 % or the rounding of its
+/// four significant digits.
+pub fn size_agrees(ours: u64, cli: &str) -> bool {
+    let theirs = cli_size(cli);
+    let diff = (ours as f64 - theirs).abs();
+    // Four significant digits: the last digit's half-unit.
+    let digits = cli.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let decimals = digits.split_once('.').map_or(0, |(_, d)| d.len()) as i32;
+    let unit = theirs / digits.parse::<f64>().unwrap_or(1.0).max(f64::MIN_POSITIVE);
+    let rounding = 0.5 * 10f64.powi(-decimals) * if theirs == 0.0 { 1.0 } else { unit };
+    diff <= (theirs * 0.01).max(rounding) + 1.0
+}
+
+impl Daemon {
+    /// Image ids, tags and dangling ones alike.
+    pub fn image_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .docker(&["images", "-aq", "--no-trunc"])
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// True when an image (id or tag) exists.
+    pub fn has_image(&self, name: &str) -> bool {
+        self.docker_output(&["image", "inspect", name])
+            .status
+            .success()
+    }
+
+    /// True when a container exists.
+    pub fn has_container(&self, name: &str) -> bool {
+        self.docker_output(&["container", "inspect", name])
+            .status
+            .success()
+    }
+
+    /// True when a volume exists.
+    pub fn has_volume(&self, name: &str) -> bool {
+        self.docker_output(&["volume", "inspect", name])
+            .status
+            .success()
+    }
+
+    /// Names of every container.
+    pub fn container_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .docker(&["ps", "-a", "--format", "{{.Names}}"])
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Names of every volume.
+    pub fn volume_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .docker(&["volume", "ls", "-q"])
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Ids of every build cache record.
+    pub fn build_cache_ids(&self) -> Vec<String> {
+        let v = self.system_df_verbose();
+        let mut ids: Vec<String> = v["BuildCache"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["ID"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Builds `tag` twice with different content: the first build becomes a dangling image of
+    /// about `mib` MiB, more than a second old on return (Docker's `until` filter counts whole
+    /// seconds, so even `until=0s` keeps an image from the current second). Returns its id.
+    pub fn make_dangling(&self, tag: &str, mib: u32) -> String {
+        let first = self.build(
+            Some(tag),
+            &[&format!(
+                "RUN dd if=/dev/zero of=/dangling bs=1M count={mib} 2>/dev/null"
+            )],
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        self.build(Some(tag), &["RUN echo replaced > /replaced"]);
+        first
+    }
+
+    /// Runs a container that writes `mib` MiB into its writable layer and exits; it is more than
+    /// a second old on return.
+    pub fn make_stopped(&self, name: &str, image: &str, mib: u32, labels: &[&str]) {
+        let mut args = vec!["run", "--name", name, "--network", "none"];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        let script = format!("dd if=/dev/zero of=/written bs=1M count={mib} 2>/dev/null");
+        args.extend([image, "sh", "-c", &script]);
+        self.docker(&args);
+        // More than a second old on return, as for make_dangling.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+
+    /// Available bytes on the filesystem of the data root (statvfs `f_bavail`).
+    pub fn data_root_avail(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.data_root).unwrap();
+        s.blocks_available() * s.fragment_size()
+    }
+}

@@ -1,0 +1,142 @@
+//! Helpers for the integration tests, one file for each thing they drive: private Docker daemons
+//! and their objects ([`daemon`]), the bilge binary (`bilge serve` on a free loopback port,
+//! `bilge clean`: [`bilge`]), a tiny HTTP client ([`http`]), Alertmanager and webhook payloads
+//! ([`alerts`]); this file keeps what they share (waiting, temp dirs, files, tool checks).
+//!
+//! Every test that needs Docker starts its own daemon on temporary paths, so tests can run in
+//! parallel and see exactly the objects they made. Nothing here skips: a missing tool fails the
+//! test with a message that says how to get it.
+
+#![allow(dead_code)]
+
+mod alerts;
+mod bilge;
+mod daemon;
+mod http;
+
+pub use alerts::*;
+pub use bilge::*;
+pub use daemon::*;
+pub use http::*;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Debian's Docker CLI (20.10, with BuildKit); the `docker` earlier on PATH has no buildx.
+pub const DOCKER: &str = "/usr/bin/docker";
+/// The bilge binary under test.
+pub const BILGE: &str = env!("CARGO_BIN_EXE_bilge");
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Fails the test with instructions when a required tool is missing.
+pub fn require(path: &str, how: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: {how} (scripts/test.sh installs everything the tests need)"
+    );
+}
+
+/// Fails unless running as root (dockerd and loop mounts need it).
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test starts a private dockerd and must run as root; run scripts/test.sh as root"
+    );
+}
+
+/// A unique temporary directory under /tmp (short: it holds unix sockets).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(format!("/tmp/bt-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `f` until it returns Some, or gives None after `timeout`.
+pub fn wait_for_opt<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// Sends SIGTERM to `child`, waits up to `grace` for it to exit, then kills it. Returns the
+/// exit status when it exited by itself.
+pub fn stop_child(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Runs a command and panics with its output when it fails.
+pub fn run_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a `bilge --config` file with a `[cleanup]` table of `lines` into `dir`.
+pub fn policy_file(dir: &Path, lines: &[&str]) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let p = dir.join(format!("policy{n}.toml"));
+    std::fs::write(&p, format!("[cleanup]\n{}\n", lines.join("\n"))).unwrap();
+    p
+}
+
+/// Writes a token file into `dir`.
+pub fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let p = dir.join(format!("token{n}"));
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    p
+}
