@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use bilge::build::classify::{Classifier, DiskState, Exit};
+use bilge::builds::classify::{Classifier, DiskState, Exit};
 
 /// Bytes handed to `feed` at a time, like the pty reader.
 const CHUNK: usize = 64 * 1024;

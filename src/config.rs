@@ -14,9 +14,9 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::build::record::{check_project, project_from_dir};
-use crate::build::run::BuildConfig;
-use crate::build::submit::ServerTarget;
+use crate::builds::record::{check_project, project_from_dir};
+use crate::builds::run::BuildConfig;
+use crate::builds::submit::ServerTarget;
 use crate::cleanup::cli::CleanOptions;
 use crate::cleanup::policy::{Level, Policy};
 use crate::cli::{BuildArgs, CleanArgs, GlobalArgs, LogFormat as LogFormatArg, ServeArgs};

@@ -4,7 +4,7 @@
 //! the result to an exit code. Plain logic (summaries, plans, classification, payloads) is pure and
 //! unit-tested; I/O lives at thin edges (`collect`, `docker`, `store`, `server`).
 
-pub mod build;
+pub mod builds;
 pub mod cleanup;
 pub mod cli;
 pub mod collect;

@@ -60,8 +60,8 @@ fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return usage_error(&e),
             };
-            let cleaner = bilge::build::run::EngineCleaner::new(standalone(cfg));
-            let code = match rt.block_on(bilge::build::run::run(&build, &cleaner)) {
+            let cleaner = bilge::builds::run::EngineCleaner::new(standalone(cfg));
+            let code = match rt.block_on(bilge::builds::run::run(&build, &cleaner)) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("bilge: {e}");

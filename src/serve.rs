@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::build::history::{self, BuildMetrics};
+use crate::builds::history::{self, BuildMetrics};
 use crate::cleanup::{Engine, Policy};
 use crate::collect::Collector;
 use crate::collect::disk::FilesystemConfig;

@@ -239,7 +239,7 @@ async fn push_build(
 ) -> Result<Response, AppError> {
     let body = body.map_err(|e| AppError::Refused(e.status(), e.body_text()))?;
     let mut record =
-        crate::build::record::parse(&body, chrono::Utc::now()).map_err(AppError::BadRequest)?;
+        crate::builds::record::parse(&body, chrono::Utc::now()).map_err(AppError::BadRequest)?;
     let store = s.store.clone();
     let row = record.clone();
     let id = tokio::task::spawn_blocking(move || store.insert_build(&row))

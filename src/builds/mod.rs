@@ -1,4 +1,5 @@
-//! Build outcomes: `bilge build` runs a build command ([`run`], [`child`]), classifies a
+//! Build outcomes (named `builds`, not `build`, which tools often skip as generated output):
+//! `bilge build` runs a build command ([`run`], [`child`]), classifies a
 //! failure ([`classify`]) and records the outcome ([`submit`]); the build API validates pushed
 //! outcomes ([`record`]); `bilge serve`'s build metrics follow the stored history ([`history`]).
 

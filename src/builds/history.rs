@@ -117,7 +117,7 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::classify::Reason;
+    use crate::builds::classify::Reason;
     use crate::model::BuildResult;
     use chrono::DateTime;
     use prometheus::IntCounter;
