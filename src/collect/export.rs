@@ -194,20 +194,22 @@ struct Family {
 
 impl Family {
     /// Adds one sample; `values` follow the family's label names.
+    /// Label pairs are sorted by name, as the `prometheus` crate's own vectors write them.
     fn push(&mut self, values: &[&str], value: f64) {
         let mut m = Metric::default();
-        m.set_label(
-            self.labels
-                .iter()
-                .zip(values)
-                .map(|(n, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name((*n).to_string());
-                    l.set_value((*v).to_string());
-                    l
-                })
-                .collect(),
-        );
+        let mut pairs: Vec<LabelPair> = self
+            .labels
+            .iter()
+            .zip(values)
+            .map(|(n, v)| {
+                let mut l = LabelPair::default();
+                l.set_name((*n).to_string());
+                l.set_value((*v).to_string());
+                l
+            })
+            .collect();
+        pairs.sort_by(|a, b| a.name().cmp(b.name()));
+        m.set_label(pairs);
         let mut g = Gauge::default();
         g.set_value(value);
         m.set_gauge(g);
@@ -474,11 +476,28 @@ mod tests {
             labels,
             [
                 ("device".to_string(), "/dev/vda".to_string()),
-                ("mountpoint".into(), "/".into()),
-                ("fstype".into(), "ext4".into())
+                ("fstype".into(), "ext4".into()),
+                ("mountpoint".into(), "/".into())
             ]
         );
         assert_eq!(avail[0].get_gauge().get_value(), 30.0);
+    }
+
+    #[test]
+    fn labels_are_written_in_name_order_as_the_crates_vectors_write_them() {
+        let r = prometheus::Registry::new();
+        let cell = SnapshotCell::default();
+        cell.update(|s| *s = full());
+        let Ok(c) = SnapshotFamilies::new(cell) else {
+            panic!("collector")
+        };
+        assert!(r.register(Box::new(c)).is_ok());
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        assert!(prometheus::Encoder::encode(&enc, &r.gather(), &mut buf).is_ok());
+        assert!(String::from_utf8_lossy(&buf).contains(
+            "bilge_filesystem_size_bytes{device=\"/dev/vda\",fstype=\"ext4\",mountpoint=\"/\"} 100"
+        ));
     }
 
     #[test]
