@@ -115,7 +115,12 @@ fn a_full_disk_fires_the_alert_and_bilge_prunes_it_back_without_anyone() {
         &token,
     ));
     let rules = std::fs::read_to_string(repo().join("alerts/bilge.rules.yml")).unwrap();
-    let p = Prometheus::start(&[&s.addr], "1s", &shorten_for(&rules, "1s"), Some(&am.addr));
+    let p = Prometheus::start(
+        &[&s.addr],
+        "1s",
+        &shorten_for(&rules, "10s"),
+        Some(&am.addr),
+    );
     p.wait_targets_up();
     tl.mark("stack up: dockerd on a 1 GiB loop fs, bilge, Prometheus, Alertmanager");
 
