@@ -557,6 +557,26 @@ fn a_hung_mount_is_skipped_and_never_hangs_a_collection() {
     }
 }
 
+/// A private daemon with one object of each kind that has a top-N family: an image, a volume
+/// and a stopped container with a log.
+fn one_of_each(name: &str) -> Daemon {
+    require_root();
+    let d = Daemon::start(name);
+    d.build(Some("app:1"), &["RUN echo one > /one"]);
+    d.docker(&["volume", "create", "data"]);
+    d.docker(&[
+        "run",
+        "--name",
+        "exited",
+        "--network",
+        "none",
+        "app:1",
+        "echo",
+        "hello",
+    ]);
+    d
+}
+
 /// The family names of one exposition (its `# TYPE` lines: only families with samples have one).
 fn family_names(text: &str) -> std::collections::BTreeSet<String> {
     text.lines()
@@ -571,20 +591,7 @@ fn family_names(text: &str) -> std::collections::BTreeSet<String> {
 /// `bilge_filesystem_avail_bytes` at all). Families are now built from one snapshot at scrape time.
 #[test]
 fn every_scrape_has_every_family_while_the_collectors_run_back_to_back() {
-    require_root();
-    let d = Daemon::start("scrape-loop");
-    d.build(Some("app:1"), &["RUN echo one > /one"]);
-    d.docker(&["volume", "create", "data"]);
-    d.docker(&[
-        "run",
-        "--name",
-        "exited",
-        "--network",
-        "none",
-        "app:1",
-        "echo",
-        "hello",
-    ]);
+    let d = one_of_each("scrape-loop");
     let s = Server::start(
         &d.host,
         &[
@@ -658,20 +665,7 @@ fn every_scrape_has_every_family_while_the_collectors_run_back_to_back() {
 /// from it.
 #[test]
 fn a_fresh_serve_exposes_every_family_the_bundle_reads() {
-    require_root();
-    let d = Daemon::start("fresh");
-    d.build(Some("app:1"), &["RUN echo one > /one"]);
-    d.docker(&["volume", "create", "data"]);
-    d.docker(&[
-        "run",
-        "--name",
-        "exited",
-        "--network",
-        "none",
-        "app:1",
-        "echo",
-        "hello",
-    ]);
+    let d = one_of_each("fresh");
     let dir = temp_dir("fresh-serve");
     let token = token_file(&dir, "fresh-token");
     let s = Server::start_in(
