@@ -34,6 +34,7 @@ declare -A NEED=(
   [/usr/bin/jq]=jq
   [/usr/bin/pkill]=procps
   [/usr/bin/unshare]=util-linux
+  [/usr/bin/openssl]=openssl
   [/usr/lib/python3/dist-packages/fusepy.py]=python3-fusepy
 )
 missing=()

@@ -155,7 +155,7 @@ pub struct ServeArgs {
         default_value = "2s"
     )]
     pub filesystem_interval: String,
-    /// File holding the bearer token for the webhook and the build API. Without it both are off.
+    /// File of API tokens for the webhook and the build API, one a line (any is accepted; re-read when it changes). Without it both are off.
     #[arg(long = "webhook.token-file", env = "BILGE_WEBHOOK_TOKEN_FILE")]
     pub webhook_token_file: Option<PathBuf>,
     /// An `instance` label value that names this host (repeatable). Default: hostname, addresses and loopback with the listen port.
@@ -165,9 +165,22 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub webhook_instance: Vec<String>,
-    /// Forward alerts for other instances once to that instance's webhook.
+    /// Forward alerts for other instances once to that instance's webhook, if --webhook.relay-targets lists it.
     #[arg(long = "webhook.relay", env = "BILGE_WEBHOOK_RELAY")]
     pub webhook_relay: bool,
+    /// Prometheus file_sd file (.json, .yml or .yaml) of the fleet members alerts may be relayed to; `__scheme__` picks http or https. Re-read when it changes.
+    #[arg(long = "webhook.relay-targets", env = "BILGE_WEBHOOK_RELAY_TARGETS")]
+    pub webhook_relay_targets: Option<PathBuf>,
+    /// PEM file of the CA certificates that https relay targets are verified against (default: the system's roots).
+    #[arg(long = "webhook.relay-ca-file", env = "BILGE_WEBHOOK_RELAY_CA_FILE")]
+    pub webhook_relay_ca_file: Option<PathBuf>,
+    /// Most alerts in one webhook delivery; a delivery with more is refused (413). Match Alertmanager's max_alerts.
+    #[arg(
+        long = "webhook.max-alerts",
+        env = "BILGE_WEBHOOK_MAX_ALERTS",
+        default_value_t = 64
+    )]
+    pub webhook_max_alerts: usize,
     /// Largest webhook or build API request body accepted.
     #[arg(
         long = "web.max-body",

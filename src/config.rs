@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
@@ -26,6 +27,7 @@ use crate::format::{parse_duration, parse_free_target, parse_size};
 use crate::logging::{LogConfig, LogFormat};
 use crate::serve::ServeSettings;
 use crate::server::ServeConfig;
+use crate::webhook::{self, Identities, RelaySettings, WebhookSettings};
 use crate::{Error, Result};
 
 /// Settings every subcommand shares.
@@ -164,10 +166,7 @@ impl Config {
                 format!("{:?} must start with / and name a path", s.telemetry_path),
             ));
         }
-        let token = match &s.webhook_token_file {
-            Some(p) => Some(read_token(p)?),
-            None => None,
-        };
+        let webhook = webhook_settings(s, listen, self.policy.cooldown)?;
         let max_body = flag("--web.max-body", parse_size(&s.max_body))?;
         Ok(ServeSettings {
             docker: self.docker,
@@ -178,11 +177,9 @@ impl Config {
             web: ServeConfig {
                 listen,
                 telemetry_path: s.telemetry_path.clone(),
-                token,
-                instances: s.webhook_instance.clone(),
-                relay: s.webhook_relay,
                 max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
             },
+            webhook,
         })
     }
 
@@ -316,12 +313,76 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr> {
     })
 }
 
-/// Reads a token file: one line, surrounding whitespace ignored, never empty.
-pub fn read_token(path: &Path) -> Result<String> {
-    read_token_file("--webhook.token-file", path)
+/// Validates the webhook's flags: the token file, the alert cap and the relay (which needs a
+/// token file and a targets file, and reads its CA file here), and hands out its settings.
+fn webhook_settings(
+    s: &ServeArgs,
+    listen: SocketAddr,
+    cooldown: Duration,
+) -> Result<WebhookSettings> {
+    let tokens = s
+        .webhook_token_file
+        .as_deref()
+        .map(|p| webhook::tokens::load(p).map(Arc::new))
+        .transpose()
+        .map_err(|m| Error::config(webhook::tokens::FLAG, m))?;
+    if s.webhook_max_alerts == 0 {
+        return Err(Error::config("--webhook.max-alerts", "must be at least 1"));
+    }
+    let relay = match (s.webhook_relay, s.webhook_relay_targets.as_deref()) {
+        (false, None) if s.webhook_relay_ca_file.is_some() => {
+            return Err(Error::config(
+                "--webhook.relay-ca-file",
+                "is for relays, which are off: add --webhook.relay and --webhook.relay-targets, or drop it",
+            ));
+        }
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(Error::config(
+                webhook::targets::FLAG,
+                "lists whom to relay to, but relaying is off: add --webhook.relay, or drop it",
+            ));
+        }
+        (true, None) => {
+            return Err(Error::config(
+                "--webhook.relay",
+                "needs --webhook.relay-targets FILE, a Prometheus file_sd file of the fleet members alerts may be relayed to (bilge relays to no one else)",
+            ));
+        }
+        (true, Some(_)) if tokens.is_none() => {
+            return Err(Error::config(
+                "--webhook.relay",
+                "needs --webhook.token-file: without it the webhook is off",
+            ));
+        }
+        (true, Some(path)) => {
+            let targets = webhook::targets::load(path)
+                .map_err(|m| Error::config(webhook::targets::FLAG, m))?;
+            let ca = s
+                .webhook_relay_ca_file
+                .as_deref()
+                .map(webhook::relay::read_ca_file)
+                .transpose()
+                .map_err(|m| Error::config("--webhook.relay-ca-file", m))?;
+            let tls = webhook::relay::client_tls(ca.as_deref())
+                .map_err(|m| Error::config("--webhook.relay-ca-file", m))?;
+            Some(RelaySettings {
+                targets: Arc::new(targets),
+                tls: Arc::new(tls),
+            })
+        }
+    };
+    Ok(WebhookSettings {
+        tokens,
+        identities: Identities::new(&s.webhook_instance, listen),
+        relay,
+        cooldown,
+        max_alerts: s.webhook_max_alerts,
+    })
 }
 
-/// Reads the token file given by `flag` (named in errors).
+/// Reads the token file given by `flag` (named in errors): one line, surrounding whitespace
+/// ignored, never empty.
 pub fn read_token_file(flag: &str, path: &Path) -> Result<String> {
     let raw = std::fs::read_to_string(path)
         .map_err(|e| Error::config(flag, format!("cannot read {}: {e}", path.display())))?;
@@ -446,6 +507,123 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("--target-free"), "{e}");
+    }
+
+    /// `bilge serve ARGS` assembled, or the error that stops start-up.
+    fn serve(args: &[&str]) -> Result<ServeSettings> {
+        use clap::Parser as _;
+        let all = [&["bilge", "serve"], args].concat();
+        let cli = crate::cli::Cli::try_parse_from(all)
+            .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"));
+        let crate::cli::Command::Serve(s) = &cli.command else {
+            unreachable!("parsed as serve")
+        };
+        Config::from_args(&cli.global)?.serve(s)
+    }
+
+    /// A file `name` holding `text`, in a directory of this test run.
+    fn file(name: &str, text: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("bilge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    #[test]
+    fn relay_without_a_targets_file_is_refused_and_says_what_to_add() {
+        let token = file("relay-token", "t\n");
+        let e = serve(&["--webhook.token-file", &token, "--webhook.relay"]).unwrap_err();
+        assert!(e.is_usage(), "{e}");
+        let line = e.to_string();
+        assert!(
+            line.contains("--webhook.relay-targets") && !line.contains('\n'),
+            "{line}"
+        );
+        let targets = file("relay-targets.json", r#"[{"targets": ["web2:9830"]}]"#);
+        let e = serve(&[
+            "--webhook.token-file",
+            &token,
+            "--webhook.relay-targets",
+            &targets,
+        ]);
+        assert!(e.unwrap_err().to_string().contains("add --webhook.relay"));
+        let e = serve(&["--webhook.relay", "--webhook.relay-targets", &targets]).unwrap_err();
+        assert!(e.to_string().contains("--webhook.token-file"), "{e}");
+        let ok = serve(&[
+            "--webhook.token-file",
+            &token,
+            "--webhook.relay",
+            "--webhook.relay-targets",
+            &targets,
+        ])
+        .unwrap();
+        let relay = ok.webhook.relay.unwrap();
+        assert!(relay.targets.current().get("web2:9830").is_some());
+    }
+
+    #[test]
+    fn a_bad_targets_or_ca_file_stops_start_up_naming_its_flag() {
+        let token = file("bad-token", "t\n");
+        let relay = ["--webhook.token-file", &token, "--webhook.relay"];
+        let bad = file("bad-targets.yml", "- targets: [user@web2:9830]\n");
+        let e = serve(&[&relay[..], &["--webhook.relay-targets", &bad]].concat()).unwrap_err();
+        assert!(
+            e.to_string().contains("--webhook.relay-targets")
+                && e.to_string().contains("user@web2"),
+            "{e}"
+        );
+        let txt = file("targets.txt", "[]");
+        let e = serve(&[&relay[..], &["--webhook.relay-targets", &txt]].concat()).unwrap_err();
+        assert!(e.to_string().contains(".json, .yml or .yaml"), "{e}");
+        let good = file("good-targets.yml", "[]\n");
+        let ca = file("ca.pem", "no certificate here\n");
+        let e = serve(
+            &[
+                &relay[..],
+                &[
+                    "--webhook.relay-targets",
+                    &good,
+                    "--webhook.relay-ca-file",
+                    &ca,
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--webhook.relay-ca-file"), "{e}");
+        let e = serve(&["--webhook.relay-ca-file", &ca]).unwrap_err();
+        assert!(e.to_string().contains("relays, which are off"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_token_file_stops_start_up_and_a_file_of_two_tokens_is_taken() {
+        let empty = file("empty-token", "\n \n");
+        let e = serve(&["--webhook.token-file", &empty]).unwrap_err();
+        assert!(
+            e.to_string().contains("--webhook.token-file") && e.to_string().contains("no token"),
+            "{e}"
+        );
+        let two = file("two-tokens", "old\nnew\n");
+        let ok = serve(&["--webhook.token-file", &two]).unwrap();
+        assert_eq!(ok.webhook.tokens.unwrap().current().len(), 2);
+    }
+
+    #[test]
+    fn the_alert_cap_defaults_to_the_bundled_alertmanager_max_alerts() {
+        let s = serve(&[]).unwrap();
+        assert_eq!(s.webhook.max_alerts, webhook::DEFAULT_MAX_ALERTS);
+        let bundled = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts/alertmanager.yml"),
+        )
+        .unwrap();
+        assert!(
+            bundled.contains(&format!("max_alerts: {}", webhook::DEFAULT_MAX_ALERTS)),
+            "alerts/alertmanager.yml must set max_alerts: {} on bilge's receiver",
+            webhook::DEFAULT_MAX_ALERTS
+        );
+        let e = serve(&["--webhook.max-alerts", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--webhook.max-alerts"), "{e}");
     }
 
     #[test]

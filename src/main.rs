@@ -14,6 +14,9 @@ use bilge::config::Config;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
+    // reqwest is built without a crypto provider of its own: every client finds rustls's `ring`
+    // here. An error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let log = match Config::log(&cli.global) {
         Ok(l) => l,

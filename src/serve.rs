@@ -14,6 +14,7 @@ use crate::docker::DockerConfig;
 use crate::metrics::Metrics;
 use crate::server::{AppState, ServeConfig, router};
 use crate::store::Store;
+use crate::webhook::WebhookSettings;
 use crate::{Error, Result};
 
 /// How often the build and cleanup metrics look for rows other processes wrote to the store.
@@ -60,22 +61,18 @@ pub struct ServeSettings {
     pub policy: Policy,
     /// Cap on distinct project label values.
     pub max_projects: usize,
-    /// The HTTP server and webhook.
+    /// The HTTP server.
     pub web: ServeConfig,
+    /// The Alertmanager webhook (and the API tokens it shares with the build API).
+    pub webhook: WebhookSettings,
 }
 
 /// Builds the shared state for a server (used by `run` and by tests).
 pub fn state(s: ServeSettings) -> Result<AppState> {
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
     let store = Store::new(&s.state_path, metrics.store_errors.clone());
-    let webhook = Arc::new(crate::webhook::Webhook::new(
-        crate::webhook::WebhookSettings {
-            token: s.web.token.clone(),
-            identities: crate::webhook::Identities::new(&s.web.instances, s.web.listen),
-            relay: s.web.relay,
-            cooldown: s.policy.cooldown,
-        },
-    ));
+    let webhook_on = s.webhook.tokens.is_some();
+    let webhook = Arc::new(crate::webhook::Webhook::new(s.webhook));
     let collector = Arc::new(Collector::new(s.docker, s.filesystem));
     let families = collector
         .families()
@@ -84,7 +81,7 @@ pub fn state(s: ServeSettings) -> Result<AppState> {
         .registry
         .register(Box::new(families))
         .map_err(|e| Error::Other(format!("metrics: {e}")))?;
-    if s.web.token.is_some() {
+    if webhook_on {
         metrics.start_webhook_outcomes(&crate::webhook::Outcome::ALL.map(|o| o.as_str()));
     }
     let engine = Arc::new(Engine::new(
@@ -162,8 +159,8 @@ pub async fn run_until(
         address = %listen,
         docker = %state.collector.docker_config().host,
         state = %state.store.path().display(),
-        webhook = state.serve.token.is_some(),
-        relay = state.serve.relay,
+        webhook = state.webhook.tokens().is_some(),
+        relay = state.webhook.relays(),
         max_level = %state.engine.policy().max_level,
         version = crate::VERSION,
         "bilge serving"

@@ -4,8 +4,9 @@
 //!
 //! The webhook and `POST /api/v1/builds` take the API token through one extractor,
 //! [`ApiToken`]: `Authorization: Bearer <token>`, or basic auth whose password is the token (the
-//! user name is ignored), compared in constant time. Without a token configured both endpoints
-//! are off (404); a refused request changes nothing. The webhook handler counts every answer,
+//! user name is ignored), checked against every token of `--webhook.token-file` in constant time
+//! ([`crate::webhook::tokens`]; the file is re-read when it changes). Without a token file both
+//! endpoints are off (404); a refused request changes nothing. The webhook handler counts every answer,
 //! refusals included, in `bilge_webhook_requests_total{outcome}`; what each alert does is
 //! decided in [`crate::webhook`].
 
@@ -22,9 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::cleanup::Engine;
@@ -34,7 +33,7 @@ pub use crate::http_error::AppError;
 use crate::metrics::Metrics;
 use crate::model::Level;
 use crate::store::Store;
-use crate::webhook::{Decision, Outcome, Payload, RELAYED_HEADER, Webhook};
+use crate::webhook::{Credential, Decision, Outcome, ParseError, Payload, RELAYED_HEADER, Webhook};
 
 /// Settings of `bilge serve` only.
 #[derive(Debug, Clone)]
@@ -43,12 +42,6 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The metrics path.
     pub telemetry_path: String,
-    /// The webhook/API bearer token; `None` turns the authenticated endpoints off.
-    pub token: Option<String>,
-    /// Extra `instance` values that name this host.
-    pub instances: Vec<String>,
-    /// Relay alerts for other instances.
-    pub relay: bool,
     /// Largest request body.
     pub max_body: usize,
 }
@@ -158,30 +151,10 @@ async fn list_builds(
     Ok(Json(serde_json::json!({ "builds": builds })).into_response())
 }
 
-/// True when an `Authorization` header carries `token`, as a bearer token or as the password of
-/// basic auth. Constant time in the token's content.
-pub fn authorized(header: Option<&str>, token: &str) -> bool {
-    let Some(h) = header else { return false };
-    let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h, ""));
-    let given: Vec<u8> = if scheme.eq_ignore_ascii_case("bearer") {
-        rest.trim().as_bytes().to_vec()
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
-            return false;
-        };
-        match decoded.iter().position(|b| *b == b':') {
-            Some(i) => decoded[i + 1..].to_vec(),
-            None => return false,
-        }
-    } else {
-        return false;
-    };
-    bool::from(given.as_slice().ct_eq(token.as_bytes()))
-}
-
-/// Extracted from a request that carries the API token (see [`authorized`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiToken;
+/// Extracted from a request that carries one of the API tokens: the credential it presented
+/// (a relay forwards it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken(pub Credential);
 
 /// Why a request did not get past [`ApiToken`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,17 +189,16 @@ impl FromRequestParts<AppState> for ApiToken {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<ApiToken, TokenRejection> {
-        let Some(token) = state.serve.token.as_deref() else {
+        let Some(tokens) = state.webhook.tokens() else {
             return Err(TokenRejection::Off);
         };
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if authorized(given, token) {
-            Ok(ApiToken)
-        } else {
-            Err(TokenRejection::Invalid)
+        match crate::webhook::tokens::presented(given) {
+            Some(c) if tokens.current().accepts(&c) => Ok(ApiToken(c)),
+            _ => Err(TokenRejection::Invalid),
         }
     }
 }
@@ -298,7 +270,7 @@ async fn receive_alerts(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Payload, Vec<Decision>), (Outcome, AppError)> {
-    token.map_err(|r| (Outcome::Unauthorized, AppError::from(r)))?;
+    let ApiToken(credential) = token.map_err(|r| (Outcome::Unauthorized, AppError::from(r)))?;
     let max_body = s.serve.max_body;
     let bytes = axum::body::to_bytes(body, max_body).await.map_err(|_| {
         (
@@ -309,18 +281,25 @@ async fn receive_alerts(
             ),
         )
     })?;
-    let (payload, raw) = crate::webhook::parse(&bytes)
-        .map_err(|m| (Outcome::BadRequest, AppError::BadRequest(m)))?;
-    let relayed = headers.contains_key(RELAYED_HEADER);
-    if let Some(from) = headers.get(RELAYED_HEADER).and_then(|v| v.to_str().ok()) {
-        tracing::info!(
-            from,
-            alerts = payload.alerts.len(),
-            "webhook delivery relayed by another bilge"
-        );
-    }
-    let decisions = s.webhook.deliver(&s.engine, &payload, &raw, relayed).await;
-    Ok((payload, decisions))
+    // Over the cap: refused whole, before anything is decided (no prune, relay or audit row).
+    let delivery = crate::webhook::parse(&bytes, s.webhook.max_alerts()).map_err(|e| {
+        let refusal = match &e {
+            ParseError::TooManyAlerts { .. } => {
+                AppError::Refused(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            ParseError::Invalid(_) => AppError::BadRequest(e.to_string()),
+        };
+        (Outcome::BadRequest, refusal)
+    })?;
+    // Any value marks the delivery as relayed (never relayed again), even one that is not text.
+    let relayed_by = headers
+        .get(RELAYED_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let decisions = s
+        .webhook
+        .deliver(&s.engine, &delivery, &credential, relayed_by)
+        .await;
+    Ok((delivery.payload, decisions))
 }
 
 /// `?level=` and `?until=` for `/api/v1/plan`.
@@ -396,22 +375,6 @@ async fn page(State(s): State<AppState>) -> Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_and_basic_auth_carry_the_token() {
-        assert!(authorized(Some("Bearer s3cret"), "s3cret"));
-        assert!(authorized(Some("bearer s3cret"), "s3cret"));
-        assert!(!authorized(Some("Bearer s3cre"), "s3cret"));
-        assert!(!authorized(Some("Bearer s3crett"), "s3cret"));
-        assert!(!authorized(Some("Bearer "), "s3cret"));
-        assert!(!authorized(None, "s3cret"));
-        let basic = base64::engine::general_purpose::STANDARD.encode("alertmanager:s3cret");
-        assert!(authorized(Some(&format!("Basic {basic}")), "s3cret"));
-        let wrong = base64::engine::general_purpose::STANDARD.encode("s3cret:nope");
-        assert!(!authorized(Some(&format!("Basic {wrong}")), "s3cret"));
-        assert!(!authorized(Some("Basic !!!"), "s3cret"));
-        assert!(!authorized(Some("Token s3cret"), "s3cret"));
-    }
 
     #[test]
     fn an_endpoint_without_a_token_is_off_and_says_how_to_turn_it_on() {

@@ -1,9 +1,15 @@
 //! The Alertmanager webhook end to end: a real Alertmanager delivering to `bilge serve`, which
-//! prunes a real daemon; authentication, duplicates, relay between two bilge instances, a busy
-//! host, and a state store on a full filesystem.
+//! prunes a real daemon; authentication and token rotation, duplicates, the alert cap, relay
+//! between two bilge instances and to listeners the test owns (plain and TLS, listed and not,
+//! redirecting), a busy host, and a state store on a full filesystem.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -208,17 +214,23 @@ fn an_alert_for_another_instance_is_relayed_once_and_prunes_there() {
     let dangling_a = da.make_dangling("dangle:1", 2);
     let dangling_b = db.make_dangling("dangle:1", 2);
     let policy = ["until = \"0s\"", "target_free = \"100%\""];
-    let a = serve(&da, &policy, &["--webhook.relay"]);
-    let b = serve(&db, &policy, &["--webhook.relay"]);
+    // Each lists the other (B's port is known only once it runs: A's file is written after).
+    let a_targets = da.dir.join("fleet-a.json");
+    std::fs::write(&a_targets, "[]").unwrap();
+    let a = serve(&da, &policy, &relay_to(&a_targets));
+    let b_targets = targets_file(&db.dir, &[("http", &a.addr)]);
+    let b = serve(&db, &policy, &relay_to(&b_targets));
+    std::fs::write(&a_targets, targets_json(&[("http", &b.addr)])).unwrap();
 
     let body = alert_payload("beef", &b.addr, "standard", "2024-05-01T10:00:00Z");
     let r = post_alerts(&a, Some(TOKEN), &body);
     assert_eq!(decisions(&r), ["relayed"]);
-    let reason = r.json()["alerts"][0]["reason"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(reason.contains("accepted"), "{reason}");
+    // The sender hears nothing of what B answered.
+    assert!(
+        r.json()["alerts"][0].get("reason").is_none(),
+        "{}",
+        r.text()
+    );
 
     let row = wait_for("B's cleanup", Duration::from_secs(60), || {
         cleanups(&b).into_iter().find(|r| r["result"] == "success")
@@ -236,7 +248,14 @@ fn an_alert_for_another_instance_is_relayed_once_and_prunes_there() {
         b.metric("bilge_webhook_requests_total{outcome=\"accepted\"}"),
         Some(1.0)
     );
-    assert!(b.log_text().contains("relayed by another bilge"));
+    // B got exactly one delivery, marked as relayed by A.
+    let b_log = b.log_text();
+    let deliveries: Vec<&str> = b_log
+        .lines()
+        .filter(|l| l.contains("msg=\"webhook delivery\""))
+        .collect();
+    assert_eq!(deliveries.len(), 1, "{b_log}");
+    assert!(deliveries[0].contains("relayed_by="), "{}", deliveries[0]);
 
     // A relayed delivery that does not name its receiver is not relayed again.
     let back = alert_payload("cafe", &a.addr, "standard", "2024-05-01T10:00:00Z");
@@ -472,4 +491,736 @@ fn a_full_state_filesystem_does_not_stop_the_webhook() {
     let log = s.log_text();
     assert!(!log.contains("panicked"), "{log}");
     drop(s);
+}
+
+// ---- relay targets, listeners the test owns, TLS, rotation, the alert cap ------------------
+
+/// A Docker host that does not exist: for a bilge that only decides and relays, never prunes.
+const NO_DOCKER: &str = "unix:///nonexistent/bilge-test/docker.sock";
+
+/// The flags that turn relaying on, to the members listed in `targets`.
+fn relay_to(targets: &Path) -> Vec<&str> {
+    vec![
+        "--webhook.relay",
+        "--webhook.relay-targets",
+        targets.to_str().unwrap(),
+    ]
+}
+
+/// A `file_sd` JSON list with one group per `(scheme, host:port)` member.
+fn targets_json(members: &[(&str, &str)]) -> String {
+    let groups: Vec<serde_json::Value> = members
+        .iter()
+        .map(|(scheme, addr)| {
+            serde_json::json!({"targets": [addr], "labels": {"__scheme__": scheme, "job": "bilge"}})
+        })
+        .collect();
+    serde_json::Value::Array(groups).to_string()
+}
+
+/// Writes [`targets_json`] of `members` into a fresh file under `dir`.
+fn targets_file(dir: &Path, members: &[(&str, &str)]) -> PathBuf {
+    let p = dir.join(format!("fleet-{}.json", free_port()));
+    std::fs::write(&p, targets_json(members)).unwrap();
+    p
+}
+
+/// A bilge that relays to `targets` and never prunes (no Docker), with the test token file
+/// `token` (or the test token).
+fn relay_only(targets: &Path, token: Option<&Path>, extra: &[&str]) -> Server {
+    let dir = temp_dir("relayer");
+    let token = match token {
+        Some(t) => t.to_path_buf(),
+        None => token_file(&dir, TOKEN),
+    };
+    let mut args = vec!["--webhook.token-file", token.to_str().unwrap()];
+    args.extend(relay_to(targets));
+    args.extend(extra);
+    Server::start_in(dir, NO_DOCKER, &args)
+}
+
+/// One request a listener received: its head (request line and headers) and its body.
+#[derive(Debug, Clone)]
+struct Received {
+    /// The request line and headers.
+    head: String,
+    /// The body.
+    body: Vec<u8>,
+}
+
+impl Received {
+    /// A header's value (name matched case-insensitively).
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one HTTP/1.1 request (head, then `Content-Length` bytes of body) from `s`.
+fn read_request(s: &mut impl Read) -> Option<Received> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some(Received { head, body })
+}
+
+/// How a [`Listener`] speaks.
+enum Wire {
+    /// Plain TCP.
+    Plain,
+    /// TLS with this server configuration.
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+/// A loopback listener the test owns: it counts every TCP connection, records every request it
+/// reads, and answers each with `answer`. Stops on drop.
+struct Listener {
+    /// `127.0.0.1:PORT`.
+    addr: String,
+    /// TCP connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// Requests read.
+    requests: Arc<Mutex<Vec<Received>>>,
+    /// Set on drop: the thread stops accepting.
+    stop: Arc<AtomicBool>,
+    /// The accepting thread.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    /// A plain HTTP listener answering `answer` (a whole HTTP response).
+    fn plain(answer: &str) -> Listener {
+        Self::start(Wire::Plain, answer)
+    }
+
+    /// A TLS listener presenting `cert`/`key` (PEM files) and answering `answer`.
+    fn tls(cert: &Path, key: &Path, answer: &str) -> Listener {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::start(Wire::Tls(Arc::new(config)), answer)
+    }
+
+    /// Binds a free loopback port and serves it from a thread, one connection at a time.
+    fn start(wire: Wire, answer: &str) -> Listener {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let answer = answer.to_string();
+        let thread = {
+            let (connections, requests, stop) =
+                (connections.clone(), requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    stream.set_nonblocking(false).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    let got = match &wire {
+                        Wire::Plain => exchange(stream, &answer),
+                        Wire::Tls(config) => {
+                            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                                continue;
+                            };
+                            exchange(rustls::StreamOwned::new(conn, stream), &answer)
+                        }
+                    };
+                    if let Some(r) = got {
+                        requests.lock().unwrap().push(r);
+                    }
+                }
+            })
+        };
+        Listener {
+            addr,
+            connections,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// TCP connections accepted so far.
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests read so far.
+    fn requests(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Reads one request from `s` and answers it with `answer`.
+fn exchange(mut s: impl Read + Write, answer: &str) -> Option<Received> {
+    let r = read_request(&mut s)?;
+    let _ = s.write_all(answer.as_bytes());
+    let _ = s.flush();
+    Some(r)
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a bilge webhook answers when it takes a delivery.
+const OK_ANSWER: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{\"alerts\":[]}";
+
+/// A redirect with status `code` to `location`.
+fn redirect(code: u16, location: &str) -> String {
+    format!(
+        "HTTP/1.1 {code} Moved\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// The answer's `(decision, reason)` per alert.
+fn decided(r: &Response) -> Vec<(String, String)> {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["decision"].as_str().unwrap().to_string(),
+                a["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// One delivery with a firing `standard` alert per instance (fingerprints f0, f1, …).
+fn alerts_for(instances: &[&str]) -> String {
+    let alerts: Vec<serde_json::Value> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| {
+            serde_json::json!({
+                "status": "firing",
+                "labels": {"alertname": "BilgeDockerDataRootAlmostFull", "instance": inst, "bilge_action": "standard"},
+                "startsAt": "2024-05-01T10:00:00Z",
+                "fingerprint": format!("f{i}")
+            })
+        })
+        .collect();
+    serde_json::json!({"version": "4", "status": "firing", "receiver": "bilge", "alerts": alerts})
+        .to_string()
+}
+
+#[test]
+fn an_alert_naming_an_unlisted_listener_is_never_sent_anywhere() {
+    let listed = Listener::plain(OK_ANSWER);
+    let unlisted = Listener::plain(OK_ANSWER);
+    let dir = temp_dir("unlisted");
+    let targets = targets_file(&dir, &[("http", &listed.addr)]);
+    let s = relay_only(&targets, None, &[]);
+    let r = post_alerts(&s, Some(TOKEN), &alerts_for(&[&unlisted.addr]));
+    let why = format!(
+        "instance {} is not this host and not listed in --webhook.relay-targets; not relayed",
+        unlisted.addr
+    );
+    assert_eq!(decided(&r), [("ignored".to_string(), why.clone())]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        unlisted.connections(),
+        0,
+        "the unlisted listener was contacted"
+    );
+    assert_eq!(listed.connections(), 0);
+    assert!(s.log_text().contains(&why), "{}", s.log_text());
+    assert_eq!(
+        s.metric("bilge_webhook_requests_total{outcome=\"ignored\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_member_added_to_the_targets_file_is_relayed_to_without_a_restart() {
+    let member = Listener::plain(OK_ANSWER);
+    let dir = temp_dir("addmember");
+    let targets = targets_file(&dir, &[]);
+    let s = relay_only(&targets, None, &[]);
+    let body = alerts_for(&[&member.addr]);
+    assert_eq!(decisions(&post_alerts(&s, Some(TOKEN), &body)), ["ignored"]);
+    assert_eq!(member.connections(), 0);
+
+    std::fs::write(&targets, targets_json(&[("http", &member.addr)])).unwrap();
+    assert_eq!(decisions(&post_alerts(&s, Some(TOKEN), &body)), ["relayed"]);
+    let got = member.requests();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].head.starts_with("POST /api/v1/alerts HTTP/1.1"),
+        "{}",
+        got[0].head
+    );
+
+    // A broken file keeps the last good list in force, and says so once in the log.
+    std::fs::write(&targets, "[{\"targets\": [\"user@elsewhere:1\"]}]").unwrap();
+    for _ in 0..3 {
+        assert_eq!(decisions(&post_alerts(&s, Some(TOKEN), &body)), ["relayed"]);
+    }
+    let log = s.log_text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("the last good version stays in force"))
+        .count();
+    assert_eq!(warned, 1, "{log}");
+    assert!(log.contains("user@elsewhere"), "{log}");
+    assert_eq!(member.requests().len(), 4);
+}
+
+#[test]
+fn a_listed_member_that_redirects_is_not_followed_and_the_sender_hears_only_relay_failed() {
+    let elsewhere = Listener::plain(OK_ANSWER);
+    let to_elsewhere = format!("http://{}/api/v1/alerts", elsewhere.addr);
+    let found = Listener::plain(&redirect(302, &to_elsewhere));
+    let temporary = Listener::plain(&redirect(307, &to_elsewhere));
+    // A listed member that is down: the sender must not learn that either.
+    let down = free_port();
+    let down = format!("127.0.0.1:{down}");
+    let dir = temp_dir("redirect");
+    let targets = targets_file(
+        &dir,
+        &[
+            ("http", &found.addr),
+            ("http", &temporary.addr),
+            ("http", &down),
+        ],
+    );
+    let s = relay_only(&targets, None, &[]);
+    let r = post_alerts(
+        &s,
+        Some(TOKEN),
+        &alerts_for(&[&found.addr, &temporary.addr, &down]),
+    );
+    let failed = (
+        "relay_failed".to_string(),
+        "relay failed (this bilge's log says why)".to_string(),
+    );
+    assert_eq!(decided(&r), [failed.clone(), failed.clone(), failed]);
+    let text = r.text();
+    for leak in [
+        "302",
+        "307",
+        "Location",
+        "refused",
+        "connect",
+        &elsewhere.addr,
+    ] {
+        assert!(!text.contains(leak), "the answer tells {leak:?}: {text}");
+    }
+    // Each redirecting member got the relay once; the address it pointed to got nothing.
+    for l in [&found, &temporary] {
+        let got = l.requests();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            got[0].header("authorization"),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+        assert!(got[0].header("x-bilge-relayed").is_some());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(elsewhere.connections(), 0, "a redirect was followed");
+    // The why is in the log, in the delivery's one line.
+    let log = s.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("msg=\"webhook delivery\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("redirects are not followed"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains(&down), "{}", lines[0]);
+    assert_eq!(
+        s.metric("bilge_webhook_requests_total{outcome=\"relay_failed\"}"),
+        Some(1.0)
+    );
+}
+
+/// A test CA and certificates made with Debian's openssl, in `dir`.
+struct TestPki {
+    /// The CA bilge is told to trust.
+    ca: PathBuf,
+    /// A certificate for 127.0.0.1 signed by that CA, and its key.
+    good: (PathBuf, PathBuf),
+    /// A certificate for 127.0.0.1 signed by another CA, and its key.
+    rogue: (PathBuf, PathBuf),
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("/usr/bin/openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl did not run; apt-get install openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestPki {
+    /// Makes both CAs and both certificates in `dir`.
+    fn new(dir: &Path) -> TestPki {
+        require("/usr/bin/openssl", "apt-get install openssl");
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        for name in ["ca", "rogue-ca"] {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN=bilge test {name}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.pem"),
+                ],
+            );
+        }
+        for (name, ca) in [("good", "ca"), ("rogue", "rogue-ca")] {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    &format!("{ca}.pem"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "server.ext",
+                    "-out",
+                    &format!("{name}.pem"),
+                ],
+            );
+        }
+        TestPki {
+            ca: dir.join("ca.pem"),
+            good: (dir.join("good.pem"), dir.join("good.key")),
+            rogue: (dir.join("rogue.pem"), dir.join("rogue.key")),
+        }
+    }
+}
+
+#[test]
+fn an_https_member_verified_by_the_relay_ca_gets_the_alert_and_the_token_and_an_impostor_nothing() {
+    let dir = temp_dir("tlsrelay");
+    let pki = TestPki::new(&dir);
+    let member = Listener::tls(&pki.good.0, &pki.good.1, OK_ANSWER);
+    let impostor = Listener::tls(&pki.rogue.0, &pki.rogue.1, OK_ANSWER);
+    let targets = targets_file(&dir, &[("https", &member.addr), ("https", &impostor.addr)]);
+    let s = relay_only(
+        &targets,
+        None,
+        &["--webhook.relay-ca-file", pki.ca.to_str().unwrap()],
+    );
+
+    let r = post_alerts(&s, Some(TOKEN), &alerts_for(&[&member.addr]));
+    assert_eq!(decisions(&r), ["relayed"]);
+    let got = member.requests();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].head.starts_with("POST /api/v1/alerts "),
+        "{}",
+        got[0].head
+    );
+    assert_eq!(
+        got[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    let relayed: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(relayed["alerts"][0]["fingerprint"], "f0");
+    assert_eq!(relayed["alerts"].as_array().unwrap().len(), 1);
+
+    let r = post_alerts(&s, Some(TOKEN), &alerts_for(&[&impostor.addr]));
+    assert_eq!(decisions(&r), ["relay_failed"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        impostor.requests().is_empty(),
+        "a certificate from another CA got the request: {:?}",
+        impostor.requests()
+    );
+    let log = s.log_text();
+    assert!(log.contains("certificate"), "{log}");
+}
+
+#[test]
+fn relay_without_a_targets_file_stops_start_up_with_one_line_and_exit_code_2() {
+    let dir = temp_dir("norelaytargets");
+    let token = token_file(&dir, TOKEN);
+    let out = Command::new(BILGE)
+        .args(["serve", "--webhook.relay", "--webhook.token-file"])
+        .arg(&token)
+        .args(["--docker.host", NO_DOCKER])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--webhook.relay-targets"), "{err}");
+}
+
+/// POSTs an empty delivery with `token`; the status.
+fn knock(s: &Server, token: &str) -> u16 {
+    post_alerts(s, Some(token), r#"{"version": "4", "alerts": []}"#).status
+}
+
+#[test]
+fn after_the_token_file_changes_the_old_token_gets_401_and_the_new_one_works_without_a_restart() {
+    let dir = temp_dir("rotate");
+    let token = dir.join("tokens");
+    std::fs::write(&token, "old-token\n").unwrap();
+    let s = Server::start_in(
+        dir.clone(),
+        NO_DOCKER,
+        &["--webhook.token-file", token.to_str().unwrap()],
+    );
+    assert_eq!((knock(&s, "old-token"), knock(&s, "new-token")), (200, 401));
+    // The overlap of a rotation: both lines are in force.
+    std::fs::write(&token, "new-token\n  old-token  \n\n").unwrap();
+    assert_eq!((knock(&s, "old-token"), knock(&s, "new-token")), (200, 200));
+    // The old token retired, by a new file renamed over the old one (as a Secret update does).
+    let next = dir.join("tokens.next");
+    std::fs::write(&next, "new-token\n").unwrap();
+    std::fs::rename(&next, &token).unwrap();
+    assert_eq!((knock(&s, "old-token"), knock(&s, "new-token")), (401, 200));
+    let build = http(
+        "POST",
+        &s.url("/api/v1/builds"),
+        &[("Authorization", "Bearer old-token")],
+        b"{}",
+    )
+    .unwrap();
+    assert_eq!(build.status, 401, "the build API takes the same tokens");
+    // An emptied file keeps the last good tokens, logged once.
+    std::fs::write(&token, "\n").unwrap();
+    assert_eq!((knock(&s, "old-token"), knock(&s, "new-token")), (401, 200));
+    assert_eq!(knock(&s, "new-token"), 200);
+    std::fs::remove_file(&token).unwrap();
+    assert_eq!(knock(&s, "new-token"), 200);
+    let log = s.log_text();
+    let kept = log
+        .lines()
+        .filter(|l| l.contains("the last good version stays in force"))
+        .count();
+    assert_eq!(
+        kept, 2,
+        "one line for the empty file, one for the missing file: {log}"
+    );
+    assert!(
+        !log.contains("new-token") && !log.contains("old-token"),
+        "{log}"
+    );
+}
+
+#[test]
+fn with_two_tokens_in_the_file_both_work_and_a_relay_presents_the_one_the_delivery_used() {
+    let member = Listener::plain(OK_ANSWER);
+    let dir = temp_dir("twotokens");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "first-token\nsecond-token\n").unwrap();
+    let targets = targets_file(&dir, &[("http", &member.addr)]);
+    let s = relay_only(&targets, Some(&tokens), &[]);
+    assert_eq!(
+        (knock(&s, "first-token"), knock(&s, "second-token")),
+        (200, 200)
+    );
+    assert_eq!(knock(&s, "third-token"), 401);
+    for token in ["second-token", "first-token"] {
+        let r = post_alerts(&s, Some(token), &alerts_for(&[&member.addr]));
+        assert_eq!(decisions(&r), ["relayed"]);
+    }
+    let presented: Vec<String> = member
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(presented, ["Bearer second-token", "Bearer first-token"]);
+}
+
+/// The resident memory of the process listening on `addr` (found by its command line), in bytes.
+fn rss_of_server(addr: &str) -> u64 {
+    let needle = format!("--web.listen-address\0{addr}\0");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if !cmdline
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        return kib * 1024;
+    }
+    panic!("no process serves {addr}");
+}
+
+#[test]
+fn a_one_mib_delivery_over_the_alert_cap_gets_a_quick_4xx_changes_nothing_and_costs_little_memory()
+{
+    let d = Daemon::start("cap");
+    let dangling = d.make_dangling("dangle:1", 2);
+    let s = serve(&d, &["until = \"0s\"", "target_free = \"100%\""], &[]);
+    s.wait_ready();
+    // Alerts that would all prune this host, then minimal ones up to just under 1 MiB (the
+    // default --web.max-body), so only the alert cap can refuse it.
+    let acting = serde_json::json!({
+        "status": "firing",
+        "labels": {"instance": s.addr, "bilge_action": "standard"},
+        "startsAt": "2024-05-01T10:00:00Z"
+    })
+    .to_string();
+    let mut body = String::from("{\"version\":\"4\",\"alerts\":[");
+    for _ in 0..100 {
+        body.push_str(&acting);
+        body.push(',');
+    }
+    while body.len() < (1 << 20) - 16 {
+        body.push_str("{},");
+    }
+    body.push_str("{}]}");
+    assert!(body.len() <= 1 << 20 && body.len() > 1_000_000);
+    let alerts = body.matches("{}").count() + 100;
+
+    let before = rss_of_server(&s.addr);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let r = post_alerts(&s, Some(TOKEN), &body);
+        slowest = slowest.max(start.elapsed());
+        assert_eq!(r.status, 413, "{}", r.text());
+        assert!(r.body.len() < 1024, "a {} byte answer", r.body.len());
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains("more than 64 alerts"), "{error}");
+        assert!(error.contains("max_alerts"), "{error}");
+    }
+    let after = rss_of_server(&s.addr);
+    let grew = after.saturating_sub(before);
+    eprintln!(
+        "a {} byte delivery of {alerts} alerts, 5 times: slowest answer {slowest:?}, VmRSS {} KiB -> {} KiB (+{} KiB)",
+        body.len(),
+        before / 1024,
+        after / 1024,
+        grew / 1024
+    );
+    assert!(slowest < Duration::from_secs(1), "answered in {slowest:?}");
+    assert!(grew < 16 << 20, "resident memory grew by {grew} bytes");
+
+    // Nothing happened: no prune, no audit row, no delivery logged; counted as bad requests.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(d.has_image(&dangling));
+    assert!(cleanups(&s).is_empty());
+    assert!(!s.log_text().contains("msg=\"webhook delivery\""));
+    assert_eq!(
+        s.metric("bilge_webhook_requests_total{outcome=\"bad_request\"}"),
+        Some(5.0)
+    );
+    // A delivery at the cap acts, and its answer lists each of its alerts.
+    let at_cap = format!(
+        "{{\"version\":\"4\",\"alerts\":[{}]}}",
+        vec![acting.as_str(); 64].join(",")
+    );
+    let r = post_alerts(&s, Some(TOKEN), &at_cap);
+    let d64 = decisions(&r);
+    assert_eq!(d64.len(), 64);
+    assert_eq!(d64[0], "accepted");
+    wait_for("the cleanup", Duration::from_secs(60), || {
+        (!d.has_image(&dangling)).then_some(())
+    });
 }

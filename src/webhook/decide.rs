@@ -8,7 +8,9 @@
 //!
 //! 1. not firing, no `bilge_action`, an unknown level, or no `instance`: `ignored`;
 //! 2. another host's `instance`: `ignored` when the delivery was itself relayed, when
-//!    `--webhook.relay` is off, or when the instance is not a plain `host:port`; else `relay`;
+//!    `--webhook.relay` is off, or when the instance is not listed in `--webhook.relay-targets`
+//!    (the reason says which); else `relay` to the listed member, whose address and scheme come
+//!    from the targets file, never from the alert;
 //! 3. this host: `duplicate` when the same fingerprint and `startsAt` acted within the window or
 //!    appear earlier in the same delivery;
 //! 4. the rest act together: one run at the highest level they ask for, capped by the policy:
@@ -21,8 +23,9 @@ use serde::Serialize;
 
 use super::dedup::{Dedup, Key};
 use super::identity::Identities;
-use super::payload::{Alert, Payload};
-use super::relay::{self, Forward};
+use super::payload::{Alert, Payload, clip};
+use super::relay::Forward;
+use super::targets::{Target, Targets};
 use crate::cleanup::{Policy, Refusal, Request};
 use crate::model::{Level, Trigger};
 
@@ -31,14 +34,15 @@ use crate::model::{Level, Trigger};
 pub enum Route {
     /// This host cleans up to this level (before capping).
     Act(Level),
-    /// Forward to this instance.
-    Relay(String),
+    /// Forward to this listed fleet member.
+    Relay(Target),
     /// Nothing to do, and why.
     Ignore(String),
 }
 
-/// Decides where one alert goes (pure). `relayed` marks a request another bilge forwarded.
-pub fn route(alert: &Alert, ids: &Identities, relay: bool, relayed: bool) -> Route {
+/// Decides where one alert goes (pure). `relay` is the fleet list with `--webhook.relay`
+/// (`None` without it); `relayed` marks a request another bilge forwarded.
+pub fn route(alert: &Alert, ids: &Identities, relay: Option<&Targets>, relayed: bool) -> Route {
     if !alert.is_firing() {
         return Route::Ignore(format!("status {:?} is not firing", alert.status));
     }
@@ -55,34 +59,23 @@ pub fn route(alert: &Alert, ids: &Identities, relay: bool, relayed: bool) -> Rou
     if ids.matches(instance) {
         return Route::Act(level);
     }
+    let instance = clip(instance);
     if relayed {
         return Route::Ignore(format!(
             "instance {instance} is not this host, and relayed alerts are not relayed again"
         ));
     }
-    if !relay {
+    let Some(targets) = relay else {
         return Route::Ignore(format!(
             "instance {instance} is not this host (start bilge with --webhook.relay to forward it)"
         ));
-    }
-    if !is_authority(instance) {
-        return Route::Ignore(format!(
-            "instance {instance:?} is not host:port; cannot relay"
-        ));
-    }
-    Route::Relay(instance.to_string())
-}
-
-/// True for a plain `host:port` / `[v6]:port` with nothing that would change the relay URL.
-fn is_authority(s: &str) -> bool {
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return false;
     };
-    !host.is_empty()
-        && port.parse::<u16>().is_ok()
-        && !s
-            .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '/' | '@' | '?' | '#' | '\\'))
+    match targets.get(&instance) {
+        Some(target) => Route::Relay(target.clone()),
+        None => Route::Ignore(format!(
+            "instance {instance} is not this host and not listed in --webhook.relay-targets; not relayed"
+        )),
+    }
 }
 
 /// Whether the engine can take a run now, as read just before deciding: the "admission" input
@@ -147,16 +140,16 @@ pub enum Decision {
         /// What the host's policy capped this alert's level to, when it did.
         capped_to: Option<Level>,
     },
-    /// The alert is to be forwarded to `instance` (the shell makes it [`Decision::Relayed`]).
+    /// The alert is to be forwarded to this listed member (the shell makes it
+    /// [`Decision::Relayed`] or [`Decision::RelayFailed`]).
     Relay {
-        /// The `host:port` it names.
-        instance: String,
+        /// The member, from the targets file.
+        target: Target,
     },
-    /// The alert was forwarded, and this came of it.
-    Relayed {
-        /// What the instance answered, or why the relay failed.
-        outcome: relay::Outcome,
-    },
+    /// The member took the alert.
+    Relayed,
+    /// The relay failed; why is in this host's log only, never in the answer.
+    RelayFailed,
     /// The alert already acted.
     Duplicate(Repeat),
     /// The alert would act, but the engine cannot take a run now.
@@ -178,7 +171,8 @@ impl Decision {
         match self {
             Decision::Accepted { .. } => "accepted",
             Decision::Relay { .. } => "relay",
-            Decision::Relayed { .. } => "relayed",
+            Decision::Relayed => "relayed",
+            Decision::RelayFailed => "relay_failed",
             Decision::Duplicate(_) => "duplicate",
             Decision::Cooldown { .. } => "cooldown",
             Decision::Ignored(_) => "ignored",
@@ -201,8 +195,8 @@ impl Decision {
                 capped_to: Some(to),
                 ..
             } => Some(format!("{asked} capped to {to} by this host's policy")),
-            Decision::Accepted { .. } | Decision::Relay { .. } => None,
-            Decision::Relayed { outcome } => Some(outcome.to_string()),
+            Decision::Accepted { .. } | Decision::Relay { .. } | Decision::Relayed => None,
+            Decision::RelayFailed => Some("relay failed (this bilge's log says why)".into()),
             Decision::Duplicate(repeat) => Some(repeat.to_string()),
             Decision::Cooldown { refusal, .. } => Some(refusal.to_string()),
             Decision::Ignored(why) => Some(why.clone()),
@@ -240,10 +234,10 @@ impl Answer {
     /// The answer for `alert` decided `decision`.
     pub fn new(alert: &Alert, decision: &Decision) -> Answer {
         Answer {
-            fingerprint: alert.fingerprint(),
+            fingerprint: clip(&alert.fingerprint()).into_owned(),
             decision: decision.as_str(),
             level: decision.level(),
-            instance: alert.instance().map(String::from),
+            instance: alert.instance().map(|i| clip(i).into_owned()),
             reason: decision.reason(),
         }
     }
@@ -265,8 +259,8 @@ pub fn answer(payload: &Payload, decisions: &[Decision]) -> serde_json::Value {
 pub struct Rules<'a> {
     /// The `instance` values that name this host.
     pub identities: &'a Identities,
-    /// `--webhook.relay`: forward other hosts' alerts.
-    pub relay: bool,
+    /// With `--webhook.relay`: the fleet members other hosts' alerts may be forwarded to.
+    pub relay: Option<&'a Targets>,
     /// The host's policy, for the `max_level` (and `allow_volumes`) cap.
     pub policy: &'a Policy,
     /// How long an alert that acted counts as a duplicate.
@@ -291,7 +285,7 @@ pub fn decide(
         .map(|alert| {
             match route(alert, rules.identities, rules.relay, relayed) {
                 Route::Ignore(why) => Decision::Ignored(why),
-                Route::Relay(instance) => Decision::Relay { instance },
+                Route::Relay(target) => Decision::Relay { target },
                 Route::Act(asked) => {
                     let key = alert.key();
                     if dedup.is_duplicate(&key, now, rules.window) {
@@ -379,18 +373,18 @@ pub fn run(payload: &Payload, decisions: &[Decision]) -> Option<Run> {
     })
 }
 
-/// The relays `decisions` ask for: one per instance (in name order), with its alerts.
+/// The relays `decisions` ask for: one per member (in address order), with its alerts.
 pub fn forwards(decisions: &[Decision]) -> Vec<Forward> {
-    let mut by_instance: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut by_target: BTreeMap<&Target, Vec<usize>> = BTreeMap::new();
     for (i, d) in decisions.iter().enumerate() {
-        if let Decision::Relay { instance } = d {
-            by_instance.entry(instance).or_default().push(i);
+        if let Decision::Relay { target } = d {
+            by_target.entry(target).or_default().push(i);
         }
     }
-    by_instance
+    by_target
         .into_iter()
-        .map(|(instance, alerts)| Forward {
-            instance: instance.to_string(),
+        .map(|(target, alerts)| Forward {
+            target: target.clone(),
             alerts,
         })
         .collect()
@@ -401,8 +395,10 @@ pub fn forwards(decisions: &[Decision]) -> Vec<Forward> {
 pub enum Outcome {
     /// An alert started a run.
     Accepted,
-    /// An alert was forwarded to another instance.
+    /// An alert was forwarded to another fleet member.
     Relayed,
+    /// A relay to another fleet member failed.
+    RelayFailed,
     /// An alert had already acted.
     Duplicate,
     /// An alert would have acted, but a run was in progress or the cooldown lasted.
@@ -417,9 +413,10 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for families that exist before their first event.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Accepted,
         Outcome::Relayed,
+        Outcome::RelayFailed,
         Outcome::Duplicate,
         Outcome::Cooldown,
         Outcome::Ignored,
@@ -432,6 +429,7 @@ impl Outcome {
         match self {
             Outcome::Accepted => "accepted",
             Outcome::Relayed => "relayed",
+            Outcome::RelayFailed => "relay_failed",
             Outcome::Duplicate => "duplicate",
             Outcome::Cooldown => "cooldown",
             Outcome::Ignored => "ignored",
@@ -441,12 +439,13 @@ impl Outcome {
     }
 }
 
-/// The request's outcome: its most consequential decision (accepted, then relayed, cooldown,
-/// duplicate; else ignored).
+/// The request's outcome: its most consequential decision (accepted, then relayed, relay
+/// failed, cooldown, duplicate; else ignored).
 pub fn outcome(decisions: &[Decision]) -> Outcome {
     let of = |d: &Decision| match d {
         Decision::Accepted { .. } => Outcome::Accepted,
-        Decision::Relay { .. } | Decision::Relayed { .. } => Outcome::Relayed,
+        Decision::Relay { .. } | Decision::Relayed => Outcome::Relayed,
+        Decision::RelayFailed => Outcome::RelayFailed,
         Decision::Cooldown { .. } => Outcome::Cooldown,
         Decision::Duplicate(_) => Outcome::Duplicate,
         Decision::Ignored(_) => Outcome::Ignored,
@@ -454,6 +453,7 @@ pub fn outcome(decisions: &[Decision]) -> Outcome {
     [
         Outcome::Accepted,
         Outcome::Relayed,
+        Outcome::RelayFailed,
         Outcome::Cooldown,
         Outcome::Duplicate,
     ]
@@ -464,6 +464,7 @@ pub fn outcome(decisions: &[Decision]) -> Outcome {
 
 #[cfg(test)]
 mod tests {
+    use super::super::targets::Scheme;
     use super::*;
 
     /// An alert with `status` and `labels`, started at a fixed time.
@@ -507,7 +508,7 @@ mod tests {
     /// engine is free and whose dedup memory is empty; builder methods change one thing.
     struct Host {
         ids: Identities,
-        relay: bool,
+        relay: Option<Targets>,
         relayed: bool,
         policy: Policy,
         dedup: Dedup,
@@ -519,7 +520,7 @@ mod tests {
         fn new() -> Host {
             Host {
                 ids: Identities::of(&["web1:9830"]),
-                relay: false,
+                relay: None,
                 relayed: false,
                 policy: Policy::default(),
                 dedup: Dedup::default(),
@@ -529,8 +530,17 @@ mod tests {
             }
         }
 
-        fn with_relay(mut self) -> Host {
-            self.relay = true;
+        /// Relay on, to the fleet members `web2:9830` and `web3:9830` (plain http).
+        fn with_relay(self) -> Host {
+            self.with_relay_to(Targets::of(&[
+                ("web2:9830", Scheme::Http),
+                ("web3:9830", Scheme::Http),
+            ]))
+        }
+
+        /// Relay on, to exactly `targets`.
+        fn with_relay_to(mut self, targets: Targets) -> Host {
+            self.relay = Some(targets);
             self
         }
 
@@ -564,7 +574,7 @@ mod tests {
         fn decide(&self, alerts: &[Alert]) -> Vec<Decision> {
             let rules = Rules {
                 identities: &self.ids,
-                relay: self.relay,
+                relay: self.relay.as_ref(),
                 policy: &self.policy,
                 window: self.window(),
             };
@@ -703,17 +713,82 @@ mod tests {
         assert!(forwards(&d).is_empty());
     }
 
+    /// The member at `address` over plain http.
+    fn http(address: &str) -> Target {
+        Target {
+            scheme: Scheme::Http,
+            address: address.into(),
+        }
+    }
+
     #[test]
-    fn a_foreign_instance_with_relay_on_is_relayed_and_starts_nothing_here() {
+    fn a_listed_foreign_instance_with_relay_on_is_relayed_and_starts_nothing_here() {
         let alerts = [firing("a1", "web2:9830", "standard")];
         let d = Host::new().with_relay().decide(&alerts);
         assert_eq!(
             d,
             [Decision::Relay {
-                instance: "web2:9830".into()
+                target: http("web2:9830")
             }]
         );
         assert_eq!(run(&payload(alerts.to_vec()), &d), None);
+    }
+
+    #[test]
+    fn an_unlisted_foreign_instance_is_ignored_with_relay_on_and_the_reason_says_why() {
+        let d = Host::new()
+            .with_relay()
+            .decide(&[firing("a1", "127.0.0.1:4444", "standard")]);
+        assert_eq!(
+            d,
+            [Decision::Ignored(
+                "instance 127.0.0.1:4444 is not this host and not listed in --webhook.relay-targets; not relayed"
+                    .into()
+            )]
+        );
+        assert!(forwards(&d).is_empty());
+        assert_eq!(outcome(&d), Outcome::Ignored);
+    }
+
+    #[test]
+    fn with_an_empty_targets_file_nothing_is_relayed() {
+        let d = Host::new()
+            .with_relay_to(Targets::default())
+            .decide(&[firing("a1", "web2:9830", "standard")]);
+        assert!(ignored_because(&d[0], "not listed"), "{d:?}");
+    }
+
+    #[test]
+    fn the_relay_goes_to_the_listed_scheme_and_address_not_to_what_the_alert_wrote() {
+        let listed = Targets::of(&[("web2:9830", Scheme::Https)]);
+        let d = Host::new()
+            .with_relay_to(listed)
+            .decide(&[firing("a1", "WEB2:9830", "standard")]);
+        let [Decision::Relay { target }] = d.as_slice() else {
+            panic!("{d:?}");
+        };
+        assert_eq!(target.url(), "https://web2:9830/api/v1/alerts");
+    }
+
+    #[test]
+    fn a_relay_that_failed_is_answered_relay_failed_and_nothing_more() {
+        assert_eq!(Decision::RelayFailed.as_str(), "relay_failed");
+        assert_eq!(
+            Decision::RelayFailed.reason().as_deref(),
+            Some("relay failed (this bilge's log says why)")
+        );
+        assert_eq!(Decision::Relayed.as_str(), "relayed");
+        assert_eq!(Decision::Relayed.reason(), None);
+    }
+
+    #[test]
+    fn a_long_instance_is_clipped_in_the_reason_and_the_answer() {
+        let long = format!("{}:9830", "h".repeat(5000));
+        let a = firing("a1", &long, "standard");
+        let d = Host::new().with_relay().decide(std::slice::from_ref(&a));
+        assert!(d[0].reason().unwrap_or_default().len() < 400, "{d:?}");
+        let answer = Answer::new(&a, &d[0]);
+        assert!(answer.instance.unwrap_or_default().len() <= 260);
     }
 
     #[test]
@@ -724,8 +799,8 @@ mod tests {
             firing("a3", "web2:9830", "standard"),
             firing("a4", "web3:9830", "build_cache"),
         ]);
-        let to = |instance: &str, alerts: Vec<usize>| Forward {
-            instance: instance.into(),
+        let to = |address: &str, alerts: Vec<usize>| Forward {
+            target: http(address),
             alerts,
         };
         assert_eq!(
@@ -739,7 +814,22 @@ mod tests {
         let d = Host::new()
             .with_relay()
             .decide(&[firing("a1", "evil.example/x?:80", "standard")]);
-        assert!(ignored_because(&d[0], "is not host:port"), "{d:?}");
+        assert!(ignored_because(&d[0], "not listed"), "{d:?}");
+    }
+
+    #[test]
+    fn two_spellings_of_one_member_make_one_relay() {
+        let d = Host::new().with_relay().decide(&[
+            firing("a1", "web2:9830", "standard"),
+            firing("a2", "WEB2:9830", "build_cache"),
+        ]);
+        assert_eq!(
+            forwards(&d),
+            [Forward {
+                target: http("web2:9830"),
+                alerts: vec![0, 1]
+            }]
+        );
     }
 
     #[test]
@@ -916,12 +1006,8 @@ mod tests {
     fn the_answer_is_counted_by_its_most_consequential_decision() {
         let d = |decision: &str| match decision {
             "accepted" => accepted(Level::BuildCache),
-            "relayed" => Decision::Relayed {
-                outcome: relay::Outcome::Failed {
-                    instance: "web2:9830".into(),
-                    error: "timeout".into(),
-                },
-            },
+            "relayed" => Decision::Relayed,
+            "relay_failed" => Decision::RelayFailed,
             "duplicate" => Decision::Duplicate(Repeat::AlreadyActed),
             "cooldown" => Decision::Cooldown {
                 level: Level::BuildCache,
@@ -932,6 +1018,14 @@ mod tests {
         };
         assert_eq!(outcome(&[d("ignored"), d("accepted")]).as_str(), "accepted");
         assert_eq!(outcome(&[d("duplicate"), d("relayed")]).as_str(), "relayed");
+        assert_eq!(
+            outcome(&[d("relay_failed"), d("relayed")]).as_str(),
+            "relayed"
+        );
+        assert_eq!(
+            outcome(&[d("cooldown"), d("relay_failed")]).as_str(),
+            "relay_failed"
+        );
         assert_eq!(
             outcome(&[d("duplicate"), d("cooldown")]).as_str(),
             "cooldown"
@@ -947,6 +1041,7 @@ mod tests {
             [
                 "accepted",
                 "relayed",
+                "relay_failed",
                 "duplicate",
                 "cooldown",
                 "ignored",
@@ -961,52 +1056,54 @@ mod tests {
     #[test]
     fn only_firing_alerts_with_an_action_for_this_host_act() {
         let ids = Identities::of(&["web1:9830"]);
+        let fleet = Targets::of(&[("web2:9830", Scheme::Http)]);
         let a = alert(
             "firing",
             &[("instance", "WEB1:9830"), ("bilge_action", "aggressive")],
         );
-        assert_eq!(route(&a, &ids, false, false), Route::Act(Level::AGGRESSIVE));
+        assert_eq!(route(&a, &ids, None, false), Route::Act(Level::AGGRESSIVE));
         let resolved = alert(
             "resolved",
             &[("instance", "web1:9830"), ("bilge_action", "standard")],
         );
         assert!(matches!(
-            route(&resolved, &ids, false, false),
+            route(&resolved, &ids, None, false),
             Route::Ignore(_)
         ));
         let no_action = alert("firing", &[("instance", "web1:9830")]);
         assert_eq!(
-            route(&no_action, &ids, false, false),
+            route(&no_action, &ids, None, false),
             Route::Ignore("no bilge_action label".into())
         );
         let bad = alert(
             "firing",
             &[("instance", "web1:9830"), ("bilge_action", "nuke")],
         );
-        assert!(matches!(route(&bad, &ids, false, false), Route::Ignore(m) if m.contains("nuke")));
+        assert!(matches!(route(&bad, &ids, None, false), Route::Ignore(m) if m.contains("nuke")));
         let no_instance = alert("firing", &[("bilge_action", "standard")]);
         assert!(matches!(
-            route(&no_instance, &ids, true, false),
+            route(&no_instance, &ids, Some(&fleet), false),
             Route::Ignore(_)
         ));
     }
 
     #[test]
-    fn other_hosts_alerts_are_relayed_once_and_only_with_relay_on() {
+    fn other_hosts_alerts_are_relayed_once_and_only_to_listed_members() {
         let ids = Identities::of(&["web1:9830"]);
+        let fleet = Targets::of(&[("web2:9830", Scheme::Http)]);
         let a = alert(
             "firing",
             &[("instance", "web2:9830"), ("bilge_action", "standard")],
         );
         assert!(
-            matches!(route(&a, &ids, false, false), Route::Ignore(m) if m.contains("--webhook.relay"))
+            matches!(route(&a, &ids, None, false), Route::Ignore(m) if m.contains("--webhook.relay"))
         );
         assert_eq!(
-            route(&a, &ids, true, false),
-            Route::Relay("web2:9830".into())
+            route(&a, &ids, Some(&fleet), false),
+            Route::Relay(http("web2:9830"))
         );
         assert!(
-            matches!(route(&a, &ids, true, true), Route::Ignore(m) if m.contains("not relayed again"))
+            matches!(route(&a, &ids, Some(&fleet), true), Route::Ignore(m) if m.contains("not relayed again"))
         );
         let evil = alert(
             "firing",
@@ -1015,8 +1112,16 @@ mod tests {
                 ("bilge_action", "standard"),
             ],
         );
-        assert!(matches!(route(&evil, &ids, true, false), Route::Ignore(_)));
-        assert!(is_authority("[::1]:9830") && is_authority("10.0.0.5:9830"));
-        assert!(!is_authority("web2") && !is_authority("user@web2:80"));
+        assert!(matches!(
+            route(&evil, &ids, Some(&fleet), false),
+            Route::Ignore(_)
+        ));
+        let unlisted = alert(
+            "firing",
+            &[("instance", "web9:9830"), ("bilge_action", "standard")],
+        );
+        assert!(
+            matches!(route(&unlisted, &ids, Some(&fleet), false), Route::Ignore(m) if m.contains("not listed in --webhook.relay-targets"))
+        );
     }
 }
