@@ -592,8 +592,18 @@ def check_kubernetes(root, report):
         if not bilge:
             problems.append(f"{dsf}: no container named bilge")
         else:
-            live = ((bilge.get("livenessProbe") or {}).get("httpGet") or {}).get("path")
-            ready = ((bilge.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
+            # A probe asks an endpoint over httpGet, or runs `bilge healthcheck` (which reads the
+            # web config and sends a user's credentials): `--ready` asks /-/ready.
+            def probed(probe):
+                probe = probe or {}
+                if probe.get("httpGet"):
+                    return probe["httpGet"].get("path")
+                cmd = (probe.get("exec") or {}).get("command") or []
+                if cmd[:2] == ["bilge", "healthcheck"]:
+                    return "/-/ready" if "--ready" in cmd else "/-/healthy"
+                return None
+            live = probed(bilge.get("livenessProbe"))
+            ready = probed(bilge.get("readinessProbe"))
             if live != "/-/healthy" or ready != "/-/ready":
                 problems.append(f"{dsf}: probes should be /-/healthy (liveness) and /-/ready "
                                 f"(readiness), are {live!r} and {ready!r}")

@@ -188,6 +188,37 @@ pub struct ServeArgs {
         default_value = "1MiB"
     )]
     pub max_body: String,
+    /// exporter-toolkit web config (YAML): TLS and basic auth, as node_exporter and Prometheus take it. Re-read on change.
+    #[arg(long = "web.config.file", env = "BILGE_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// Most client connections open at once; more wait until one closes.
+    #[arg(
+        long = "web.max-connections",
+        env = "BILGE_WEB_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub max_connections: usize,
+    /// How long a client has for the TLS handshake and a request's header.
+    #[arg(
+        long = "web.read-header-timeout",
+        env = "BILGE_WEB_READ_HEADER_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub read_header_timeout: String,
+    /// How long a request's body may take to arrive.
+    #[arg(
+        long = "web.body-timeout",
+        env = "BILGE_WEB_BODY_TIMEOUT",
+        default_value = "30s"
+    )]
+    pub body_timeout: String,
+    /// How long a kept-alive connection may wait between two requests.
+    #[arg(
+        long = "web.idle-timeout",
+        env = "BILGE_WEB_IDLE_TIMEOUT",
+        default_value = "60s"
+    )]
+    pub idle_timeout: String,
 }
 
 /// Flags of `bilge build`.
@@ -208,6 +239,9 @@ pub struct BuildArgs {
     /// File holding the API token for --server.
     #[arg(long = "server.token-file", env = "BILGE_SERVER_TOKEN_FILE")]
     pub server_token_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that sign an https --server's certificate (default: the system's).
+    #[arg(long = "server.ca-file", env = "BILGE_SERVER_CA_FILE")]
+    pub server_ca_file: Option<PathBuf>,
     /// The build command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -244,13 +278,38 @@ pub struct DfArgs {
     pub json: bool,
 }
 
-/// Flags of `bilge healthcheck`.
+/// Flags of `bilge healthcheck`. It reads the server's own `BILGE_WEB_LISTEN_ADDRESS` and
+/// `BILGE_WEB_CONFIG_FILE`, so in the server's container it needs no flags.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// The URL to ask. Default: `/-/healthy` on loopback at the port of
-    /// `BILGE_WEB_LISTEN_ADDRESS` (so it follows the server's configuration), else 9830.
+    /// The URL to ask. Default: `/-/healthy` (or `/-/ready`) on loopback at the port of
+    /// --web.listen-address, over https when the web config sets up TLS.
     #[arg(long, env = "BILGE_HEALTHCHECK_URL")]
     pub url: Option<String>,
+    /// Ask `/-/ready` (ready once the first collection finished) instead of `/-/healthy`.
+    #[arg(long, env = "BILGE_HEALTHCHECK_READY")]
+    pub ready: bool,
+    /// The server's listen address; its port is the one asked.
+    #[arg(long = "web.listen-address", env = "BILGE_WEB_LISTEN_ADDRESS")]
+    pub listen_address: Option<String>,
+    /// The server's web config: with TLS, the check speaks https and trusts exactly the certificate it names.
+    #[arg(long = "web.config.file", env = "BILGE_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// A basic_auth_users name to send (needed for /-/ready when the web config has users).
+    #[arg(long = "healthcheck.username", env = "BILGE_HEALTHCHECK_USERNAME")]
+    pub username: Option<String>,
+    /// File holding that user's password.
+    #[arg(
+        long = "healthcheck.password-file",
+        env = "BILGE_HEALTHCHECK_PASSWORD_FILE"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present, when the server requires one.
+    #[arg(long = "healthcheck.cert-file", env = "BILGE_HEALTHCHECK_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "healthcheck.key-file", env = "BILGE_HEALTHCHECK_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[cfg(test)]

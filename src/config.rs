@@ -20,13 +20,19 @@ use crate::builds::run::BuildConfig;
 use crate::builds::submit::ServerTarget;
 use crate::cleanup::cli::CleanOptions;
 use crate::cleanup::policy::{Level, Policy};
-use crate::cli::{BuildArgs, CleanArgs, GlobalArgs, LogFormat as LogFormatArg, ServeArgs};
+use crate::cli::{
+    BuildArgs, CleanArgs, GlobalArgs, HealthcheckArgs, LogFormat as LogFormatArg, ServeArgs,
+};
 use crate::collect::disk::FilesystemConfig;
 use crate::docker::{DEFAULT_HOST, DockerConfig, DockerHost};
 use crate::format::{parse_duration, parse_free_target, parse_size};
 use crate::logging::{LogConfig, LogFormat};
 use crate::serve::ServeSettings;
 use crate::server::ServeConfig;
+use crate::web::WebSettings;
+use crate::web::health::HealthcheckSettings;
+use crate::web::listen::ListenSettings;
+use crate::web::tls::Trust;
 use crate::webhook::{self, Identities, RelaySettings, WebhookSettings};
 use crate::{Error, Result};
 
@@ -168,6 +174,23 @@ impl Config {
         }
         let webhook = webhook_settings(s, listen, self.policy.cooldown)?;
         let max_body = flag("--web.max-body", parse_size(&s.max_body))?;
+        let timeout = |name: &str, v: &str| -> Result<Duration> {
+            let d = flag(name, parse_duration(v))?;
+            if d < Duration::from_millis(100) {
+                return Err(Error::config(name, "must be at least 100ms"));
+            }
+            Ok(d)
+        };
+        let header_timeout = timeout("--web.read-header-timeout", &s.read_header_timeout)?;
+        let body_timeout = timeout("--web.body-timeout", &s.body_timeout)?;
+        let idle_timeout = timeout("--web.idle-timeout", &s.idle_timeout)?;
+        if s.max_connections == 0 {
+            return Err(Error::config("--web.max-connections", "must be at least 1"));
+        }
+        let loaded = match &s.web_config_file {
+            Some(p) => crate::web::load(p).map_err(|m| Error::config("--web.config.file", m))?,
+            None => crate::web::Loaded::plain(),
+        };
         Ok(ServeSettings {
             docker: self.docker,
             filesystem: self.filesystem,
@@ -178,8 +201,105 @@ impl Config {
                 listen,
                 telemetry_path: s.telemetry_path.clone(),
                 max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+                body_timeout,
+            },
+            http: WebSettings {
+                config_file: s.web_config_file.clone(),
+                loaded,
+                listen: ListenSettings {
+                    max_connections: s.max_connections,
+                    header_timeout,
+                    idle_timeout,
+                    shutdown_grace: SHUTDOWN_GRACE,
+                },
             },
             webhook,
+        })
+    }
+
+    /// Validates `bilge healthcheck`'s flags: where to ask, over what, with which credentials.
+    pub fn healthcheck(a: &HealthcheckArgs) -> Result<HealthcheckSettings> {
+        let port = match a.listen_address.as_deref().map(str::trim) {
+            None | Some("") => 9830,
+            Some(l) => parse_listen(l)?.port(),
+        };
+        let web_config = match &a.web_config_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::config(
+                        "--web.config.file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                let dir = p.parent().unwrap_or_else(|| Path::new("."));
+                Some(
+                    crate::web::config::parse(&text, dir)
+                        .map_err(|m| Error::config("--web.config.file", m))?,
+                )
+            }
+            None => None,
+        };
+        let tls = web_config.as_ref().and_then(|c| c.tls.as_ref());
+        let trust = match tls {
+            Some(plan) => {
+                let chain = crate::web::tls::certificates(&plan.cert, "cert")
+                    .map_err(|m| Error::config("--web.config.file", m))?;
+                match chain.into_iter().next() {
+                    Some(c) => Trust::Pinned(c),
+                    None => Trust::System,
+                }
+            }
+            None => Trust::System,
+        };
+        let path = if a.ready { "/-/ready" } else { "/-/healthy" };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = match a.url.as_deref().map(str::trim) {
+            None | Some("") => format!("{scheme}://127.0.0.1:{port}{path}"),
+            Some(u) => u.to_string(),
+        };
+        let credentials = match (&a.username, &a.password_file) {
+            (None, None) => None,
+            (Some(u), Some(p)) => Some((
+                u.clone(),
+                read_token_file("--healthcheck.password-file", p)?,
+            )),
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "--healthcheck.username",
+                    "give --healthcheck.password-file with it",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "--healthcheck.password-file",
+                    "give --healthcheck.username with it",
+                ));
+            }
+        };
+        let identity = match (&a.cert_file, &a.key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let chain = crate::web::tls::certificates(
+                    &crate::web::config::Pem::File(c.clone()),
+                    "cert",
+                )
+                .map_err(|m| Error::config("--healthcheck.cert-file", m))?;
+                let key = crate::web::tls::private_key(&crate::web::config::Pem::File(k.clone()))
+                    .map_err(|m| Error::config("--healthcheck.key-file", m))?;
+                Some((chain, key))
+            }
+            _ => {
+                return Err(Error::config(
+                    "--healthcheck.cert-file",
+                    "give --healthcheck.cert-file and --healthcheck.key-file together",
+                ));
+            }
+        };
+        Ok(HealthcheckSettings {
+            url,
+            trust,
+            identity,
+            credentials,
         })
     }
 
@@ -251,6 +371,16 @@ impl Config {
                     .as_deref()
                     .map(|p| read_token_file("--server.token-file", p))
                     .transpose()?,
+                trust: match &b.server_ca_file {
+                    Some(p) => Trust::Roots(
+                        crate::web::tls::certificates(
+                            &crate::web::config::Pem::File(p.clone()),
+                            "CA",
+                        )
+                        .map_err(|m| Error::config("--server.ca-file", m))?,
+                    ),
+                    None => Trust::System,
+                },
             }),
         };
         if b.command.is_empty() {
@@ -271,8 +401,11 @@ impl Config {
     }
 }
 
-/// Checks `--server`: an `http://host:port` URL (the scheme may be left out); returns it
-/// without a trailing slash.
+/// How long connections may finish their requests when `bilge serve` stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Checks `--server`: an `http://` or `https://` URL (`http://` when the scheme is left out);
+/// returns it without a trailing slash.
 pub fn parse_server(s: &str) -> Result<String> {
     let full = if s.contains("://") {
         s.to_string()
@@ -282,13 +415,12 @@ pub fn parse_server(s: &str) -> Result<String> {
     let bad = |why: &str| Error::config("--server", format!("{s:?} {why}"));
     let url = reqwest::Url::parse(&full).map_err(|e| bad(&format!("is not a URL ({e})")))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "uses https, which this build of bilge does not speak; use http:// (bilge serve speaks plain HTTP)",
-            ));
+        "http" | "https" => {}
+        other => {
+            return Err(bad(&format!(
+                "has scheme {other:?}; use https://host:port (or http://)"
+            )));
         }
-        other => return Err(bad(&format!("has scheme {other:?}; use http://host:port"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("names no host; example: http://127.0.0.1:9830"));
@@ -466,7 +598,7 @@ mod tests {
     }
 
     #[test]
-    fn server_urls_are_plain_http_with_a_host() {
+    fn server_urls_are_http_or_https_with_a_host() {
         assert_eq!(
             parse_server("127.0.0.1:9830/").ok().as_deref(),
             Some("http://127.0.0.1:9830")
@@ -475,7 +607,10 @@ mod tests {
             parse_server("http://bilge.internal").ok().as_deref(),
             Some("http://bilge.internal")
         );
-        assert!(parse_server("https://bilge.internal").is_err());
+        assert_eq!(
+            parse_server("https://bilge.internal:9830/").ok().as_deref(),
+            Some("https://bilge.internal:9830")
+        );
         assert!(parse_server("ftp://x").is_err());
         assert!(parse_server("http://").is_err());
     }

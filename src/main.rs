@@ -14,10 +14,10 @@ use bilge::config::Config;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    // reqwest is built without a crypto provider of its own: every client finds rustls's `ring`
-    // here. An error only means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    // Every TLS endpoint (server, clients) uses rustls with ring; reqwest is built without a
+    // provider of its own and asks for the default.
+    bilge::web::tls::install_default_provider();
     let log = match Config::log(&cli.global) {
         Ok(l) => l,
         Err(e) => return usage_error(&e),
@@ -46,12 +46,10 @@ fn main() -> ExitCode {
         Command::Df(args) => rt
             .block_on(bilge::df::run(cfg.docker, cfg.filesystem, args.json))
             .map_err(Into::into),
-        Command::Healthcheck(args) => rt
-            .block_on(bilge::healthcheck(&bilge::healthcheck_url(
-                args.url,
-                std::env::var("BILGE_WEB_LISTEN_ADDRESS").ok(),
-            )))
-            .map_err(Into::into),
+        Command::Healthcheck(args) => match Config::healthcheck(&args) {
+            Ok(h) => rt.block_on(bilge::healthcheck(h)).map_err(Into::into),
+            Err(e) => return usage_error(&e),
+        },
         Command::Clean(args) => match Config::clean(&args) {
             Ok(opts) => rt
                 .block_on(bilge::cleanup::cli::run(standalone(cfg), opts))

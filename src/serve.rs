@@ -1,4 +1,6 @@
 //! `bilge serve`: starts the collectors and the HTTP server, and stops both on SIGINT/SIGTERM.
+//! The server is the router ([`crate::server`]) on bilge's own listener ([`crate::web::listen`]:
+//! TLS from the web config, connection cap, timeouts); the web config is re-read on change.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use crate::docker::DockerConfig;
 use crate::metrics::Metrics;
 use crate::server::{AppState, ServeConfig, router};
 use crate::store::Store;
+use crate::web::{Live, WebSettings};
 use crate::webhook::WebhookSettings;
 use crate::{Error, Result};
 
@@ -65,10 +68,15 @@ pub struct ServeSettings {
     pub web: ServeConfig,
     /// The Alertmanager webhook (and the API tokens it shares with the build API).
     pub webhook: WebhookSettings,
+    /// The web config (TLS, users) and the listener's bounds.
+    pub http: WebSettings,
 }
 
 /// Builds the shared state for a server (used by `run` and by tests).
 pub fn state(s: ServeSettings) -> Result<AppState> {
+    // reqwest (the relay) finds its TLS provider as the process default.
+    crate::web::tls::install_default_provider();
+    let web = Arc::new(Live::new(s.http.config_file.clone(), s.http.loaded.clone()));
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
     let store = Store::new(&s.state_path, metrics.store_errors.clone());
     let webhook_on = s.webhook.tokens.is_some();
@@ -100,6 +108,7 @@ pub fn state(s: ServeSettings) -> Result<AppState> {
         webhook,
         started: Instant::now(),
         builds_changed: Arc::new(tokio::sync::Notify::new()),
+        web,
     })
 }
 
@@ -109,6 +118,18 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let listen = settings.web.listen;
+    let mut bounds = settings.http.listen;
+    let files = crate::web::listen::raise_open_files_limit();
+    let (cap, lowered) = crate::web::listen::connection_cap(bounds.max_connections, files);
+    if lowered {
+        tracing::warn!(
+            wanted = bounds.max_connections,
+            max_connections = cap,
+            open_files_limit = files,
+            "--web.max-connections is above what the open files limit leaves room for; using the lower cap"
+        );
+    }
+    bounds.max_connections = cap;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         Error::io(
             format!("cannot listen on {listen} (--web.listen-address)"),
@@ -155,8 +176,13 @@ pub async fn run_until(
         state.engine.clone(),
         cancel.clone(),
     ));
+    let web_watch = tokio::spawn(state.web.clone().watch(cancel.clone()));
+    let current = state.web.current();
     tracing::info!(
         address = %listen,
+        tls = current.tls.is_some(),
+        basic_auth_users = current.config.users.len(),
+        max_connections = bounds.max_connections,
         docker = %state.collector.docker_config().host,
         state = %state.store.path().display(),
         webhook = state.webhook.tokens().is_some(),
@@ -165,10 +191,19 @@ pub async fn run_until(
         version = crate::VERSION,
         "bilge serving"
     );
+    if current.tls.is_none() && current.has_users() {
+        tracing::warn!(
+            "basic_auth_users without tls_server_config: passwords travel in clear text (--web.config.file)"
+        );
+    }
+    drop(current);
+    let live = state.web.clone();
     let app = router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    let result = server.await.map_err(|e| Error::io("serving HTTP", e));
+    crate::web::listen::serve(listener, live, app, bounds, shutdown).await;
     cancel.cancel();
+    if let Err(e) = web_watch.await {
+        tracing::warn!(error = %e, "web config task ended abnormally");
+    }
     if let Err(e) = collectors.await {
         tracing::warn!(error = %e, "collector task ended abnormally");
     }
@@ -182,7 +217,7 @@ pub async fn run_until(
         tracing::warn!(error = %e, "cleanup metrics task ended abnormally");
     }
     tracing::info!("bilge stopped");
-    result
+    Ok(())
 }
 
 /// Runs the server until SIGINT/SIGTERM.

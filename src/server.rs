@@ -2,6 +2,12 @@
 //! none waits on Docker. Errors are [`AppError`]s: JSON `{"error": "..."}` with the right status;
 //! bad input is not logged, internal errors are logged once and answered with a plain 500.
 //!
+//! Access: with `basic_auth_users` in the web config every endpoint needs one of those users
+//! ([`access`] says which need what), checked by [`guard`] before any handler runs, so before any
+//! body is read; `/-/healthy` stays open for liveness probes (it answers a constant). A refusal is a
+//! JSON 401 with `WWW-Authenticate: Basic`. Every error answer is JSON, a bad query string
+//! ([`JsonQuery`]) and a wrong method included; bodies are read within `--web.body-timeout`.
+//!
 //! The webhook and `POST /api/v1/builds` take the API token through one extractor,
 //! [`ApiToken`]: `Authorization: Bearer <token>`, or basic auth whose password is the token (the
 //! user name is ignored), checked against every token of `--webhook.token-file` in constant time
@@ -12,18 +18,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::cleanup::Engine;
@@ -33,6 +40,7 @@ pub use crate::http_error::AppError;
 use crate::metrics::Metrics;
 use crate::model::Level;
 use crate::store::Store;
+use crate::web::Live;
 use crate::webhook::{Credential, Decision, Outcome, ParseError, Payload, RELAYED_HEADER, Webhook};
 
 /// Settings of `bilge serve` only.
@@ -44,6 +52,8 @@ pub struct ServeConfig {
     pub telemetry_path: String,
     /// Largest request body.
     pub max_body: usize,
+    /// Longest time a request body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 /// Everything a handler may need.
@@ -67,6 +77,8 @@ pub struct AppState {
     pub started: Instant,
     /// Notified when the build API stored an outcome, so the build metrics catch up at once.
     pub builds_changed: Arc<Notify>,
+    /// The web config in force (TLS, users, headers) and the basic-auth checker.
+    pub web: Arc<Live>,
 }
 
 /// `?limit=` for history endpoints.
@@ -89,6 +101,96 @@ impl LimitQuery {
     }
 }
 
+/// `Query`, refusing a bad query string with a JSON 400 like every other error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for JsonQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| JsonQuery(q))
+            .map_err(|e| AppError::BadRequest(format!("bad query string: {}", e.body_text())))
+    }
+}
+
+/// What a request needs to get in, with users configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing: `/-/healthy`, a constant answer for liveness probes.
+    Open,
+    /// The API token, checked by the handler ([`ApiToken`]): the webhook and the build API.
+    Token,
+    /// One of the web config's `basic_auth_users`: everything else, unknown paths included.
+    Users,
+}
+
+/// Which credentials `method` on `path` needs when the web config has users.
+pub fn access(method: &Method, path: &str) -> Access {
+    match (method, path) {
+        (&Method::GET | &Method::HEAD, "/-/healthy") => Access::Open,
+        (&Method::POST, "/api/v1/alerts" | "/api/v1/builds") => Access::Token,
+        _ => Access::Users,
+    }
+}
+
+/// Basic auth for every [`Access::Users`] request (before any handler, so before any body is
+/// read) and the web config's headers on every answer.
+pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let web = s.web.current();
+    let mut resp = if web.has_users() && access(req.method(), req.uri().path()) == Access::Users {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if s.web.auth.allows(&web.config.users, given).await {
+            next.run(req).await
+        } else {
+            let mut r = AppError::Unauthorized.into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"bilge\", charset=\"UTF-8\""),
+            );
+            r
+        }
+    } else {
+        next.run(req).await
+    };
+    for (name, value) in &web.config.headers {
+        resp.headers_mut().insert(name.clone(), value.clone());
+    }
+    resp
+}
+
+/// Reads a request body of at most `max` bytes within `timeout`: 413 beyond the size, 408 past
+/// the time, 400 for a body that breaks off.
+pub async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, AppError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(AppError::Refused(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {}s (--web.body-timeout)",
+                timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Err(e)) => {
+            let inner = e.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                Err(AppError::Refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {max} bytes (--web.max-body)"),
+                ))
+            } else {
+                Err(AppError::BadRequest(format!(
+                    "cannot read the body: {inner}"
+                )))
+            }
+        }
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
 /// Builds the router for `state`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.serve.max_body;
@@ -103,7 +205,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/plan", get(plan))
         .route("/api/v1/alerts", post(alerts))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
@@ -138,16 +242,25 @@ async fn not_found() -> AppError {
     AppError::NotFound("no such endpoint".into())
 }
 
+async fn method_not_allowed() -> AppError {
+    AppError::Refused(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method".into(),
+    )
+}
+
 async fn list_builds(
     State(s): State<AppState>,
-    Query(q): Query<LimitQuery>,
+    JsonQuery(q): JsonQuery<LimitQuery>,
 ) -> Result<Response, AppError> {
     let limit = q.get()?;
     let store = s.store.clone();
-    let builds = tokio::task::spawn_blocking(move || store.list_builds(limit))
+    let mut builds = tokio::task::spawn_blocking(move || store.list_builds(limit))
         .await
         .map_err(AppError::internal)?
         .map_err(|_| AppError::Unavailable("the state store is unavailable".into()))?;
+    // Rows stored before evidence was masked are masked on the way out.
+    mask_evidence(&mut builds);
     Ok(Json(serde_json::json!({ "builds": builds })).into_response())
 }
 
@@ -207,9 +320,9 @@ impl FromRequestParts<AppState> for ApiToken {
 async fn push_build(
     State(s): State<AppState>,
     _token: ApiToken,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, AppError> {
-    let body = body.map_err(|e| AppError::Refused(e.status(), e.body_text()))?;
+    let body = read_body(body, s.serve.max_body, s.serve.body_timeout).await?;
     let mut record =
         crate::builds::record::parse(&body, chrono::Utc::now()).map_err(AppError::BadRequest)?;
     let store = s.store.clone();
@@ -229,7 +342,7 @@ async fn push_build(
 
 async fn list_cleanups(
     State(s): State<AppState>,
-    Query(q): Query<LimitQuery>,
+    JsonQuery(q): JsonQuery<LimitQuery>,
 ) -> Result<Response, AppError> {
     let limit = q.get()?;
     let store = s.store.clone();
@@ -271,16 +384,9 @@ async fn receive_alerts(
     body: Body,
 ) -> Result<(Payload, Vec<Decision>), (Outcome, AppError)> {
     let ApiToken(credential) = token.map_err(|r| (Outcome::Unauthorized, AppError::from(r)))?;
-    let max_body = s.serve.max_body;
-    let bytes = axum::body::to_bytes(body, max_body).await.map_err(|_| {
-        (
-            Outcome::BadRequest,
-            AppError::Refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than {max_body} bytes (--web.max-body)"),
-            ),
-        )
-    })?;
+    let bytes = read_body(body, s.serve.max_body, s.serve.body_timeout)
+        .await
+        .map_err(|e| (Outcome::BadRequest, e))?;
     // Over the cap: refused whole, before anything is decided (no prune, relay or audit row).
     let delivery = crate::webhook::parse(&bytes, s.webhook.max_alerts()).map_err(|e| {
         let refusal = match &e {
@@ -314,7 +420,10 @@ pub struct PlanQuery {
 /// Candidates listed per level in `/api/v1/plan` (the counts and bytes cover all of them).
 const PLAN_CANDIDATES: usize = 50;
 
-async fn plan(State(s): State<AppState>, Query(q): Query<PlanQuery>) -> Result<Response, AppError> {
+async fn plan(
+    State(s): State<AppState>,
+    JsonQuery(q): JsonQuery<PlanQuery>,
+) -> Result<Response, AppError> {
     let level = match q.level.as_deref() {
         Some(l) => Level::parse(l).map_err(AppError::BadRequest)?,
         None => Level::AGGRESSIVE,
@@ -356,7 +465,7 @@ async fn plan(State(s): State<AppState>, Query(q): Query<PlanQuery>) -> Result<R
 async fn page(State(s): State<AppState>) -> Html<String> {
     let snapshot = s.collector.snapshot();
     let store = s.store.clone();
-    let (builds, cleanups) = tokio::task::spawn_blocking(move || {
+    let (mut builds, cleanups) = tokio::task::spawn_blocking(move || {
         (
             store.list_builds(10).unwrap_or_default(),
             store.list_cleanups(10).unwrap_or_default(),
@@ -364,6 +473,7 @@ async fn page(State(s): State<AppState>) -> Html<String> {
     })
     .await
     .unwrap_or_default();
+    mask_evidence(&mut builds);
     Html(crate::page::render(
         &snapshot,
         &builds,
@@ -372,9 +482,38 @@ async fn page(State(s): State<AppState>) -> Html<String> {
     ))
 }
 
+/// Masks credentials in the evidence of `builds` (see [`crate::builds::record::mask_secrets`]).
+fn mask_evidence(builds: &mut [crate::store::BuildRecord]) {
+    for b in builds {
+        if let Some(e) = &b.evidence {
+            b.evidence = Some(crate::builds::record::mask_secrets(e));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_guard_everything_but_liveness_and_the_token_endpoints() {
+        assert_eq!(access(&Method::GET, "/-/healthy"), Access::Open);
+        assert_eq!(access(&Method::POST, "/api/v1/alerts"), Access::Token);
+        assert_eq!(access(&Method::POST, "/api/v1/builds"), Access::Token);
+        for (m, p) in [
+            (Method::GET, "/"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/-/ready"),
+            (Method::GET, "/api/v1/builds"),
+            (Method::GET, "/api/v1/cleanups"),
+            (Method::GET, "/api/v1/plan"),
+            (Method::GET, "/api/v1/alerts"),
+            (Method::POST, "/-/healthy"),
+            (Method::GET, "/no/such/path"),
+        ] {
+            assert_eq!(access(&m, p), Access::Users, "{m} {p}");
+        }
+    }
 
     #[test]
     fn an_endpoint_without_a_token_is_off_and_says_how_to_turn_it_on() {

@@ -588,7 +588,16 @@ fn bad_build_flags_stop_with_exit_code_2() {
     for (flags, names) in [
         (vec!["--project", "has space"], "--project"),
         (vec!["--min-free", "lots"], "--min-free"),
-        (vec!["--server", "https://x:1"], "--server"),
+        (vec!["--server", "ftp://x:1"], "--server"),
+        (
+            vec![
+                "--server",
+                "https://x:1",
+                "--server.ca-file",
+                "/nonexistent",
+            ],
+            "--server.ca-file",
+        ),
         (
             vec![
                 "--server",

@@ -11,5 +11,7 @@ mod cleanup;
 mod deploy;
 mod e2e;
 mod exporter;
+mod router;
+mod security;
 mod stack;
 mod webhook;

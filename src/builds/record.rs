@@ -1,6 +1,11 @@
 //! Build records: the rules a build outcome must follow before it is stored, whoever sends it
 //! (`bilge build` or a CI system through `POST /api/v1/builds`), project names, and the cap on the
 //! project label. Pure: no I/O.
+//!
+//! Times and durations are checked against sane bounds ([`MAX_DURATION_SECONDS`], [`EARLIEST`])
+//! before any arithmetic is done with them, and the arithmetic is checked too, so no input can
+//! overflow it. Evidence lines are stored with credentials masked ([`mask_secrets`]): build output
+//! often echoes `https://user:token@host/…` remotes and `Authorization:` headers.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,6 +31,12 @@ pub const DEFAULT_PROJECT: &str = "default";
 const DURATION_TOLERANCE_SECONDS: f64 = 2.0;
 /// How far in the future `finished_at` may be (clock skew between CI and bilge).
 const MAX_FUTURE_SECONDS: i64 = 300;
+/// Longest build accepted: 31 days.
+pub const MAX_DURATION_SECONDS: f64 = 31.0 * 86_400.0;
+/// Earliest `started_at` accepted (RFC 3339): anything before is a clock that was never set.
+pub const EARLIEST: &str = "2000-01-01T00:00:00Z";
+/// What a masked credential is replaced with.
+pub const MASK: &str = "***";
 
 /// A build outcome as a client sends it. Unknown fields are refused so that typos surface.
 #[derive(Debug, Default, Deserialize)]
@@ -123,9 +134,23 @@ fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_milliseconds() as f64 / 1000.0
 }
 
-/// Turns seconds into a chrono duration (millisecond precision).
-fn chrono_secs(s: f64) -> chrono::Duration {
-    chrono::Duration::milliseconds((s * 1000.0).round() as i64)
+/// Turns seconds (already checked to lie within 0 and [`MAX_DURATION_SECONDS`]) into a chrono
+/// duration, millisecond precision.
+fn chrono_secs(s: f64) -> Result<chrono::Duration, String> {
+    chrono::Duration::try_milliseconds((s * 1000.0).round() as i64)
+        .ok_or_else(|| format!("duration_seconds {s} is out of range"))
+}
+
+/// `t + d`, or why it cannot be.
+fn plus(t: DateTime<Utc>, d: chrono::Duration) -> Result<DateTime<Utc>, String> {
+    t.checked_add_signed(d)
+        .ok_or_else(|| "started_at + duration_seconds is out of range".to_string())
+}
+
+/// `t - d`, or why it cannot be.
+fn minus(t: DateTime<Utc>, d: chrono::Duration) -> Result<DateTime<Utc>, String> {
+    t.checked_sub_signed(d)
+        .ok_or_else(|| "finished_at - duration_seconds is out of range".to_string())
 }
 
 /// Applies the defaults and checks every rule; the answer is ready to store.
@@ -164,12 +189,17 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
         (false, Some(0)) => return Err("a failed build cannot have exit_code 0".into()),
         _ => {}
     }
-    if let Some(d) = input.duration_seconds
-        && !(d.is_finite() && d >= 0.0)
-    {
-        return Err(format!(
-            "duration_seconds {d} must be a number of seconds, 0 or more"
-        ));
+    if let Some(d) = input.duration_seconds {
+        if !(d.is_finite() && d >= 0.0) {
+            return Err(format!(
+                "duration_seconds {d} must be a number of seconds, 0 or more"
+            ));
+        }
+        if d > MAX_DURATION_SECONDS {
+            return Err(format!(
+                "duration_seconds {d} is more than 31 days ({MAX_DURATION_SECONDS} s); send the build's real duration"
+            ));
+        }
     }
     let started = input
         .started_at
@@ -181,17 +211,43 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
         .as_deref()
         .map(|s| timestamp("finished_at", s))
         .transpose()?;
+    let earliest = timestamp("EARLIEST", EARLIEST)?;
+    for (field, t) in [("started_at", started), ("finished_at", finished)] {
+        if let Some(t) = t
+            && t < earliest
+        {
+            return Err(format!(
+                "{field} {} is before {EARLIEST}; check the sender's clock",
+                t.to_rfc3339()
+            ));
+        }
+        if let Some(t) = t
+            && (t - now).num_seconds() > MAX_FUTURE_SECONDS
+        {
+            return Err(format!(
+                "{field} {} is in the future (this server's clock says {})",
+                t.to_rfc3339(),
+                now.to_rfc3339()
+            ));
+        }
+    }
     let (started, finished, duration) = match (started, finished, input.duration_seconds) {
         (Some(s), Some(f), d) => (s, f, d.unwrap_or_else(|| seconds_between(s, f))),
-        (Some(s), None, Some(d)) => (s, s + chrono_secs(d), d),
+        (Some(s), None, Some(d)) => (s, plus(s, chrono_secs(d)?)?, d),
         (None, f, Some(d)) => {
             let f = f.unwrap_or(now);
-            (f - chrono_secs(d), f, d)
+            (minus(f, chrono_secs(d)?)?, f, d)
         }
         (Some(_), None, None) | (None, _, None) => {
             return Err("give started_at and finished_at, or duration_seconds (with either, or alone for a build that just finished)".into());
         }
     };
+    if started < earliest {
+        return Err(format!(
+            "started_at {} is before {EARLIEST}; check the sender's clock",
+            started.to_rfc3339()
+        ));
+    }
     if finished < started {
         return Err(format!(
             "finished_at {} is before started_at {}",
@@ -207,7 +263,7 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
     }
     if (finished - now).num_seconds() > MAX_FUTURE_SECONDS {
         return Err(format!(
-            "finished_at {} is in the future (this server's clock says {})",
+            "started_at + duration_seconds ({}) is in the future (this server's clock says {})",
             finished.to_rfc3339(),
             now.to_rfc3339()
         ));
@@ -224,6 +280,7 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
             return Err("evidence is one output line; it must not contain line breaks".into());
         }
     }
+    let evidence = evidence.map(|e| mask_secrets(&e));
     let host = input.host.filter(|h| !h.is_empty());
     if let Some(h) = &host
         && (h.len() > MAX_HOST_LEN
@@ -256,6 +313,101 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
         host,
         attempt,
     })
+}
+
+/// `line` with credentials masked: the user information of every URL (`https://user:token@host`
+/// becomes `https://***@host`) and every `Authorization` header's value (the scheme stays:
+/// `Authorization: Bearer ***`). Errs on the side of masking more.
+pub fn mask_secrets(line: &str) -> String {
+    mask_authorization(&mask_url_userinfo(line))
+}
+
+/// Masks the user information of every `scheme://user@host` in `s`.
+fn mask_url_userinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let start = i + 3;
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let end = after
+            .find(|c: char| {
+                c.is_whitespace()
+                    || matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>' | '\\' | '`')
+            })
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) if at > 0 => {
+                out.push_str(MASK);
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Masks the value of every `Authorization` (and `Proxy-Authorization`) header in `s`, written
+/// as `Authorization: v`, `authorization=v` or `"Authorization": "v"`.
+fn mask_authorization(s: &str) -> String {
+    const NAME: &str = "authorization";
+    let lower = s.to_ascii_lowercase();
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(NAME) {
+        let mut i = from + found + NAME.len();
+        from = i;
+        // A closing quote of a JSON key, spaces, then `:` or `=`.
+        if i < b.len() && matches!(b[i], b'"' | b'\'') {
+            i += 1;
+        }
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        if i >= b.len() || !matches!(b[i], b':' | b'=') {
+            continue;
+        }
+        i += 1;
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        let quote = (i < b.len() && matches!(b[i], b'"' | b'\'')).then(|| b[i]);
+        if quote.is_some() {
+            i += 1;
+        }
+        let value_end = match quote {
+            Some(q) => s[i..].find(q as char).map_or(s.len(), |e| i + e),
+            None => s[i..]
+                .find(['"', '\'', '\r', '\n'])
+                .map_or(s.len(), |e| i + e),
+        };
+        let value = &s[i..value_end];
+        if value.trim().is_empty() || value.trim() == MASK {
+            continue;
+        }
+        // Keep a leading scheme word (Basic, Bearer, token …), mask what follows it.
+        let keep = match value.split_once(' ') {
+            Some((scheme, rest))
+                if !scheme.is_empty()
+                    && scheme.chars().all(|c| c.is_ascii_alphabetic())
+                    && !rest.trim().is_empty() =>
+            {
+                scheme.len() + 1
+            }
+            _ => 0,
+        };
+        out.push_str(&s[copied..i + keep]);
+        out.push_str(MASK);
+        copied = value_end;
+        from = value_end;
+    }
+    out.push_str(&s[copied..]);
+    out
 }
 
 /// The project label values in use: the first `max` distinct projects keep their names, later
@@ -433,6 +585,96 @@ mod tests {
             "p".repeat(129)
         );
         assert!(refused(&long).contains("128"));
+    }
+
+    #[test]
+    fn durations_and_times_beyond_sane_bounds_are_refused_before_any_arithmetic() {
+        for (json, says) in [
+            (
+                r#"{"project":"a","result":"success","duration_seconds":1e13}"#,
+                "more than 31 days",
+            ),
+            (
+                r#"{"project":"a","result":"success","duration_seconds":1e308}"#,
+                "more than 31 days",
+            ),
+            (
+                r#"{"project":"a","result":"success","started_at":"2025-06-01T11:00:00Z","duration_seconds":2678401}"#,
+                "more than 31 days",
+            ),
+            (
+                r#"{"project":"a","result":"success","started_at":"1970-01-01T00:00:00Z","duration_seconds":1}"#,
+                "before 2000-01-01",
+            ),
+            (
+                r#"{"project":"a","result":"success","finished_at":"0001-01-01T00:00:00Z","duration_seconds":1}"#,
+                "before 2000-01-01",
+            ),
+            (
+                r#"{"project":"a","result":"success","finished_at":"9999-12-31T23:59:59Z","started_at":"2025-06-01T11:00:00Z"}"#,
+                "future",
+            ),
+            (
+                r#"{"project":"a","result":"success","started_at":"+262142-12-31T23:59:59Z","duration_seconds":1}"#,
+                "RFC 3339",
+            ),
+            (
+                r#"{"project":"a","result":"success","finished_at":"2000-01-01T00:00:01Z","duration_seconds":100}"#,
+                "before 2000-01-01",
+            ),
+        ] {
+            let e = refused(json);
+            assert!(e.contains(says), "{json}: {e:?} does not say {says:?}");
+        }
+        let r = ok(r#"{"project":"a","result":"success","duration_seconds":2678400}"#);
+        assert_eq!(r.duration_seconds, MAX_DURATION_SECONDS);
+    }
+
+    #[test]
+    fn credentials_in_urls_and_authorization_headers_are_masked() {
+        for (line, masked) in [
+            (
+                "fatal: unable to access 'https://ci-bot:glpat-XYZ@gitlab.example/g/r.git/': 403",
+                "fatal: unable to access 'https://***@gitlab.example/g/r.git/': 403",
+            ),
+            (
+                "pulling https://user:p@ss@registry.example:5000/v2/ and http://a@b",
+                "pulling https://***@registry.example:5000/v2/ and http://***@b",
+            ),
+            (
+                "curl -H \"Authorization: Bearer eyJhbGci.x.y\" https://api.example/x",
+                "curl -H \"Authorization: Bearer ***\" https://api.example/x",
+            ),
+            (
+                "> authorization: Basic dXNlcjpwYXNz",
+                "> authorization: Basic ***",
+            ),
+            (
+                r#"{"headers":{"Authorization":"token abc123","x":1}}"#,
+                r#"{"headers":{"Authorization":"token ***","x":1}}"#,
+            ),
+            ("Proxy-Authorization=s3cret", "Proxy-Authorization=***"),
+            (
+                "No space left on device: https://example.org/path@x",
+                "No space left on device: https://example.org/path@x",
+            ),
+            ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
+            ("authorization failed", "authorization failed"),
+            ("Authorization: ***", "Authorization: ***"),
+        ] {
+            assert_eq!(mask_secrets(line), masked, "{line}");
+        }
+    }
+
+    #[test]
+    fn pushed_evidence_is_stored_masked() {
+        let r = ok(
+            r#"{"project":"a","result":"failure","reason":"network","duration_seconds":1,"evidence":"clone https://bot:tok@git.example/r failed"}"#,
+        );
+        assert_eq!(
+            r.evidence.as_deref(),
+            Some("clone https://***@git.example/r failed")
+        );
     }
 
     #[test]

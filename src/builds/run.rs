@@ -318,7 +318,8 @@ impl Build<'_> {
             finished_at: started
                 + chrono::Duration::from_std(took).unwrap_or(chrono::Duration::zero()),
             duration_seconds: took.as_secs_f64(),
-            evidence: verdict.evidence.clone(),
+            // Stored, sent and printed with credentials masked.
+            evidence: verdict.evidence.as_deref().map(super::record::mask_secrets),
             host: self.host.clone(),
             attempt,
         }

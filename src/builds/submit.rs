@@ -1,11 +1,13 @@
 //! Delivering a build outcome so that none is lost: to a running `bilge serve` (`--server`) when
 //! one answers, else straight into the local store (`--state.path`), else — the disk may be the
-//! very thing that is full — as one JSON line on stderr, for the CI log to keep.
+//! very thing that is full — as one JSON line on stderr, for the CI log to keep. An https server
+//! is verified against `--server.ca-file` (or the system's roots); redirects are not followed.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::store::{BuildRecord, Store};
+use crate::web::tls::Trust;
 
 /// How long the server may take to take an outcome.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -13,10 +15,12 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A `bilge serve` to send outcomes to.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
-    /// Its base URL, `http://host:port`, without a trailing slash.
+    /// Its base URL, `http://host:port` or `https://host:port`, without a trailing slash.
     pub url: String,
     /// The API token, if one was given.
     pub token: Option<String>,
+    /// What an https server's certificate must chain to (`--server.ca-file`, else the system's).
+    pub trust: Trust,
 }
 
 /// Where an outcome ended up.
@@ -79,8 +83,10 @@ impl Recorder {
 
 /// POSTs the outcome; the error says why the server did not take it.
 async fn post(server: &ServerTarget, rec: &BuildRecord) -> Result<(), String> {
-    let client = reqwest::Client::builder()
+    // No redirects: the token goes to the server named and nowhere else.
+    let client = crate::web::tls::client_builder(&server.trust, None)?
         .timeout(SERVER_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.to_string())?;
     let mut req = client

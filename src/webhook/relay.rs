@@ -70,35 +70,33 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
-/// The TLS configuration of relays: trust `ca` when given, else the system's roots (as Debian's
-/// ca-certificates installs them). A CA that rustls cannot use is an error.
+/// The TLS configuration of relays: trust `ca` when given, else the system's roots (through
+/// the platform verifier, as `bilge build --server` does). A CA that rustls cannot use is an
+/// error.
 pub fn client_tls(ca: Option<&[CertificateDer<'static>]>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
+    let provider = crate::web::tls::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match ca {
         Some(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
             for c in certs {
                 roots
                     .add(c.clone())
                     .map_err(|e| format!("not a usable CA certificate: {e}"))?;
             }
+            builder.with_root_certificates(roots)
         }
         None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                tracing::warn!(
-                    errors = found.errors.len(),
-                    "no system CA certificates found: relays to https members will fail; give --webhook.relay-ca-file"
-                );
-            }
+            let verifier = rustls_platform_verifier::Verifier::new(provider)
+                .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
         }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    };
+    Ok(builder.with_no_client_auth())
 }
 
 /// One relay to make: a listed member and the indices of the delivery's alerts that go there.

@@ -63,7 +63,16 @@ impl Alertmanager {
     /// Starts Alertmanager with the project's `alerts/alertmanager.yml`, its `bilge` receiver
     /// pointed at `webhook_url` with the token in `token_file`, and every `group_wait` at 1s.
     pub fn start_for_bilge(webhook_url: &str, token_file: &Path) -> Alertmanager {
-        let config: Vec<String> = bundled_alertmanager_config(webhook_url, token_file)
+        Self::start_for_bilge_tls(webhook_url, token_file, None)
+    }
+
+    /// As [`Alertmanager::start_for_bilge`], trusting `ca_file` for an https webhook URL.
+    pub fn start_for_bilge_tls(
+        webhook_url: &str,
+        token_file: &Path,
+        ca_file: Option<&Path>,
+    ) -> Alertmanager {
+        let config: Vec<String> = bundled_alertmanager_config_tls(webhook_url, token_file, ca_file)
             .lines()
             .map(|l| match l.trim_start().strip_prefix("group_wait:") {
                 Some(_) => format!("{}group_wait: 1s", &l[..l.len() - l.trim_start().len()]),
@@ -162,32 +171,53 @@ impl Drop for Alertmanager {
     }
 }
 
-/// The bundled Alertmanager config with only the bilge webhook's URL and token file changed.
+/// The bundled Alertmanager config with only the bilge webhook's URL and token file changed,
+/// for a bilge that speaks plain HTTP: the receiver's `tls_config` (its CA file) is left out.
 pub fn bundled_alertmanager_config(webhook_url: &str, token_file: &Path) -> String {
+    bundled_alertmanager_config_tls(webhook_url, token_file, None)
+}
+
+/// The bundled Alertmanager config with the bilge webhook's URL, token file and CA file
+/// (`tls_config.ca_file`; `None` drops the `tls_config` block) changed.
+pub fn bundled_alertmanager_config_tls(
+    webhook_url: &str,
+    token_file: &Path,
+    ca_file: Option<&Path>,
+) -> String {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts/alertmanager.yml"),
     )
     .unwrap();
     let mut url_done = false;
     let mut cred_done = false;
+    let mut ca_done = false;
     let out: Vec<String> = text
         .lines()
-        .map(|l| {
+        .filter_map(|l| {
             let indent = &l[..l.len() - l.trim_start().len()];
-            if !url_done && l.trim_start().starts_with("- url: http://bilge:") {
+            let t = l.trim_start();
+            if !url_done && t.starts_with("- url: http") && t.contains("://bilge:") {
                 url_done = true;
-                format!("{indent}- url: {webhook_url}")
-            } else if !cred_done && l.trim_start().starts_with("credentials_file:") {
+                Some(format!("{indent}- url: {webhook_url}"))
+            } else if !cred_done && t.starts_with("credentials_file:") {
                 cred_done = true;
-                format!("{indent}credentials_file: {}", token_file.display())
+                Some(format!(
+                    "{indent}credentials_file: {}",
+                    token_file.display()
+                ))
+            } else if t == "tls_config:" {
+                ca_file.map(|_| l.to_string())
+            } else if !ca_done && t.starts_with("ca_file:") {
+                ca_done = true;
+                ca_file.map(|ca| format!("{indent}ca_file: {}", ca.display()))
             } else {
-                l.to_string()
+                Some(l.to_string())
             }
         })
         .collect();
     assert!(
-        url_done && cred_done,
-        "alerts/alertmanager.yml changed shape: the bilge receiver's url/credentials_file lines were not found"
+        url_done && cred_done && ca_done,
+        "alerts/alertmanager.yml changed shape: the bilge receiver's url/credentials_file/ca_file lines were not found"
     );
     out.join("\n") + "\n"
 }

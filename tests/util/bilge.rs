@@ -35,6 +35,18 @@ impl Server {
         docker_host: &str,
         args: &[&str],
     ) -> Server {
+        let s = Self::spawn(dir, state, docker_host, args);
+        wait_for("bilge to listen", Duration::from_secs(30), || {
+            http("GET", &s.url("/-/healthy"), &[], b"")
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        s
+    }
+
+    /// Starts `bilge serve` like [`Server::start_with_state`] without waiting for it (a server
+    /// that speaks TLS cannot be asked over plain HTTP).
+    pub fn spawn(dir: PathBuf, state: &Path, docker_host: &str, args: &[&str]) -> Server {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("bilge-{port}.log"));
@@ -50,18 +62,22 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().unwrap();
-        let s = Server {
+        Server {
             addr,
             child,
             log,
             dir,
-        };
-        wait_for("bilge to listen", Duration::from_secs(30), || {
-            http("GET", &s.url("/-/healthy"), &[], b"")
-                .ok()
-                .filter(|r| r.status == 200)
-        });
-        s
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// `http://addr/path`.
