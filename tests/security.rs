@@ -494,6 +494,55 @@ fn bilge_build_server_https_records_a_build_through_a_tls_bilge() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A scratch image or a slim CI image has no CA bundle. The clients must still be built: plain
+/// http works there, and an https server is refused for its certificate, not for a client that
+/// could not be made (the scratch image's HEALTHCHECK once failed with "builder error").
+#[test]
+fn without_any_system_ca_certificate_plain_http_clients_still_work() {
+    let dir = temp_dir("no-roots");
+    let empty = dir.join("no-certs");
+    std::fs::create_dir_all(&empty).unwrap();
+    let token = token_file(&dir, TOKEN);
+    let s = Server::start(
+        NO_DOCKER,
+        &["--webhook.token-file", token.to_str().unwrap()],
+    );
+    let no_roots = |c: &mut Command| {
+        c.env("SSL_CERT_FILE", empty.join("none.pem"))
+            .env("SSL_CERT_DIR", &empty)
+            .env_remove("BILGE_SERVER")
+            .stdin(Stdio::null());
+    };
+    let mut hc = Command::new(BILGE);
+    hc.arg("healthcheck")
+        .env("BILGE_WEB_LISTEN_ADDRESS", &s.addr)
+        .env_remove("BILGE_WEB_CONFIG_FILE");
+    no_roots(&mut hc);
+    let out = hc.output().unwrap();
+    assert!(
+        out.status.success(),
+        "healthcheck without CA certificates: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut build = Command::new(BILGE);
+    build
+        .args(["build", "--project", "no-roots", "--docker.host", NO_DOCKER])
+        .arg("--state.path")
+        .arg(dir.join("local.db"))
+        .args(["--server", &format!("http://{}", s.addr)])
+        .arg("--server.token-file")
+        .arg(&token)
+        .args(["--", "true"]);
+    no_roots(&mut build);
+    let out = build.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("could not send"), "{err}");
+    let listed = s.get("/api/v1/builds").json();
+    assert_eq!(listed["builds"][0]["project"], "no-roots", "{listed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bilge_healthcheck_speaks_tls_and_basic_auth_from_the_web_config() {
     let pki = Pki::new("pki-health");

@@ -194,10 +194,21 @@ impl ClientCertVerifier for AnyClientCert {
     }
 }
 
+/// The system's CA certificates, found where curl and the docker CLI find them (Debian's
+/// ca-certificates bundle, `SSL_CERT_FILE`, `SSL_CERT_DIR`). Possibly none: a scratch image or a
+/// slim CI image has no bundle, and then plain http still works and an https server fails its
+/// verification with an unknown-issuer error, rather than the client failing to be built.
+pub fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (_added, _unparsable) = store.add_parsable_certificates(found.certs);
+    store
+}
+
 /// What a client of bilge's own server trusts.
 #[derive(Debug, Clone)]
 pub enum Trust {
-    /// The system's roots (through reqwest's platform verifier).
+    /// The system's CA certificates ([`system_roots`]).
     System,
     /// Only these CA certificates (`--server.ca-file`).
     Roots(Vec<CertificateDer<'static>>),
@@ -218,14 +229,7 @@ pub fn client_builder(
         .with_protocol_versions(&versions(TlsVersion::Tls12, TlsVersion::Tls13))
         .map_err(|e| e.to_string())?;
     let builder = match trust {
-        Trust::System if identity.is_none() => return Ok(reqwest::Client::builder()),
-        Trust::System => {
-            let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
-                .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-        }
+        Trust::System => builder.with_root_certificates(system_roots()),
         Trust::Roots(certs) => {
             let mut store = RootCertStore::empty();
             for c in certs {

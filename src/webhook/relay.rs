@@ -70,12 +70,10 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
-/// The TLS configuration of relays: trust `ca` when given, else the system's roots (through
-/// the platform verifier, as `bilge build --server` does). A CA that rustls cannot use is an
-/// error.
+/// The TLS configuration of relays: trust `ca` when given, else the system's roots (as
+/// `bilge build --server` does). A CA that rustls cannot use is an error.
 pub fn client_tls(ca: Option<&[CertificateDer<'static>]>) -> Result<rustls::ClientConfig, String> {
-    let provider = crate::web::tls::provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(crate::web::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
     let builder = match ca {
@@ -89,11 +87,13 @@ pub fn client_tls(ca: Option<&[CertificateDer<'static>]>) -> Result<rustls::Clie
             builder.with_root_certificates(roots)
         }
         None => {
-            let verifier = rustls_platform_verifier::Verifier::new(provider)
-                .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
+            let roots = crate::web::tls::system_roots();
+            if roots.is_empty() {
+                tracing::warn!(
+                    "no system CA certificates found: relays to https members will fail; give --webhook.relay-ca-file"
+                );
+            }
+            builder.with_root_certificates(roots)
         }
     };
     Ok(builder.with_no_client_auth())
