@@ -48,6 +48,20 @@ pub struct GlobalArgs {
     /// Docker daemon address (unix:///path, tcp://host:port). Defaults to $DOCKER_HOST, else the local socket.
     #[arg(long = "docker.host", env = "BILGE_DOCKER_HOST", global = true)]
     pub docker_host: Option<String>,
+    /// Speak TLS to a tcp:// daemon and verify it, as `docker --tlsverify` (also: $DOCKER_TLS_VERIFY set and not empty).
+    #[arg(
+        long = "docker.tls-verify",
+        env = "BILGE_DOCKER_TLS_VERIFY",
+        global = true
+    )]
+    pub docker_tls_verify: bool,
+    /// Folder with ca.pem, cert.pem and key.pem for --docker.tls-verify. Defaults to $DOCKER_CERT_PATH, else ~/.docker.
+    #[arg(
+        long = "docker.cert-path",
+        env = "BILGE_DOCKER_CERT_PATH",
+        global = true
+    )]
+    pub docker_cert_path: Option<std::path::PathBuf>,
     /// How long one Docker API call may take (e.g. 30s).
     #[arg(
         long = "docker.timeout",

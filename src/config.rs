@@ -24,7 +24,7 @@ use crate::cli::{
     BuildArgs, CleanArgs, GlobalArgs, HealthcheckArgs, LogFormat as LogFormatArg, ServeArgs,
 };
 use crate::collect::disk::FilesystemConfig;
-use crate::docker::{DEFAULT_HOST, DockerConfig, DockerHost};
+use crate::docker::{DEFAULT_HOST, DockerConfig, DockerHost, TLS_FILES};
 use crate::format::{parse_duration, parse_free_target, parse_size};
 use crate::logging::{LogConfig, LogFormat};
 use crate::serve::ServeSettings;
@@ -73,6 +73,44 @@ struct ConfigFile {
     cleanup: PolicyFile,
 }
 
+/// TLS to a `tcp://` daemon, read as the docker CLI reads it: on with `--docker.tls-verify` or a
+/// non-empty `DOCKER_TLS_VERIFY`; the files from `--docker.cert-path`, else `DOCKER_CERT_PATH`,
+/// else `~/.docker`. A local socket needs none. The files must be there at start-up (one line
+/// and exit 2 otherwise); their contents are read when bilge connects.
+fn docker_tls(g: &GlobalArgs, host: &DockerHost) -> Result<Option<PathBuf>> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let on = g.docker_tls_verify || env("DOCKER_TLS_VERIFY").is_some();
+    if !on || matches!(host, DockerHost::Unix(_)) {
+        return Ok(None);
+    }
+    let dir = match (&g.docker_cert_path, env("DOCKER_CERT_PATH")) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => PathBuf::from(d),
+        (None, None) => match env("HOME") {
+            Some(h) => PathBuf::from(h).join(".docker"),
+            None => {
+                return Err(Error::config(
+                    "--docker.cert-path",
+                    "TLS to the daemon needs the folder of ca.pem, cert.pem and key.pem (no $HOME to find ~/.docker)",
+                ));
+            }
+        },
+    };
+    for f in TLS_FILES {
+        let p = dir.join(f);
+        if !p.is_file() {
+            return Err(Error::config(
+                "--docker.cert-path",
+                format!(
+                    "TLS to the daemon needs {} (ca.pem, cert.pem and key.pem, as the docker CLI's DOCKER_CERT_PATH)",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    Ok(Some(dir))
+}
+
 fn flag<T>(name: &str, r: std::result::Result<T, String>) -> Result<T> {
     r.map_err(|m| Error::config(name, m))
 }
@@ -87,7 +125,8 @@ impl Config {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| DEFAULT_HOST.into()),
         };
-        DockerHost::parse(&host).map_err(|m| Error::config("--docker.host", m))?;
+        let parsed = DockerHost::parse(&host).map_err(|m| Error::config("--docker.host", m))?;
+        let tls = docker_tls(g, &parsed)?;
         let timeout = flag("--docker.timeout", parse_duration(&g.docker_timeout))?;
         if timeout.is_zero() {
             return Err(Error::config("--docker.timeout", "must be more than 0s"));
@@ -117,6 +156,7 @@ impl Config {
                 timeout,
                 refresh_interval: Duration::from_secs(60),
                 top_n: g.docker_top_n,
+                tls,
             },
             filesystem: FilesystemConfig {
                 mount_points_exclude: regex(

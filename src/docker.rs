@@ -82,6 +82,116 @@ pub struct DockerConfig {
     pub refresh_interval: Duration,
     /// How many largest images/volumes/logs to export.
     pub top_n: usize,
+    /// TLS to a `tcp://` daemon: the folder with `ca.pem`, `cert.pem` and `key.pem`, as the
+    /// docker CLI's `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH` give it. `None`: plain.
+    pub tls: Option<std::path::PathBuf>,
+}
+
+/// The files of a TLS-verified `tcp://` daemon in `DOCKER_CERT_PATH`, as the docker CLI names them.
+pub const TLS_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
+
+/// The client TLS of a `tcp://` daemon, as `docker --tlsverify` does it: the daemon's
+/// certificate is verified against `ca.pem` only (not the system's roots, so no public CA can
+/// stand in for it), for the host name or IP of `--docker.host`, and bilge presents
+/// `cert.pem`/`key.pem`.
+pub fn docker_tls(dir: &std::path::Path) -> std::result::Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let [ca, cert, key] = TLS_FILES.map(|f| dir.join(f));
+    let certs = |p: &std::path::Path| {
+        CertificateDer::pem_file_iter(p)
+            .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", p.display()))
+            .and_then(|c| {
+                if c.is_empty() {
+                    Err(format!("{} holds no PEM certificate", p.display()))
+                } else {
+                    Ok(c)
+                }
+            })
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+    }
+    let chain = certs(&cert)?;
+    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("{} does not match {}: {e}", cert.display(), TLS_FILES[2]))
+}
+
+/// The name a `host:port` daemon address is verified as.
+fn server_name(addr: &str) -> Result<rustls_pki_types::ServerName<'static>> {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => addr,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| Error::docker(format!("{addr}: not a name TLS can verify: {e}")))
+}
+
+/// A TLS connection to a `tcp://` daemon.
+async fn tls_connect(
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let name = server_name(addr)?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| Error::docker_from(format!("{addr}: {e}"), e))?;
+    tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Error::docker_from(format!("{addr}: TLS: {e}"), e))
+}
+
+/// bollard over [`tls_connect`]: one connection per request (bollard's own clients keep none
+/// either), the request sent in origin form with the daemon's address as `Host`.
+fn tls_client(tls: std::sync::Arc<rustls::ClientConfig>, addr: &str, secs: u64) -> Result<Docker> {
+    let target = addr.to_string();
+    let transport = move |req: bollard::BollardRequest| {
+        let tls = tls.clone();
+        let addr = target.clone();
+        Box::pin(async move {
+            let fail = |e: Error| bollard::errors::Error::IOError {
+                err: std::io::Error::other(e.to_string()),
+            };
+            let stream = tls_connect(&tls, &addr).await.map_err(fail)?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| fail(Error::docker_from(e.to_string(), e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "docker TLS connection closed");
+                }
+            });
+            let (mut parts, body) = req.into_parts();
+            if let Some(pq) = parts.uri.path_and_query().cloned() {
+                parts.uri = hyper::Uri::from(pq);
+            }
+            if let Ok(host) = hyper::header::HeaderValue::from_str(&addr) {
+                parts.headers.insert(hyper::header::HOST, host);
+            }
+            sender
+                .send_request(hyper::Request::from_parts(parts, body))
+                .await
+                .map_err(bollard::errors::Error::from)
+        })
+    };
+    Ok(Docker::connect_with_custom_transport(
+        transport,
+        Some(format!("https://{addr}")),
+        secs,
+        bollard::API_DEFAULT_VERSION,
+    )?)
 }
 
 /// What the daemon says about itself.
@@ -699,6 +809,8 @@ pub struct DockerApi {
     /// The connection `/system/df` is asked on, kept open between calls. Holding it serializes
     /// this process's `/system/df` calls: the daemon refuses a second concurrent one.
     df_conn: std::sync::Arc<tokio::sync::Mutex<Option<RawConn>>>,
+    /// The client TLS of a `tcp://` daemon with `--docker.tls-verify`.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A kept HTTP/1 connection to the daemon, for the raw calls.
@@ -709,6 +821,7 @@ impl DockerApi {
     pub async fn connect(cfg: &DockerConfig) -> Result<DockerApi> {
         let secs = cfg.timeout.as_secs().max(1);
         let host = DockerHost::parse(&cfg.host).map_err(Error::docker)?;
+        let mut tls = None;
         let client = if let DockerHost::Unix(path) = &host {
             if !std::path::Path::new(path).exists() {
                 return Err(Error::docker(format!(
@@ -716,6 +829,10 @@ impl DockerApi {
                 )));
             }
             Docker::connect_with_unix(&cfg.host, secs, bollard::API_DEFAULT_VERSION)?
+        } else if let (DockerHost::Tcp(addr), Some(dir)) = (&host, &cfg.tls) {
+            let config = std::sync::Arc::new(docker_tls(dir).map_err(Error::docker)?);
+            tls = Some(config.clone());
+            tls_client(config, addr, secs)?
         } else {
             Docker::connect_with_http(&cfg.host, secs, bollard::API_DEFAULT_VERSION)?
         };
@@ -726,6 +843,7 @@ impl DockerApi {
             host,
             version: format!("{}.{}", v.major_version, v.minor_version),
             timeout: cfg.timeout,
+            tls,
             df_conn: Default::default(),
         })
     }
@@ -879,14 +997,15 @@ impl DockerApi {
 
     /// A new HTTP/1 connection to the daemon; its driver runs as a task until it closes.
     async fn raw_connect(&self) -> Result<RawConn> {
-        match &self.host {
-            DockerHost::Unix(p) => {
+        match (&self.host, &self.tls) {
+            (DockerHost::Unix(p), _) => {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .map_err(|e| Error::docker_from(format!("{p}: {e}"), e))?;
                 handshake(s).await
             }
-            DockerHost::Tcp(addr) => {
+            (DockerHost::Tcp(addr), Some(tls)) => handshake(tls_connect(tls, addr).await?).await,
+            (DockerHost::Tcp(addr), None) => {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|e| Error::docker_from(format!("{addr}: {e}"), e))?;
@@ -928,6 +1047,32 @@ mod tests {
         assert!(DockerHost::parse("ssh://host").is_err());
         assert!(DockerHost::parse("unix://").is_err());
         assert!(DockerHost::parse("tcp://").is_err());
+    }
+
+    #[test]
+    fn a_tls_daemon_is_verified_as_the_host_of_its_address() {
+        use rustls_pki_types::ServerName;
+        let name = |a: &str| server_name(a).map(|n| n.to_str().into_owned());
+        assert_eq!(name("127.0.0.1:2376").unwrap(), "127.0.0.1");
+        assert_eq!(name("[::1]:2376").unwrap(), "::1");
+        assert_eq!(name("docker.internal:2376").unwrap(), "docker.internal");
+        assert!(matches!(
+            server_name("10.0.0.2:2376"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(server_name("bad name:2376").is_err());
+    }
+
+    #[test]
+    fn docker_tls_names_the_file_it_cannot_read() {
+        let dir = std::env::temp_dir().join(format!("bilge-docker-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = docker_tls(&dir).unwrap_err();
+        assert!(e.contains("ca.pem"), "{e}");
+        std::fs::write(dir.join("ca.pem"), "not pem").unwrap();
+        let e = docker_tls(&dir).unwrap_err();
+        assert!(e.contains("ca.pem") && e.contains("no PEM"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     const OLD: &str = r#"{"LayersSize":3000,"Images":[

@@ -494,6 +494,131 @@ fn bilge_build_server_https_records_a_build_through_a_tls_bilge() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A `tcp://` daemon with `--tlsverify`, reached as the docker CLI reaches one: with the flags, or
+/// with `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH` (ca.pem, cert.pem, key.pem). bilge verifies
+/// the daemon against ca.pem only and presents its client certificate; a daemon that ca.pem did
+/// not sign gets nothing from it, and plain HTTP to a TLS daemon fails.
+#[test]
+fn a_tls_verified_tcp_daemon_is_reached_as_the_docker_cli_reaches_it() {
+    let pki = Pki::new("pki-docker");
+    let (srv_crt, srv_key) = pki.issue("dockerd", false);
+    let (cli_crt, cli_key) = pki.issue("client", true);
+    let port = free_port();
+    let d = Daemon::start_with_args(
+        "docker-tls",
+        &[
+            format!("--host=tcp://127.0.0.1:{port}"),
+            "--tlsverify".into(),
+            format!("--tlscacert={}", pki.ca.display()),
+            format!("--tlscert={}", srv_crt.display()),
+            format!("--tlskey={}", srv_key.display()),
+        ],
+    );
+    d.docker(&["volume", "create", "over-tls"]);
+    let certs = pki.dir.join("docker-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    for (from, to) in [
+        (&pki.ca, "ca.pem"),
+        (&cli_crt, "cert.pem"),
+        (&cli_key, "key.pem"),
+    ] {
+        std::fs::copy(from, certs.join(to)).unwrap();
+    }
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let df = |env: &[(&str, &Path)], args: &[&str]| {
+        let mut c = Command::new(BILGE);
+        c.args(["df", "--docker.host", &tcp])
+            .args(args)
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // The docker CLI's environment.
+    let (code, text) = df(
+        &[
+            ("DOCKER_TLS_VERIFY", Path::new("1")),
+            ("DOCKER_CERT_PATH", &certs),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Docker ") && text.contains(" (API "),
+        "{text}"
+    );
+    assert!(!text.contains("unreachable"), "{text}");
+    // bilge's own flags, and a serve that collects through them.
+    let s = Server::start(
+        &tcp,
+        &[
+            "--docker.tls-verify",
+            "--docker.cert-path",
+            certs.to_str().unwrap(),
+            "--docker.refresh-interval",
+            "1s",
+        ],
+    );
+    let up = wait_for_opt(Duration::from_secs(30), || {
+        (s.metric("bilge_docker_objects{type=\"volume\"}") == Some(1.0)).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "the volume over TLS: {}\n{}",
+        s.metrics(),
+        s.log_text()
+    );
+    assert_eq!(s.metric("bilge_docker_up"), Some(1.0));
+    // A ca.pem that did not sign the daemon's certificate: nothing is sent to it.
+    let other = Pki::new("pki-docker-other");
+    let wrong = pki.dir.join("wrong-ca");
+    std::fs::create_dir_all(&wrong).unwrap();
+    for (from, to) in [
+        (&other.ca, "ca.pem"),
+        (&cli_crt, "cert.pem"),
+        (&cli_key, "key.pem"),
+    ] {
+        std::fs::copy(from, wrong.join(to)).unwrap();
+    }
+    let (code, text) = df(
+        &[],
+        &[
+            "--docker.tls-verify",
+            "--docker.cert-path",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("unreachable") && text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
+    // Plain HTTP to the TLS port fails; so does a cert path without the files (exit 2).
+    let (code, text) = df(&[], &[]);
+    assert_eq!(code, Some(1), "{text}");
+    let (code, text) = df(
+        &[],
+        &[
+            "--docker.tls-verify",
+            "--docker.cert-path",
+            pki.dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("--docker.cert-path") && text.contains("ca.pem"),
+        "{text}"
+    );
+}
+
 /// A scratch image or a slim CI image has no CA bundle. The clients must still be built: plain
 /// http works there, and an https server is refused for its certificate, not for a client that
 /// could not be made (the scratch image's HEALTHCHECK once failed with "builder error").

@@ -15,6 +15,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// A loop filesystem mounted under the data root, unmounted on drop.
     loop_mount: Option<PathBuf>,
+    /// More dockerd arguments (another `--host`, TLS).
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
@@ -23,6 +25,17 @@ impl Daemon {
         let dir = temp_dir(name);
         let data_root = dir.join("data");
         Self::start_with(dir, data_root, None)
+    }
+
+    /// Starts a daemon like [`Daemon::start`], with more dockerd arguments (it still listens
+    /// on its socket, which the tests' docker CLI uses).
+    pub fn start_with_args(name: &str, args: &[String]) -> Daemon {
+        let dir = temp_dir(name);
+        let data_root = dir.join("data");
+        let mut d = Self::prepare(dir, data_root, None);
+        d.extra_args = args.to_vec();
+        d.launch();
+        d
     }
 
     /// Starts a daemon whose data root is a fresh ext4 loop filesystem of `size_mib` MiB.
@@ -34,19 +47,24 @@ impl Daemon {
     }
 
     fn start_with(dir: PathBuf, data_root: PathBuf, loop_mount: Option<PathBuf>) -> Daemon {
+        let mut d = Self::prepare(dir, data_root, loop_mount);
+        d.launch();
+        d
+    }
+
+    fn prepare(dir: PathBuf, data_root: PathBuf, loop_mount: Option<PathBuf>) -> Daemon {
         require_root();
         require("/usr/sbin/dockerd", "apt-get install docker.io");
         require(DOCKER, "apt-get install docker.io");
         std::fs::create_dir_all(&data_root).unwrap();
-        let mut d = Daemon {
+        Daemon {
             host: format!("unix://{}", dir.join("docker.sock").display()),
             data_root,
             child: None,
             loop_mount,
+            extra_args: Vec::new(),
             dir,
-        };
-        d.launch();
-        d
+        }
     }
 
     fn launch(&mut self) {
@@ -61,6 +79,7 @@ impl Daemon {
             .arg("--pidfile")
             .arg(self.dir.join("docker.pid"))
             .args(["--iptables=false", "--bridge=none", "--ip-masq=false"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
