@@ -48,7 +48,7 @@ def edges():
             names |= {n.strip().split("::")[0] for n in group.split(",") if n.strip()}
         for dst in names:
             # `crate::Error` and `crate::Result` are re-exports of the root: they name `error`.
-            dst = {"Error": "error", "Result": "error", "VERSION": "lib", "REVISION": "lib"}.get(dst, dst)
+            dst = {"Error": "error", "Result": "error", "VERSION": "lib", "REVISION": "lib", "RUST_VERSION": "lib"}.get(dst, dst)
             if dst != src:
                 out.setdefault(src, {}).setdefault(dst, set()).add(str(f.relative_to(SRC.parent)))
     return out

@@ -8,7 +8,20 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// bilge keeps Docker hosts from running out of disk.
 #[derive(Debug, Parser)]
-#[command(name = "bilge", version, about, max_term_width = 100)]
+// The version line carries what build.rs compiled in (as `bilge_exporter_build_info` does).
+#[command(
+    name = "bilge",
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (revision ",
+        env!("BILGE_BUILD_REVISION"),
+        ", rustc ",
+        env!("BILGE_BUILD_RUSTC"),
+        ")"
+    ),
+    about,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Flags shared by every subcommand.
     #[command(flatten)]

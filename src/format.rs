@@ -11,30 +11,44 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 500MB, 10GiB, 1073741824)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+    let not_a_size = || format!("{s:?} is not a size (examples: 500MB, 10GiB, 1073741824)");
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    // Exact integer arithmetic (no f64, which loses bytes above 2^53): at most 38 significant
+    // digits fit u128; more fractional digits than that cannot change a byte count of u64.
+    if (whole.is_empty() && frac.is_empty()) || frac.contains('.') || whole.len() > 20 {
+        return Err(not_a_size());
+    }
+    let frac = &frac[..frac.len().min(18)];
+    let mult: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
         other => {
             return Err(format!(
                 "{s:?} has an unknown unit {other:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
             ));
         }
     };
-    let bytes = value * mult;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(bytes.round() as u64)
+    let digits = |d: &str| -> Result<u128, String> {
+        if d.is_empty() {
+            Ok(0)
+        } else {
+            d.parse::<u128>().map_err(|_| not_a_size())
+        }
+    };
+    let scale = 10u128.pow(frac.len() as u32);
+    // whole ≤ 10^20, mult ≤ 2^40: the product fits u128; the fraction is < scale ≤ 10^18.
+    let exact = digits(whole)? * mult;
+    let part = digits(frac)? * mult;
+    // Round half up, as the f64 version did.
+    let bytes = exact + (part + scale / 2) / scale;
+    u64::try_from(bytes).map_err(|_| format!("{s:?} is out of range"))
 }
 
 /// Parses a duration such as `30s`, `5m`, `1h30m`, `7d`, `1w` or `250ms` (Prometheus' style).
@@ -214,6 +228,30 @@ mod tests {
         assert!(parse_size("ten").is_err());
         assert!(parse_size("10XB").unwrap_err().contains("unknown unit"));
         assert!(parse_size("-1").is_err());
+        // Exact above 2^53, where f64 loses bytes.
+        assert_eq!(parse_size("9007199254740993"), Ok(9_007_199_254_740_993));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        assert!(
+            parse_size("18446744073709551616")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            parse_size("16777216TiB")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert_eq!(
+            parse_size("16777215.5TiB"),
+            Ok(16_777_215 * (1 << 40) + (1 << 39))
+        );
+        assert_eq!(parse_size("0.0000000000000000001GB"), Ok(0));
+        assert_eq!(parse_size(".5KiB"), Ok(512));
+        assert_eq!(parse_size("1."), Ok(1));
+        assert!(parse_size(".").is_err());
+        assert!(parse_size("1.2.3").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("123456789012345678901").is_err());
     }
 
     #[test]

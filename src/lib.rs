@@ -31,10 +31,10 @@ pub use error::{Error, Result};
 /// The version compiled in, for `bilge_exporter_build_info` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The git revision compiled in (set by CI through `BILGE_REVISION`), or "unknown".
-pub const REVISION: &str = match option_env!("BILGE_REVISION") {
-    Some(r) => r,
-    None => "unknown",
-};
+/// The git revision compiled in (`build.rs`: `BILGE_REVISION`, else git), or "unknown".
+pub const REVISION: &str = env!("BILGE_BUILD_REVISION");
+
+/// The version of rustc that compiled bilge, e.g. `1.95.0`.
+pub const RUST_VERSION: &str = env!("BILGE_BUILD_RUSTC");
 
 pub use web::health::{HealthcheckSettings, healthcheck};

@@ -142,11 +142,11 @@ impl Metrics {
         let build_info = gauge_vec(
             &r,
             "bilge_exporter_build_info",
-            "bilge's version and revision; always 1.",
-            &["version", "revision"],
+            "bilge's version, git revision and rustc version; always 1.",
+            &["version", "revision", "rustversion"],
         )?;
         build_info
-            .with_label_values(&[crate::VERSION, crate::REVISION])
+            .with_label_values(&[crate::VERSION, crate::REVISION, crate::RUST_VERSION])
             .set(1.0);
 
         let store_errors = IntCounter::new(

@@ -91,6 +91,33 @@ fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
             (sample(&text, "bilge_docker_up") == Some(1.0) && running == Some(1.0)).then_some(text)
         },
     );
+    // The shipped binary carries the revision it was built from (build.rs), in `--version` and in
+    // build_info alike.
+    let git = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .expect("git is needed to check the compiled-in revision: apt-get install git");
+    let head = String::from_utf8_lossy(&git.stdout).trim().to_string();
+    assert_eq!(head.len(), 12, "git rev-parse: {git:?}");
+    let version = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    assert!(
+        version.starts_with("bilge ") && version.contains(&format!("(revision {head}, rustc ")),
+        "{version}"
+    );
+    assert!(
+        metrics.contains(&format!("revision=\"{head}\"")) && metrics.contains("rustversion=\""),
+        "{metrics}"
+    );
     // It sees the daemon it runs on, including its own image.
     assert!(
         metrics.contains("bilge_docker_largest_image_bytes{image=\"bilge:test\"}"),
