@@ -32,6 +32,7 @@ declare -A NEED=(
   [/usr/bin/systemd-analyze]=systemd
   [/usr/bin/curl]=curl
   [/usr/bin/jq]=jq
+  [/usr/bin/groff]=groff-base
   [/usr/bin/pkill]=procps
   [/usr/bin/unshare]=util-linux
   [/usr/bin/openssl]=openssl

@@ -44,6 +44,25 @@ pub enum Command {
     Df(DfArgs),
     /// Exit 0 when a bilge server answers its health endpoint (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print a man page (roff): bilge's (`bilge man > bilge.1`) or a command's (`bilge man serve > bilge-serve.1`).
+    Man(ManArgs),
+}
+
+/// `bilge man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (serve, build, clean, df, healthcheck, completions); none: bilge's own.
+    pub command: Option<String>,
+}
+
+/// `bilge completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Log output format.

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use bilge::cleanup::engine::Standalone;
 use bilge::cli::{Cli, Command};
@@ -13,8 +13,59 @@ use bilge::config::Config;
 /// must not keep bilge from exiting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
+/// Writes `bytes` to stdout; a closed pipe (`| head`) is no error worth a panic.
+fn print(bytes: &[u8]) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bilge: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the flags themselves, before any setting is read (a bad environment must not
+    // keep anyone from getting completions or the man page).
+    match &cli.command {
+        Command::Completions(a) => {
+            let mut out = Vec::new();
+            clap_complete::generate(a.shell, &mut Cli::command(), "bilge", &mut out);
+            return print(&out);
+        }
+        Command::Man(a) => {
+            let mut root = Cli::command();
+            // Built, so that each command's page lists the global flags too.
+            root.build();
+            let version = root.get_version().unwrap_or_default().to_string();
+            let page = match a.command.as_deref() {
+                None => root,
+                Some(name) => match root.find_subcommand(name) {
+                    // Named as man pages of git-style commands are: bilge-serve(1).
+                    Some(sub) => sub.clone().name(format!("bilge-{name}")).version(version),
+                    None => {
+                        eprintln!(
+                            "bilge: no command {name:?}; man pages: bilge, and one per command (bilge man serve)"
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let mut out = Vec::new();
+            return match clap_mangen::Man::new(page).render(&mut out) {
+                Ok(()) => print(&out),
+                Err(e) => {
+                    eprintln!("bilge: cannot render the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     // Every TLS endpoint (server, clients) uses rustls with ring; reqwest is built without a
     // provider of its own and asks for the default.
     bilge::web::tls::install_default_provider();
@@ -50,6 +101,8 @@ fn main() -> ExitCode {
             Ok(h) => rt.block_on(bilge::healthcheck(h)).map_err(Into::into),
             Err(e) => return usage_error(&e),
         },
+        // Answered before the settings were read, above.
+        Command::Completions(_) | Command::Man(_) => Ok(()),
         Command::Clean(args) => match Config::clean(&args) {
             Ok(opts) => rt
                 .block_on(bilge::cleanup::cli::run(standalone(cfg), opts))

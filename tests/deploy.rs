@@ -136,3 +136,68 @@ fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
     assert_eq!(user, "65532:65532");
     let _ = std::fs::remove_dir_all(&ctx);
 }
+
+/// What a package installs besides the binary: completion scripts and man pages, generated from
+/// the flags, so they cannot drift from them.
+#[test]
+fn completions_and_man_pages_come_from_the_flags_and_render() {
+    require("/bin/bash", "apt-get install bash");
+    require("/usr/bin/groff", "apt-get install groff-base");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BILGE)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bilge {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("--docker.host") && bash.contains("--webhook.relay-targets"));
+    let check = std::process::Command::new("/bin/bash")
+        .args(["-n", "-c", &bash])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "bash -n: {check:?}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(
+            run(&["completions", shell]).contains("docker.host"),
+            "{shell}"
+        );
+    }
+    // One page for bilge, one per command, each rendered by groff without a warning.
+    for (args, name, flag) in [
+        (vec!["man"], "bilge", "serve"),
+        (vec!["man", "serve"], "bilge-serve", "--web.listen-address"),
+        (vec!["man", "clean"], "bilge-clean", "--docker.host"),
+    ] {
+        let roff = run(&args);
+        let mut groff = std::process::Command::new("/usr/bin/groff")
+            .args(["-man", "-Tascii", "-P-cbu", "-ww"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        groff
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(roff.as_bytes())
+            .unwrap();
+        let out = groff.wait_with_output().unwrap();
+        let (text, warnings) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success() && warnings.is_empty(), "{warnings}");
+        assert!(text.contains(&format!("{name}(1)")), "{text}");
+        assert!(text.contains(flag), "{name}: no {flag}: {text}");
+    }
+    let out = std::process::Command::new(BILGE)
+        .args(["man", "no-such-command"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no command"));
+}
