@@ -647,11 +647,38 @@ def check_alertmanager(root, report):
     report.check("alertmanager.yml wiring for bilge's webhook", problems)
 
 
+def check_compose(root, report):
+    """The compose stack's bilge: its HEALTHCHECK (`bilge healthcheck`) reads the listen address
+    and the web config from the environment, so both must be set there, not as flags only the
+    server sees; every service has memory and CPU limits."""
+    problems = []
+    cfg = load_yaml(root / "deploy/compose.yaml")
+    services = cfg.get("services", {})
+    bilge = services.get("bilge", {})
+    env = bilge.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    for key in ("BILGE_WEB_LISTEN_ADDRESS", "BILGE_WEB_CONFIG_FILE"):
+        if key not in env:
+            problems.append(f"bilge's environment has no {key}: the HEALTHCHECK would not see it")
+    for arg in bilge.get("command", []):
+        if str(arg).startswith(("--web.listen-address", "--web.config.file")):
+            problems.append(f"bilge's command sets {arg}: set it in the environment instead")
+    port = str(env.get("BILGE_WEB_LISTEN_ADDRESS", "")).rsplit(":", 1)[-1]
+    if not any(str(p).endswith(f":{port}") for p in bilge.get("ports", [])):
+        problems.append(f"bilge publishes no port {port!r} (its BILGE_WEB_LISTEN_ADDRESS)")
+    for name, svc in services.items():
+        if "mem_limit" not in svc or "cpus" not in svc:
+            problems.append(f"service {name} has no mem_limit and cpus")
+    report.check("compose: bilge's HEALTHCHECK sees its port and web config; every service has limits", problems)
+
+
 def static_checks(root):
     report = Report()
     check_dashboard(root, report)
     check_rules(root, report)
     check_alertmanager(root, report)
+    check_compose(root, report)
     check_kubernetes(root, report)
     return 1 if report.failed else 0
 
