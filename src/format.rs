@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-/// Parses a byte size: a number with an optional unit, SI (`kB`, `MB`, `GB`, `TB`) or IEC
-/// (`KiB`, `MiB`, `GiB`, `TiB`); single letters (`K`, `M`, `G`, `T`) are IEC, as `df` reads them.
+/// Parses a byte size: a number with an optional unit, SI (`kB`, `MB`, `GB`, `TB`, `PB`) or IEC
+/// (`KiB`, `MiB`, `GiB`, `TiB`, `PiB`); single letters (`K`, `M`, `G`, `T`, `P`) are IEC, as `df`
+/// reads them. Every size [`human_bytes`] prints parses back.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
@@ -20,13 +21,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1e6,
         "gb" => 1e9,
         "tb" => 1e12,
+        "pb" => 1e15,
         "k" | "kib" => 1024.0,
         "m" | "mib" => 1024.0 * 1024.0,
         "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "p" | "pib" => 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0,
         other => {
             return Err(format!(
-                "{s:?} has an unknown unit {other:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+                "{s:?} has an unknown unit {other:?} (use B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB or PiB)"
             ));
         }
     };
@@ -214,6 +217,19 @@ mod tests {
         assert!(parse_size("ten").is_err());
         assert!(parse_size("10XB").unwrap_err().contains("unknown unit"));
         assert!(parse_size("-1").is_err());
+    }
+
+    /// Found by the `format` fuzz target: `human_bytes` printed `6989PiB`, which `parse_size`
+    /// refused, so a size `bilge df` shows could not be given back to `--target-free`.
+    #[test]
+    fn a_size_printed_in_pib_parses_back() {
+        let b: u64 = 7_869_029_018_856_748_849;
+        assert_eq!(human_bytes(b), "6989PiB");
+        let back = parse_size(&human_bytes(b)).unwrap_or_default();
+        assert!(back.abs_diff(b) <= b / 200, "{back}");
+        assert_eq!(parse_size("1PiB"), Ok(1 << 50));
+        assert_eq!(parse_size("2P"), Ok(2 << 50));
+        assert_eq!(parse_size("1PB"), Ok(1_000_000_000_000_000));
     }
 
     #[test]
