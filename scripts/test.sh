@@ -4,7 +4,8 @@
 #   2. checks formatting and lints;
 #   3. starts a private dockerd on temporary paths and exports its socket;
 #   4. runs every Rust test (unit + integration against real Docker, Prometheus, Alertmanager,
-#      Chromium) and the bundle checks (rules, dashboard, deploy files);
+#      Chromium), a short pass of every fuzz target (scripts/fuzz.sh) and the bundle checks
+#      (rules, dashboard, deploy files);
 #   5. stops the daemon and removes its files, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,6 +110,9 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --targe
 export BILGE_STATIC_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/bilge"
 say "cargo test"
 cargo test --locked -- --test-threads="${BILGE_TEST_THREADS:-4}"
+
+say "fuzz: a short pass of every target (scripts/fuzz.sh, ${BILGE_FUZZ_SECONDS:-15} s each)"
+FUZZ_SECONDS="${BILGE_FUZZ_SECONDS:-15}" scripts/fuzz.sh
 
 say "smoke: bilge df against the shared test daemon"
 ./target/debug/bilge df

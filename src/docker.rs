@@ -232,9 +232,10 @@ impl Image {
         self.repo_tags.is_empty() || self.repo_tags.iter().all(|t| t == "<none>:<none>")
     }
 
-    /// Bytes only this image holds (what removing it frees).
+    /// Bytes only this image holds (what removing it frees); never negative, and never an
+    /// overflow whatever the daemon reported.
     pub fn unique_size(&self) -> i64 {
-        (self.size - self.shared_size.max(0)).max(0)
+        self.size.saturating_sub(self.shared_size.max(0)).max(0)
     }
 
     /// A bounded, readable name: the first tag, else the short id.
@@ -348,6 +349,12 @@ impl DiskUsage {
 pub struct DaemonTotals {
     /// Total size of images (layers counted once).
     pub images_size: Option<i64>,
+}
+
+/// The sum of sizes a daemon reported, stopping at `u64::MAX`: its numbers are not trusted, and
+/// a few absurd ones must not wrap the total round to a small figure (or panic in a debug build).
+pub fn total_bytes(bytes: impl Iterator<Item = u64>) -> u64 {
+    bytes.fold(0, u64::saturating_add)
 }
 
 /// Shortens `sha256:0123456789abcdef…` to `0123456789ab`.

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-/// Parses a byte size: a number with an optional unit, SI (`kB`, `MB`, `GB`, `TB`) or IEC
-/// (`KiB`, `MiB`, `GiB`, `TiB`); single letters (`K`, `M`, `G`, `T`) are IEC, as `df` reads them.
+/// Parses a byte size: a number with an optional unit, SI (`kB`, `MB`, `GB`, `TB`, `PB`) or IEC
+/// (`KiB`, `MiB`, `GiB`, `TiB`, `PiB`); single letters (`K`, `M`, `G`, `T`, `P`) are IEC, as `df`
+/// reads them. Every size [`human_bytes`] prints parses back.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
@@ -25,13 +26,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
+        "pb" => 1_000_000_000_000_000,
         "k" | "kib" => 1 << 10,
         "m" | "mib" => 1 << 20,
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
+        "p" | "pib" => 1 << 50,
         other => {
             return Err(format!(
-                "{s:?} has an unknown unit {other:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+                "{s:?} has an unknown unit {other:?} (use B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB or PiB)"
             ));
         }
     };
@@ -43,7 +46,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
     };
     let scale = 10u128.pow(frac.len() as u32);
-    // whole ≤ 10^20, mult ≤ 2^40: the product fits u128; the fraction is < scale ≤ 10^18.
+    // whole < 10^20, mult ≤ 2^50: the product fits u128; the fraction is < scale ≤ 10^18.
     let exact = digits(whole)? * mult;
     let part = digits(frac)? * mult;
     // Round half up, as the f64 version did.
@@ -252,6 +255,19 @@ mod tests {
         assert!(parse_size("1.2.3").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("123456789012345678901").is_err());
+    }
+
+    /// Found by the `format` fuzz target: `human_bytes` printed `6989PiB`, which `parse_size`
+    /// refused, so a size `bilge df` shows could not be given back to `--target-free`.
+    #[test]
+    fn a_size_printed_in_pib_parses_back() {
+        let b: u64 = 7_869_029_018_856_748_849;
+        assert_eq!(human_bytes(b), "6989PiB");
+        let back = parse_size(&human_bytes(b)).unwrap_or_default();
+        assert!(back.abs_diff(b) <= b / 200, "{back}");
+        assert_eq!(parse_size("1PiB"), Ok(1 << 50));
+        assert_eq!(parse_size("2P"), Ok(2 << 50));
+        assert_eq!(parse_size("1PB"), Ok(1_000_000_000_000_000));
     }
 
     #[test]

@@ -242,6 +242,12 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
             return Err("give started_at and finished_at, or duration_seconds (with either, or alone for a build that just finished)".into());
         }
     };
+    // Two times alone give the duration: it is bounded like one that was sent.
+    if duration > MAX_DURATION_SECONDS {
+        return Err(format!(
+            "finished_at - started_at is {duration} s, more than 31 days ({MAX_DURATION_SECONDS} s); send the build's real times"
+        ));
+    }
     if started < earliest {
         return Err(format!(
             "started_at {} is before {EARLIEST}; check the sender's clock",
@@ -627,6 +633,21 @@ mod tests {
             assert!(e.contains(says), "{json}: {e:?} does not say {says:?}");
         }
         let r = ok(r#"{"project":"a","result":"success","duration_seconds":2678400}"#);
+        assert_eq!(r.duration_seconds, MAX_DURATION_SECONDS);
+    }
+
+    /// Found by the `build_record` fuzz target: with `started_at` and `finished_at` and no
+    /// `duration_seconds`, a build of a year was stored (and went into the duration histogram),
+    /// although a sent duration over 31 days is refused.
+    #[test]
+    fn a_duration_taken_from_the_times_is_bounded_too() {
+        let e = refused(
+            r#"{"project":"web","result":"failure","started_at":"2024-06-01T11:00:00Z","finished_at":"2025-06-01T11:00:10Z"}"#,
+        );
+        assert!(e.contains("more than 31 days"), "{e}");
+        let r = ok(
+            r#"{"project":"web","result":"failure","started_at":"2025-05-01T12:00:00Z","finished_at":"2025-06-01T12:00:00Z"}"#,
+        );
         assert_eq!(r.duration_seconds, MAX_DURATION_SECONDS);
     }
 

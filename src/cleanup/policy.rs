@@ -23,7 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use crate::docker::DiskUsage;
+use crate::docker::{DiskUsage, total_bytes as total};
 use crate::format::{FreeTarget, format_duration};
 pub use crate::model::Level;
 
@@ -161,7 +161,7 @@ fn level_plan(level: Level, mut candidates: Vec<Candidate>, kept: Kept) -> Level
     LevelPlan {
         level,
         objects: candidates.len() as u64,
-        bytes: candidates.iter().map(|c| c.bytes).sum(),
+        bytes: total(candidates.iter().map(|c| c.bytes)),
         kept,
         candidates,
     }
@@ -300,7 +300,7 @@ pub fn plan(
         requested: wanted,
         level,
         until,
-        bytes: levels.iter().map(|l| l.bytes).sum(),
+        bytes: total(levels.iter().map(|l| l.bytes)),
         levels,
     }
 }
@@ -446,6 +446,39 @@ mod tests {
             .unwrap_or_default();
         v.sort();
         v
+    }
+
+    /// The planner's share of the `system_df` fuzz target's overflow finding: three old unused
+    /// volumes that report near `i64::MAX` bytes overflowed the level's and the plan's sums.
+    #[test]
+    fn absurd_volume_sizes_saturate_the_plan_instead_of_overflowing() {
+        let du = DiskUsage {
+            volumes: ["a", "b", "c"]
+                .iter()
+                .map(|n| Volume {
+                    name: (*n).into(),
+                    size: i64::MAX,
+                    ref_count: 0,
+                    created_at: hours_ago(100),
+                    ..Volume::default()
+                })
+                .collect(),
+            ..DiskUsage::default()
+        };
+        let policy = Policy {
+            max_level: Level::AGGRESSIVE,
+            allow_volumes: true,
+            ..Policy::default()
+        };
+        let p = plan(
+            &du,
+            &policy,
+            Level::AGGRESSIVE,
+            Duration::from_secs(3600),
+            now(),
+        );
+        assert_eq!(p.level(Level::UnusedVolumes).map(|l| l.objects), Some(3));
+        assert_eq!(p.bytes, u64::MAX);
     }
 
     #[test]

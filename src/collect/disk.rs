@@ -85,7 +85,8 @@ pub struct Filesystem {
     pub usage: Usage,
 }
 
-/// Decodes mountinfo's octal escapes (`\040` is a space).
+/// Decodes mountinfo's octal escapes (`\040` is a space). Only `\000` to `\377` are escapes
+/// (one byte each); anything else, `\777` included, is kept as written.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -93,7 +94,8 @@ fn unescape(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
@@ -120,7 +122,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         out.push(Mount {
             device: unescape(r[1]),
             mountpoint: unescape(l[4]),
-            fstype: r[0].to_string(),
+            // The kernel escapes the type as it does the paths (`show_type` in
+            // fs/proc_namespace.c), e.g. a FUSE subtype with a space.
+            fstype: unescape(r[0]),
             readonly: l[5].split(',').any(|o| o == "ro"),
         });
     }
@@ -284,6 +288,26 @@ mod tests {
         assert_eq!(m[3].mountpoint, "/mnt/with space");
         assert_eq!(m[3].device, "/dev/loop0");
         assert!(m[4].readonly && !m[0].readonly);
+    }
+
+    /// Found by the `mountinfo` fuzz target: the filesystem type was returned as written, with
+    /// the kernel's `\040` escapes in it, while the mount point and source were decoded.
+    #[test]
+    fn the_filesystem_type_is_unescaped_as_the_kernel_escapes_it() {
+        let m = parse_mountinfo("50 22 0:60 / /mnt/x rw - fuse.my\\040fs me\\134you rw\n");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].fstype, "fuse.my fs");
+        assert_eq!(m[0].device, "me\\you");
+    }
+
+    /// Found by the `mountinfo` fuzz target: `\\777` (above one byte) overflowed the decoding
+    /// of an octal escape, a panic in a debug build and a wrong byte in a release one.
+    #[test]
+    fn an_octal_escape_above_one_byte_is_kept_as_written() {
+        let m = parse_mountinfo("50 22 0:60 / /mnt/\\777x\\400 rw - ext4 /dev/\\377 rw\n");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].mountpoint, "/mnt/\\777x\\400");
+        assert_eq!(m[0].device, "/dev/\u{fffd}");
     }
 
     #[test]

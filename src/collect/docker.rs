@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::docker::{DiskUsage, DockerInfo};
+use crate::docker::{DiskUsage, DockerInfo, total_bytes as total};
 
 /// The object types of `bilge_docker_*{type}`.
 pub const TYPES: [&str; 4] = ["image", "container", "volume", "build_cache"];
@@ -89,7 +89,7 @@ impl DockerSummary {
 
     /// Reclaimable bytes over every type.
     pub fn reclaimable_total(&self) -> u64 {
-        TYPES.iter().map(|t| self.by_type(t).reclaimable).sum()
+        total(TYPES.iter().map(|t| self.by_type(t).reclaimable))
     }
 }
 
@@ -116,13 +116,13 @@ pub fn summarize(
         .layers_size
         .or_else(|| du.daemon_totals.as_ref().and_then(|t| t.images_size))
         .map(pos)
-        .unwrap_or_else(|| du.images.iter().map(|i| pos(i.unique_size())).sum());
-    let used: u64 = du
-        .images
-        .iter()
-        .filter(|i| i.containers > 0 && i.shared_size >= 0)
-        .map(|i| pos(i.size - i.shared_size))
-        .sum();
+        .unwrap_or_else(|| total(du.images.iter().map(|i| pos(i.unique_size()))));
+    let used = total(
+        du.images
+            .iter()
+            .filter(|i| i.containers > 0 && i.shared_size >= 0)
+            .map(|i| pos(i.size.saturating_sub(i.shared_size))),
+    );
     let images = TypeUsage {
         objects: du.images.len() as u64,
         active: du.images.iter().filter(|i| i.containers > 0).count() as u64,
@@ -133,46 +133,47 @@ pub fn summarize(
     let containers = TypeUsage {
         objects: du.containers.len() as u64,
         active: du.containers.iter().filter(|c| c.is_active()).count() as u64,
-        size: du.containers.iter().map(|c| pos(c.size_rw)).sum(),
-        reclaimable: du
-            .containers
-            .iter()
-            .filter(|c| !c.is_active())
-            .map(|c| pos(c.size_rw))
-            .sum(),
+        size: total(du.containers.iter().map(|c| pos(c.size_rw))),
+        reclaimable: total(
+            du.containers
+                .iter()
+                .filter(|c| !c.is_active())
+                .map(|c| pos(c.size_rw)),
+        ),
     };
 
     let volumes = TypeUsage {
         objects: du.volumes.len() as u64,
         active: du.volumes.iter().filter(|v| v.ref_count > 0).count() as u64,
-        size: du.volumes.iter().map(|v| pos(v.size)).sum(),
-        reclaimable: du
-            .volumes
-            .iter()
-            .filter(|v| v.ref_count == 0)
-            .map(|v| pos(v.size))
-            .sum(),
+        size: total(du.volumes.iter().map(|v| pos(v.size))),
+        reclaimable: total(
+            du.volumes
+                .iter()
+                .filter(|v| v.ref_count == 0)
+                .map(|v| pos(v.size)),
+        ),
     };
 
     let unshared = || du.build_cache.iter().filter(|b| !b.shared);
     let build_cache = TypeUsage {
         objects: du.build_cache.len() as u64,
         active: du.build_cache.iter().filter(|b| b.in_use).count() as u64,
-        size: unshared().map(|b| pos(b.size)).sum(),
-        reclaimable: unshared().filter(|b| !b.in_use).map(|b| pos(b.size)).sum(),
+        size: total(unshared().map(|b| pos(b.size))),
+        reclaimable: total(unshared().filter(|b| !b.in_use).map(|b| pos(b.size))),
     };
 
     let build_cache_by_age = CACHE_AGES
         .iter()
         .map(|(label, secs)| {
-            let bytes = unshared()
-                .filter(|b| !b.in_use)
-                .filter(|b| {
-                    b.last_touched()
-                        .is_some_and(|t| (now - t).num_seconds() >= *secs)
-                })
-                .map(|b| pos(b.size))
-                .sum();
+            let bytes = total(
+                unshared()
+                    .filter(|b| !b.in_use)
+                    .filter(|b| {
+                        b.last_touched()
+                            .is_some_and(|t| (now - t).num_seconds() >= *secs)
+                    })
+                    .map(|b| pos(b.size)),
+            );
             ((*label).to_string(), bytes)
         })
         .collect();
@@ -193,9 +194,9 @@ pub fn summarize(
         build_cache,
         containers_by_state,
         dangling_images: dangling.len() as u64,
-        dangling_images_bytes: dangling.iter().map(|i| pos(i.unique_size())).sum(),
+        dangling_images_bytes: total(dangling.iter().map(|i| pos(i.unique_size()))),
         build_cache_by_age,
-        logs_bytes: logs.iter().map(|l| l.bytes).sum(),
+        logs_bytes: total(logs.iter().map(|l| l.bytes)),
         top_images: top(
             du.images
                 .iter()
@@ -335,6 +336,38 @@ mod tests {
             },
         ];
         summarize(DockerInfo::default(), &usage(), &logs, now, 1)
+    }
+
+    /// Found by reviewing the `system_df` fuzz target's arithmetic, and replayed through it
+    /// (`fuzz/seeds/system_df/overflow-*.json`): an image of `Size` `i64::MIN` with a
+    /// `SharedSize` overflowed `unique_size`, and three volumes near `i64::MAX` overflowed the
+    /// sums: a panic in a debug build, wrapped (small, wrong) figures in a release one.
+    #[test]
+    fn absurd_daemon_sizes_saturate_instead_of_overflowing() {
+        let du = DiskUsage {
+            images: vec![Image {
+                id: "sha256:a".into(),
+                size: i64::MIN,
+                shared_size: 1,
+                containers: 1,
+                ..Image::default()
+            }],
+            volumes: ["a", "b", "c"]
+                .iter()
+                .map(|n| Volume {
+                    name: (*n).into(),
+                    size: i64::MAX,
+                    ref_count: 0,
+                    ..Volume::default()
+                })
+                .collect(),
+            ..DiskUsage::default()
+        };
+        let s = summarize(DockerInfo::default(), &du, &[], Utc::now(), 3);
+        assert_eq!(s.images.size, 0);
+        assert_eq!(s.volumes.size, u64::MAX);
+        assert_eq!(s.volumes.reclaimable, u64::MAX);
+        assert_eq!(s.reclaimable_total(), u64::MAX);
     }
 
     #[test]

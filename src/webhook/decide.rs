@@ -44,14 +44,19 @@ pub enum Route {
 /// (`None` without it); `relayed` marks a request another bilge forwarded.
 pub fn route(alert: &Alert, ids: &Identities, relay: Option<&Targets>, relayed: bool) -> Route {
     if !alert.is_firing() {
-        return Route::Ignore(format!("status {:?} is not firing", alert.status));
+        return Route::Ignore(format!("status {:?} is not firing", clip(&alert.status)));
     }
     let Some(action) = alert.labels.get("bilge_action") else {
         return Route::Ignore("no bilge_action label".into());
     };
     let level = match Level::parse(action) {
         Ok(l) => l,
-        Err(e) => return Route::Ignore(format!("bilge_action: {e}")),
+        // The error quotes the value: quote it clipped, as all alert text (a clipped value is
+        // never a level, so this is the same error, bounded).
+        Err(e) => {
+            let e = Level::parse(&clip(action)).err().unwrap_or(e);
+            return Route::Ignore(format!("bilge_action: {e}"));
+        }
     };
     let Some(instance) = alert.instance().filter(|i| !i.is_empty()) else {
         return Route::Ignore("no instance label".into());
@@ -789,6 +794,23 @@ mod tests {
         assert!(d[0].reason().unwrap_or_default().len() < 400, "{d:?}");
         let answer = Answer::new(&a, &d[0]);
         assert!(answer.instance.unwrap_or_default().len() <= 260);
+    }
+
+    /// Found by the `webhook` fuzz target's bound on the answer: a long `status` or
+    /// `bilge_action` was quoted whole in the reason, so the answer and the delivery's log line
+    /// grew with what the sender wrote, while the instance and fingerprint were clipped.
+    #[test]
+    fn a_long_status_or_action_is_clipped_in_the_reason() {
+        let mut a = firing("a1", "web1:9830", "standard");
+        a.status = "y".repeat(5000);
+        let b = firing("b1", "web1:9830", &"x".repeat(5000));
+        let d = Host::new().decide(&[a, b]);
+        for d in &d {
+            let why = d.reason().unwrap_or_default();
+            assert!(why.len() < 500, "a reason of {} bytes", why.len());
+        }
+        assert!(ignored_because(&d[0], "is not firing"), "{d:?}");
+        assert!(ignored_because(&d[1], "is not a cleanup level"), "{d:?}");
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl Targets {
         self.by_instance.is_empty()
     }
 
+    /// Every listed instance name (lower-cased) with its member, in no particular order: for
+    /// checks that look at the whole list (the `relay_targets` fuzz target).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Target)> {
+        self.by_instance.iter().map(|(i, t)| (i.as_str(), t))
+    }
+
     /// Exactly these `(target, scheme)` pairs (for tests).
     pub fn of(members: &[(&str, Scheme)]) -> Targets {
         let mut t = Targets::default();
