@@ -51,9 +51,13 @@ fn main() -> ExitCode {
             Err(e) => return usage_error(&e),
         },
         Command::Clean(args) => match Config::clean(&args) {
-            Ok(opts) => rt
-                .block_on(bilge::cleanup::cli::run(standalone(cfg), opts))
-                .map_err(Into::into),
+            Ok(opts) => match rt.block_on(bilge::cleanup::cli::run(standalone(cfg), opts)) {
+                Ok(code) => {
+                    rt.shutdown_timeout(SHUTDOWN_GRACE);
+                    return ExitCode::from(code);
+                }
+                Err(e) => Err(e.into()),
+            },
             Err(e) => return usage_error(&e),
         },
         Command::Build(args) => {
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
 fn standalone(cfg: Config) -> Standalone {
     Standalone {
         policy: cfg.policy,
+        settings: cfg.engine,
         docker: cfg.docker,
         filesystem: cfg.filesystem,
         state_path: cfg.state_path,

@@ -18,7 +18,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon whose data root is a directory under /tmp.
+    /// Starts a daemon whose data root is a directory under [`test_root`].
     pub fn start(name: &str) -> Daemon {
         let dir = temp_dir(name);
         let data_root = dir.join("data");
@@ -89,11 +89,64 @@ impl Daemon {
         });
     }
 
-    /// Stops the daemon (keeping its files), as if it had crashed or been stopped by hand.
+    /// Stops the daemon (keeping its files), as if it had been stopped by hand.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             stop_child(&mut c, Duration::from_secs(20));
         }
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// SIGKILLs the daemon, as a crash would, and reaps it; what it started (containerd, shims)
+    /// is stopped by the ids they recorded, so that the daemon can start again on its paths.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_leftovers();
+    }
+
+    /// Stops what the daemon started and left behind: each container's shim and first process
+    /// (from the `init.pid` files under its exec root) and its containerd (`containerd.pid`),
+    /// each checked to name this daemon's folder.
+    fn kill_leftovers(&self) {
+        let exec = self.dir.join("exec");
+        let tasks = exec.join("containerd/daemon/io.containerd.runtime.v2.task/moby");
+        for entry in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let Some(init) = std::fs::read_to_string(entry.path().join("init.pid"))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // The container's first process is killed only as the child of this daemon's shim
+            // (an id alone may have been reused by now).
+            let Some(shim) = parent_of(init).filter(|p| *p > 1) else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&exec.display().to_string()) {
+                for pid in [init, shim] {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        kill_recorded(&exec.join("containerd/containerd.pid"), &exec);
     }
 
     /// Starts the daemon again on the same paths.
@@ -185,7 +238,7 @@ pub fn make_loop_fs(img: &Path, mnt: &Path, size_mib: u64) {
     run_ok(Command::new("mount").args(["-o", "loop"]).arg(img).arg(mnt));
 }
 
-/// A small ext4 loop filesystem under /tmp, unmounted and removed on drop.
+/// A small ext4 loop filesystem under [`test_root`], unmounted and removed on drop.
 #[derive(Debug)]
 pub struct LoopFs {
     /// Where it is mounted.
@@ -230,9 +283,7 @@ impl Drop for Daemon {
             }
         }
         self.stop();
-        // Shims outlive dockerd when containers were left running; they name the exec root.
-        let exec = self.dir.join("exec").display().to_string();
-        let _ = Command::new("pkill").args(["-9", "-f", &exec]).status();
+        self.kill_leftovers();
         // Unmount everything under the directory, deepest first.
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let prefix = self.dir.display().to_string();

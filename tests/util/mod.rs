@@ -6,6 +6,12 @@
 //! Every test that needs Docker starts its own daemon on temporary paths, so tests can run in
 //! parallel and see exactly the objects they made. Nothing here skips: a missing tool fails the
 //! test with a message that says how to get it.
+//!
+//! Every temporary folder is made under `$BILGE_TEST_TMP` (scripts/test.sh points it at a
+//! folder of its own run), else `/tmp`. What a helper starts is stopped by the process ids it
+//! recorded, never by a pattern: each daemon writes `docker.pid`, and the servers and
+//! Alertmanagers started here write a `.pid` file into their folder, so that scripts/test.sh
+//! can stop exactly those after a crash.
 
 #![allow(dead_code)]
 
@@ -49,13 +55,62 @@ pub fn require_root() {
     );
 }
 
-/// A unique temporary directory under /tmp (short: it holds unix sockets).
+/// The folder the tests' temporary folders go in: `$BILGE_TEST_TMP`, else `/tmp`.
+pub fn test_root() -> PathBuf {
+    std::env::var_os("BILGE_TEST_TMP")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// A unique temporary directory under [`test_root`] (short: it holds unix sockets).
 pub fn temp_dir(name: &str) -> PathBuf {
     let n = SEQ.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(format!("/tmp/bt-{name}-{}-{n}", std::process::id()));
+    let dir = test_root().join(format!("bt-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Writes `pid` into `<dir>/<name>.pid`, so that scripts/test.sh can stop it after a crash.
+pub fn record_pid(dir: &Path, name: &str, pid: u32) {
+    let _ = std::fs::write(dir.join(format!("{name}.pid")), format!("{pid}\n"));
+}
+
+/// SIGKILLs the process whose id is in `pidfile`, if that process still names `owner` (a folder
+/// of the test's own) on its command line: a recorded id, checked, never a pattern search.
+pub fn kill_recorded(pidfile: &Path, owner: &Path) {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    kill_if_owned(pid, owner);
+}
+
+/// SIGKILLs process `pid` if its command line names `owner`.
+fn kill_if_owned(pid: i32, owner: &Path) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let owner = owner.display().to_string();
+    if String::from_utf8_lossy(&cmdline).contains(&owner) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The parent of process `pid`.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may hold spaces, so read after its closing parenthesis.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.
