@@ -492,6 +492,12 @@ fn a_full_state_filesystem_does_not_stop_the_webhook() {
     let log = s.log_text();
     assert!(!log.contains("panicked"), "{log}");
     drop(s);
+    fault_report(
+        "full-state-fs-serve",
+        "the state file's filesystem filled to its last block under a running bilge serve, then an alert",
+        "the webhook accepted it and the prune ran; the failed write was logged and counted in bilge_store_errors_total; the audit rows written before are intact",
+        serde_json::json!({"lost_records": 0, "prunes_started": 2}),
+    );
 }
 
 // ---- relay targets, listeners the test owns, TLS, rotation, the alert cap ------------------

@@ -69,7 +69,7 @@ impl Daemon {
         self.child = Some(child);
         let host = self.host.clone();
         let dir = self.dir.clone();
-        wait_for("dockerd to answer", Duration::from_secs(60), || {
+        let up = wait_for_opt(Duration::from_secs(60), || {
             let ok = Command::new(DOCKER)
                 .args(["version", "--format", "{{.Server.Version}}"])
                 .env("DOCKER_HOST", &host)
@@ -87,6 +87,10 @@ impl Daemon {
             }
             ok.then_some(())
         });
+        if up.is_none() {
+            let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+            panic!("dockerd did not answer within 60s; its log:\n{log}");
+        }
     }
 
     /// Stops the daemon (keeping its files), as if it had been stopped by hand.
@@ -115,7 +119,24 @@ impl Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let containerd_pid = self.dir.join("exec/containerd/containerd.pid");
+        let containerd = std::fs::read_to_string(&containerd_pid)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
         self.kill_leftovers();
+        // The killed containerd may stay a zombie for a while (nobody here is its parent), and
+        // a new dockerd would take it for a running one and wait on its socket: wait for it to
+        // end, and let the next dockerd start its own.
+        if let Some(pid) = containerd {
+            let _ = wait_for_opt(Duration::from_secs(10), || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next());
+                matches!(state, None | Some("Z" | "X")).then_some(())
+            });
+            let _ = std::fs::remove_file(&containerd_pid);
+        }
     }
 
     /// Stops what the daemon started and left behind: each container's shim and first process

@@ -1,7 +1,8 @@
 //! Helpers for the integration tests, one file for each thing they drive: private Docker daemons
 //! and their objects ([`daemon`]), the bilge binary (`bilge serve` on a free loopback port,
 //! `bilge clean`: [`bilge`]), a tiny HTTP client ([`http`]), Alertmanager and webhook payloads
-//! ([`alerts`]); this file keeps what they share (waiting, temp dirs, files, tool checks).
+//! ([`alerts`]), a proxy on a Docker socket ([`proxy`]); this file keeps what they share
+//! (waiting, temp dirs, files, tool checks).
 //!
 //! Every test that needs Docker starts its own daemon on temporary paths, so tests can run in
 //! parallel and see exactly the objects they made. Nothing here skips: a missing tool fails the
@@ -19,11 +20,13 @@ mod alerts;
 mod bilge;
 mod daemon;
 mod http;
+mod proxy;
 
 pub use alerts::*;
 pub use bilge::*;
 pub use daemon::*;
 pub use http::*;
+pub use proxy::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -111,6 +114,28 @@ pub fn parent_of(pid: i32) -> Option<i32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Appends one fault's figures to `$BILGE_FAULTS_REPORT`, when set: what was done, what bilge
+/// did, and its figures (scripts/faults.sh writes RELIABILITY.md from these lines).
+pub fn fault_report(fault: &str, done: &str, did: &str, figures: serde_json::Value) {
+    let Some(path) = std::env::var_os("BILGE_FAULTS_REPORT").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let line = serde_json::json!({"fault": fault, "done": done, "did": did, "figures": figures});
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+/// The 99th percentile of `v` in milliseconds (nearest rank).
+pub fn p99_ms(v: &mut [Duration]) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i].as_secs_f64() * 1e3
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.
