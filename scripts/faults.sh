@@ -105,7 +105,7 @@ SELECT 'p' || (i % 7),
        CASE WHEN i % 3 = 0 THEN 'no_space' ELSE 'none' END,
        CASE WHEN i % 3 = 0 THEN 1 ELSE 0 END,
        strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-' || (i % 80) || ' days', '-' || i || ' seconds'),
-       strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-' || (i % 80) || ' days', '-' || (i - 30) || ' seconds'),
+       strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-' || (i % 80) || ' days', '-' || i || ' seconds', '+30 seconds'),
        30.0, 1
 FROM n;
 SQL

@@ -556,8 +556,8 @@ mod tests {
 
     #[test]
     fn build_families_come_from_the_totals_with_the_project_cap_and_unstored_runs() {
-        use crate::model::Reason;
         use crate::model::BuildResult;
+        use crate::model::Reason;
         let Ok(m) = Metrics::new() else {
             panic!("metrics")
         };

@@ -214,6 +214,9 @@ pub struct Engine {
     admission: Admission,
     /// Cancelled when bilge stops: runs stop at their next stopping point.
     stop: CancellationToken,
+    /// When [`Engine::stop`] was first called: the shutdown grace counts from the signal, not
+    /// from the end of the HTTP drain.
+    stopped_at: Mutex<Option<tokio::time::Instant>>,
     /// The run in progress.
     current: Mutex<Option<Current>>,
     /// Ended runs whose end the store has not taken yet.
@@ -239,6 +242,7 @@ impl Engine {
             settings,
             admission,
             stop: CancellationToken::new(),
+            stopped_at: Mutex::new(None),
             current: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
         }
@@ -361,17 +365,24 @@ impl Engine {
     /// Stops taking work and asks the run in progress to stop at its next stopping point (after
     /// the object or prune call in flight, before the next level).
     pub fn stop(&self) {
+        {
+            let mut at = lock(&self.stopped_at);
+            if at.is_none() {
+                *at = Some(tokio::time::Instant::now());
+            }
+        }
         self.admission.close();
         self.stop.cancel();
     }
 
-    /// Stops ([`Engine::stop`]) and waits at most `--cleanup.shutdown-grace` for the run in
-    /// progress to record its end. When the grace passes first, the run is recorded as
+    /// Stops ([`Engine::stop`]) and waits at most `--cleanup.shutdown-grace` from the first stop
+    /// for the run in progress to record its end. When the grace passes first, the run is recorded as
     /// interrupted with what it freed so far. Returns true when no run was left behind.
     pub async fn shutdown(&self) -> bool {
         self.stop();
         let grace = self.settings.shutdown_grace;
-        let deadline = tokio::time::Instant::now() + grace;
+        let since = (*lock(&self.stopped_at)).unwrap_or_else(tokio::time::Instant::now);
+        let deadline = since + grace;
         while self.is_running() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
