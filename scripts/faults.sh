@@ -5,9 +5,11 @@
 #   2. runs the fault tests (tests/faults.rs, and the full state filesystem under bilge serve in
 #      tests/webhook.rs) against private daemons they start themselves; each test appends what
 #      was done, what bilge did and its figures to one JSON-lines file;
-#   3. measures what the tests leave to scripts: the release bilge serve's time to ready on a
-#      state file with 100,000 build rows (the first start upgrades a version-0 file and fills
-#      its summary; then five more starts), against a private dockerd;
+#   3. measures what the tests leave to scripts, with the release binary against a private
+#      dockerd: bilge serve's time to ready on a state file with 100,000 build rows (the first
+#      start upgrades a version-0 file and fills its summary; then five more starts), and the
+#      scrape p99 while that dockerd is frozen with SIGSTOP (and bilge_docker_up's fall and
+#      recovery);
 #   4. writes RELIABILITY.md from those figures: machine and date at the top, one row per fault;
 #   5. stops what it started (by pid) and removes its own temporary folder, whatever happens.
 #
@@ -84,7 +86,8 @@ D="$WORK/startup"
 mkdir -p "$D"
 /usr/sbin/dockerd --host "unix://$D/docker.sock" --data-root "$D/data" --exec-root "$D/exec" \
   --pidfile "$D/docker.pid" --iptables=false --bridge=none --ip-masq=false >"$D/dockerd.log" 2>&1 &
-PIDS+=($!)
+DOCKERD_PID=$!
+PIDS+=("$DOCKERD_PID")
 for _ in $(seq 300); do
   DOCKER_HOST="unix://$D/docker.sock" /usr/bin/docker version >/dev/null 2>&1 && break
   sleep 0.1
@@ -136,12 +139,69 @@ for _ in 1 2 3 4 5; do LATER+=("$(serve_ready "$PORT")"); done
 printf '%s\n' "${LATER[@]}" >"$WORK/ready.txt"
 echo "first start (upgrade + summary fill): ${FIRST}s; later starts: ${LATER[*]}"
 
+say "scrapes while dockerd is frozen with SIGSTOP (release)"
+FPORT=$((PORT + 1))
+"$ROOT/target/release/bilge" serve --web.listen-address "127.0.0.1:$FPORT" \
+  --docker.host "unix://$D/docker.sock" --state.path "$D/frozen.db" \
+  --docker.timeout 2s --docker.refresh-interval 1s >>"$D/frozen.log" 2>&1 &
+PIDS+=($!)
+python3 - "$FPORT" "$DOCKERD_PID" >"$WORK/frozen.json" <<'PY'
+import http.client, json, math, os, signal, sys, time
+
+port, dockerd = int(sys.argv[1]), int(sys.argv[2])
+conn = None
+
+def metrics():
+    global conn
+    for _ in range(2):
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/metrics")
+            r = conn.getresponse()
+            return r.read()
+        except OSError:
+            conn = None
+            time.sleep(0.1)
+    return b""
+
+def wait_up(value, limit):
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        if b"\nbilge_docker_up %d\n" % value in metrics():
+            return time.perf_counter() - start
+        time.sleep(0.01)
+    return None
+
+assert wait_up(1, 60) is not None, "bilge_docker_up never became 1"
+os.kill(dockerd, signal.SIGSTOP)
+try:
+    t0 = time.perf_counter()
+    times, down = [], None
+    while time.perf_counter() - t0 < 8:
+        s = time.perf_counter()
+        body = metrics()
+        times.append(time.perf_counter() - s)
+        if down is None and b"\nbilge_docker_up 0\n" in body:
+            down = time.perf_counter() - t0
+        time.sleep(0.005)
+finally:
+    os.kill(dockerd, signal.SIGCONT)
+recover = wait_up(1, 60)
+times.sort()
+p99 = times[max(1, math.ceil(len(times) * 0.99)) - 1] * 1e3
+print(json.dumps({"scrapes": len(times), "p99_ms": p99, "max_ms": times[-1] * 1e3,
+                  "down_s": down, "recover_s": recover}))
+PY
+cat "$WORK/frozen.json"
+
 # ---- 4. RELIABILITY.md ----------------------------------------------------------------------
 say "writing $OUTPUT"
-python3 - "$BILGE_FAULTS_REPORT" "$WORK/tests.log" "$FIRST" "$WORK/ready.txt" "$OUTPUT" "$TESTS_RC" <<'PY'
+python3 - "$BILGE_FAULTS_REPORT" "$WORK/tests.log" "$FIRST" "$WORK/ready.txt" "$OUTPUT" "$TESTS_RC" "$WORK/frozen.json" <<'PY'
 import json, os, platform, re, statistics, subprocess, sys, datetime
 
-figures_path, tests_log, first, ready_path, output, tests_rc = sys.argv[1:]
+figures_path, tests_log, first, ready_path, output, tests_rc, frozen_path = sys.argv[1:]
+frozen = json.load(open(frozen_path))
 rows = [json.loads(l) for l in open(figures_path) if l.strip()]
 log = open(tests_log, errors="replace").read()
 results = dict(re.findall(r"^test (\S+) \.\.\. (ok|FAILED)", log, re.M))
@@ -156,7 +216,7 @@ def sh(cmd):
 cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip() or platform.processor()
 mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")
 docker = sh("/usr/sbin/dockerd --version")
-commit = sh("git rev-parse --short HEAD")
+commit = sh("git rev-parse --short HEAD") + (" with uncommitted changes" if sh("git status --porcelain --untracked-files=no") else "")
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 ORDER = ["flood", "serve-sigterm", "clean-sigint", "clean-sigterm", "build-retry-cancel",
@@ -190,7 +250,7 @@ out = []
 out.append("# bilge under faults\n")
 out.append(f"Written by `scripts/faults.sh` on {now}, bilge {commit}. Machine: {cpu}, "
            f"{os.cpu_count()} cores, {mem}, Linux {platform.release()}, {docker}. "
-           "Debug build for the tests, release build for the start-up row; the machine was shared "
+           "Debug build for the tests, release build for the rows marked release; the machine was shared "
            "with other work while it ran.\n")
 out.append("Each row is one integration test against private dockerd daemons with real objects "
            "(tests/faults.rs, tests/webhook.rs); the figures are what that run measured. "
@@ -225,14 +285,21 @@ out.append("| history-100k, release | `bilge serve` (release) started on a versi
            f"on the first start, median {med:.3f} s (max {max(later):.3f} s) after; target < 1 s: "
            f"{'met' if float(first) < 1 and max(later) < 1 else 'missed'}; `bilge_builds_total` sums to 100,000 each time | "
            "0 | 0 | – | – | scripts/faults.sh |")
+fz_down = "never" if frozen["down_s"] is None else f"{frozen['down_s']:.2f} s"
+fz_rec = "–" if frozen["recover_s"] is None else f"{frozen['recover_s']:.2f} s"
+out.append("| dockerd-sigstop, release | `bilge serve` (release, `--docker.timeout 2s`, "
+           "`--docker.refresh-interval 1s`) scraped back to back over one kept-alive connection "
+           f"for 8 s while its dockerd is frozen with SIGSTOP, then SIGCONT | {frozen['scrapes']} "
+           f"scrapes, max {frozen['max_ms']:.2f} ms; `bilge_docker_up` 0 after {fz_down} from the freeze "
+           f"(the first collection that starts after it times out: bound 1 s + 2 s = 3 s, "
+           f"{'met' if frozen['down_s'] is not None and frozen['down_s'] <= 3.2 else 'missed'}); "
+           f"target p99 < 5 ms: {'met' if frozen['p99_ms'] < 5 else 'missed'} | 0 | 0 | "
+           f"{frozen['p99_ms']:.2f} ms | {fz_rec} | scripts/faults.sh |")
 out.append("")
-p99s = [by[n]["figures"].get("scrape_p99_ms") for n in by if by[n]["figures"].get("scrape_p99_ms") is not None]
-if p99s:
-    worst = max(p99s)
-    out.append(f"Scrape p99 target (< 5 ms while dockerd is frozen): "
-               f"{by.get('dockerd-sigstop', {}).get('figures', {}).get('scrape_p99_ms', float('nan')):.2f} ms "
-               f"({'met' if by.get('dockerd-sigstop', {}).get('figures', {}).get('scrape_p99_ms', 99) < 5 else 'missed'}); "
-               f"worst p99 of any row: {worst:.2f} ms.\n")
+out.append("The rows from the tests run the debug build on a machine shared with other work, so "
+           "their scrape and start-up times are upper bounds; the two release rows are the "
+           "figures to hold bilge to (scrape p99 < 5 ms with Docker frozen, ready < 1 s on "
+           "100,000 build rows).\n")
 out.append(f"Tests: {sum(1 for t in TESTS.values() if results.get(t) == 'ok')} of {len(TESTS)} passed"
            f"{'' if tests_rc == '0' else ' (cargo test exit code ' + tests_rc + ')'}.\n")
 open(output, "w").write("\n".join(out))

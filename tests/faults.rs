@@ -901,7 +901,7 @@ fn dockerd_frozen_with_sigstop_leaves_scrapes_fast_and_docker_up_drops_then_reco
     fault_report(
         "dockerd-sigstop",
         "dockerd frozen with SIGSTOP for 8 s while bilge serve collects every 1 s (--docker.timeout 2s), /metrics scraped every 10 ms, then SIGCONT",
-        "scrapes kept answering from the last snapshot; bilge_docker_up dropped to 0 once a collection timed out, and came back to 1 after SIGCONT",
+        "scrapes kept answering from the last snapshot; bilge_docker_up dropped to 0 when the first collection after the freeze timed out (bound: one refresh interval + --docker.timeout = 3 s), and came back to 1 after SIGCONT",
         serde_json::json!({
             "lost_records": 0,
             "prunes_started": 0,
