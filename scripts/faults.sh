@@ -220,7 +220,7 @@ commit = sh("git rev-parse --short HEAD") + (" with uncommitted changes" if sh("
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 ORDER = ["flood", "serve-sigterm", "clean-sigint", "clean-sigterm", "build-retry-cancel",
-         "dockerd-sigkill", "tag-race", "full-state-fs-serve", "full-state-fs", "history-100k",
+         "dockerd-sigkill", "tag-race", "lock-timeout", "full-state-fs-serve", "full-state-fs", "history-100k",
          "dockerd-sigstop"]
 TESTS = {
     "flood": "faults::a_flood_then_a_restart_then_one_more_alert_prunes_once_and_folds_the_refusals",
@@ -230,6 +230,7 @@ TESTS = {
     "build-retry-cancel": "faults::a_cancel_during_clean_and_retry_records_canceled_and_starts_no_second_attempt",
     "dockerd-sigkill": "faults::dockerd_sigkilled_mid_prune_records_a_failure_with_what_it_freed_and_frees_the_lock",
     "tag-race": "faults::a_tag_re_pointed_between_the_plan_and_the_removal_keeps_its_new_image",
+    "lock-timeout": "faults::bilge_clean_gives_up_after_the_lock_timeout_names_the_holder_and_deletes_nothing",
     "full-state-fs-serve": "webhook::a_full_state_filesystem_does_not_stop_the_webhook",
     "full-state-fs": "faults::a_full_state_filesystem_does_not_stop_bilge_clean_or_bilge_build",
     "history-100k": "faults::a_hundred_thousand_build_rows_do_not_slow_start_up_and_old_ones_are_pruned",

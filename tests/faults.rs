@@ -675,6 +675,59 @@ fn a_tag_re_pointed_between_the_plan_and_the_removal_keeps_its_new_image() {
     );
 }
 
+// ---- the host lock -------------------------------------------------------------------------
+
+#[test]
+fn bilge_clean_gives_up_after_the_lock_timeout_names_the_holder_and_deletes_nothing() {
+    let d = Daemon::start("locktimeout");
+    import_image(&d, "held:1", "held");
+    std::thread::sleep(Duration::from_millis(1100));
+    let dir = temp_dir("locktimeout-state");
+    let state = dir.join("bilge.db");
+    let pol = policy(&d.dir, &[]);
+    let flags = [
+        "--config",
+        pol.to_str().unwrap(),
+        "--level",
+        "aggressive",
+        "--yes",
+    ];
+    // A first bilge clean holds the host lock while the proxy holds its DELETE.
+    let proxy = SocketProxy::new(&dir, &d);
+    proxy.hold_first_delete();
+    let mut first = spawn_clean(&proxy.host, &state, &dir.join("first.log"), &flags);
+    proxy.wait_held(Duration::from_secs(60));
+    let fresh = d.make_dangling("fresh:1", 1);
+    let start = Instant::now();
+    let mut args = flags.to_vec();
+    args.extend(["--lock-timeout", "2s"]);
+    let out = bilge_clean(&d, &state, &args);
+    let waited = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(waited >= Duration::from_secs(2), "did not wait: {waited:?}");
+    assert!(
+        err.contains(&format!("held by pid {}", first.id())) && err.contains("--lock-timeout"),
+        "{err}"
+    );
+    assert!(
+        d.has_image(&fresh),
+        "the second run deleted something: {err}"
+    );
+    proxy.release();
+    assert_eq!(exit_code(&mut first, Duration::from_secs(60)), 0);
+    assert!(lock_is_free(&lock_of(&state)));
+    fault_report(
+        "lock-timeout",
+        "a second bilge clean --lock-timeout 2s while a first one holds the host lock (its DELETE held by a proxy on the Docker socket)",
+        &format!(
+            "waited {:.1} s, named the holder (`held by pid N`, the pid the first one wrote into the lock file), exited 1 and deleted nothing; the first run then finished and freed the lock",
+            waited.as_secs_f64()
+        ),
+        serde_json::json!({"lost_records": 0, "prunes_started": 1}),
+    );
+}
+
 // ---- a full state filesystem for bilge clean and bilge build --------------------------------
 
 /// Fills the filesystem at `mnt` to its last block.

@@ -474,13 +474,16 @@ fn a_full_state_filesystem_does_not_stop_the_webhook() {
         Duration::from_secs(30),
         || (s.metric("bilge_store_errors_total").unwrap_or(0.0) > errors_before).then_some(()),
     );
-    let m = s.metrics();
-    assert_eq!(
-        sample(
-            &m,
-            "bilge_cleanup_runs_total{result=\"success\",trigger=\"webhook\"}"
-        ),
-        Some(2.0)
+    // The write that fails first is the run's `running` row, at its start: the run is counted
+    // once it has ended (regression: this read the counter right after the first failure).
+    wait_for(
+        "the unrecorded run to be counted",
+        Duration::from_secs(30),
+        || {
+            (s.metric("bilge_cleanup_runs_total{result=\"success\",trigger=\"webhook\"}")
+                == Some(2.0))
+            .then_some(())
+        },
     );
     assert!(
         s.log_text()
