@@ -35,6 +35,8 @@ declare -A NEED=(
   [/usr/bin/jq]=jq
   [/usr/bin/groff]=groff-base
   [/usr/bin/pkill]=procps
+  [/usr/bin/flock]=util-linux
+  [/usr/bin/sqlite3]=sqlite3
   [/usr/bin/unshare]=util-linux
   [/usr/bin/openssl]=openssl
   [/usr/lib/python3/dist-packages/fusepy.py]=python3-fusepy
@@ -66,10 +68,25 @@ say "module graph: no cycle, cli and leaves import nothing, only config names co
 python3 scripts/check_imports.py
 
 # ---- 3. a private Docker daemon -----------------------------------------------------------
+# Everything this run makes lives in $TESTBED: the shared daemon, and (through BILGE_TEST_TMP)
+# every test's own daemons, servers and filesystems. The cleanup undoes exactly what is recorded
+# there: the processes whose ids were written into pid files under $TESTBED (each checked to
+# still name $TESTBED on its command line), the containers' shims, and the mounts under $TESTBED.
+# It never kills by a name pattern and never removes anything outside $TESTBED, so another
+# checkout's run on the same host is left alone.
 TESTBED=$(mktemp -d /tmp/bilge-testbed.XXXXXX)
 export BILGE_TEST_ARTIFACTS="${BILGE_TEST_ARTIFACTS:-$TESTBED/artifacts}"
-mkdir -p "$BILGE_TEST_ARTIFACTS"
+export BILGE_TEST_TMP="$TESTBED/tmp"
+mkdir -p "$BILGE_TEST_ARTIFACTS" "$BILGE_TEST_TMP"
 DOCKERD_PID=""
+# kill_owned PID: SIGKILL PID if its command line names $TESTBED.
+kill_owned() {
+  local pid=$1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  [ -r "/proc/$pid/cmdline" ] || return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$TESTBED" && kill -9 "$pid" 2>/dev/null
+  return 0
+}
 cleanup() {
   local rc=$?
   set +e
@@ -80,11 +97,23 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$DOCKERD_PID" 2>/dev/null
   fi
-  pkill -9 -f "$TESTBED/exec" 2>/dev/null
-  # Test daemons clean up after themselves; anything a crashed test left is removed here.
-  pkill -9 -f "/tmp/bt-" 2>/dev/null
-  grep -oE " (/tmp/bt-[^ ]+|$TESTBED[^ ]*) " /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-  rm -rf /tmp/bt-* "$TESTBED"
+  # What a crashed test left: the processes it recorded (dockerd's docker.pid, containerd.pid,
+  # the servers' .pid files), and each container's shim and first process (init.pid; the shim
+  # is its parent), all under $TESTBED.
+  while IFS= read -r -d '' f; do
+    pid=$(head -c 32 "$f" 2>/dev/null | tr -dc 0-9)
+    [ -n "$pid" ] || continue
+    if [ "$(basename "$f")" = init.pid ]; then
+      shim=$(awk '{print $4}' "/proc/$pid/stat" 2>/dev/null)
+      if [ -n "$shim" ] && tr '\0' ' ' <"/proc/$shim/cmdline" 2>/dev/null | grep -qF "$TESTBED"; then
+        kill -9 "$pid" "$shim" 2>/dev/null
+      fi
+    else
+      kill_owned "$pid"
+    fi
+  done < <(find "$TESTBED" -name '*.pid' -print0 2>/dev/null)
+  grep -oE " $TESTBED[^ ]* " /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+  rm -rf "$TESTBED"
   exit $rc
 }
 trap cleanup EXIT INT TERM

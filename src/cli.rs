@@ -140,6 +140,29 @@ pub struct GlobalArgs {
         global = true
     )]
     pub state_path: PathBuf,
+    /// The host's cleanup lock: every bilge that prunes one Docker daemon must name the same file (default: the state file's path with `.lock` added).
+    #[arg(
+        long = "cleanup.lock-file",
+        env = "BILGE_CLEANUP_LOCK_FILE",
+        global = true
+    )]
+    pub lock_file: Option<PathBuf>,
+    /// Longest wait for a cleanup another process is running (bilge clean, bilge build --clean-and-retry); then bilge says who holds the lock and exits 1.
+    #[arg(
+        long = "lock-timeout",
+        env = "BILGE_LOCK_TIMEOUT",
+        default_value = "10m",
+        global = true
+    )]
+    pub lock_timeout: String,
+    /// On SIGTERM or SIGINT, how long a cleanup in progress may take to reach a stopping point (the end of the object in flight) before it is recorded as interrupted.
+    #[arg(
+        long = "cleanup.shutdown-grace",
+        env = "BILGE_CLEANUP_SHUTDOWN_GRACE",
+        default_value = "20s",
+        global = true
+    )]
+    pub shutdown_grace: String,
     /// TOML file with the cleanup policy (levels, ages, watermarks).
     #[arg(long = "config", env = "BILGE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -227,6 +250,13 @@ pub struct ServeArgs {
         default_value_t = 64
     )]
     pub webhook_max_alerts: usize,
+    /// How long build and cleanup history rows are kept; older ones are pruned in the background (the metrics keep counting them).
+    #[arg(
+        long = "state.retention",
+        env = "BILGE_STATE_RETENTION",
+        default_value = "90d"
+    )]
+    pub retention: String,
     /// Largest webhook or build API request body accepted.
     #[arg(
         long = "web.max-body",

@@ -18,7 +18,9 @@ use serde::Deserialize;
 use crate::builds::record::{check_project, project_from_dir};
 use crate::builds::run::BuildConfig;
 use crate::builds::submit::ServerTarget;
+use crate::cleanup::admission::LockSettings;
 use crate::cleanup::cli::CleanOptions;
+use crate::cleanup::engine::Settings as EngineSettings;
 use crate::cleanup::policy::{Level, Policy};
 use crate::cli::{
     BuildArgs, CleanArgs, GlobalArgs, HealthcheckArgs, LogFormat as LogFormatArg, ServeArgs,
@@ -47,6 +49,8 @@ pub struct Config {
     pub state_path: PathBuf,
     /// The cleanup policy (defaults, then the TOML file).
     pub policy: Policy,
+    /// The cleanup engine's host lock and shutdown grace.
+    pub engine: EngineSettings,
     /// Cap on distinct project label values.
     pub max_projects: usize,
 }
@@ -150,6 +154,21 @@ impl Config {
         if g.max_projects == 0 {
             return Err(Error::config("--builds.max-projects", "must be at least 1"));
         }
+        let lock_timeout = flag("--lock-timeout", parse_duration(&g.lock_timeout))?;
+        let shutdown_grace = flag(
+            "--cleanup.shutdown-grace",
+            parse_duration(&g.shutdown_grace),
+        )?;
+        let engine = EngineSettings {
+            lock: LockSettings {
+                path: g
+                    .lock_file
+                    .clone()
+                    .unwrap_or_else(|| LockSettings::beside(&g.state_path)),
+                timeout: lock_timeout,
+            },
+            shutdown_grace,
+        };
         Ok(Config {
             docker: DockerConfig {
                 host,
@@ -179,6 +198,7 @@ impl Config {
             },
             state_path: g.state_path.clone(),
             policy,
+            engine,
             max_projects: g.max_projects,
         })
     }
@@ -231,11 +251,20 @@ impl Config {
             Some(p) => crate::web::load(p).map_err(|m| Error::config("--web.config.file", m))?,
             None => crate::web::Loaded::plain(),
         };
+        let retention = flag("--state.retention", parse_duration(&s.retention))?;
+        if retention < Duration::from_secs(3600) || retention <= self.policy.cooldown {
+            return Err(Error::config(
+                "--state.retention",
+                "must be at least 1h and longer than the policy's cooldown (the cooldown is read back from the kept rows)",
+            ));
+        }
         Ok(ServeSettings {
             docker: self.docker,
             filesystem: self.filesystem,
             state_path: self.state_path,
             policy: self.policy,
+            engine: self.engine,
+            retention,
             max_projects: self.max_projects,
             web: ServeConfig {
                 listen,

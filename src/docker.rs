@@ -643,6 +643,9 @@ pub enum Removal {
     InUse(String),
     /// Docker knows no such object any more (404), in its words.
     Gone(String),
+    /// The name now stands for another object than the one planned (a volume re-created under
+    /// its name, every planned tag moved to another image): left alone, with what changed.
+    Changed(String),
 }
 
 impl Removal {
@@ -682,11 +685,19 @@ pub trait PruneEdge: Send + Sync {
     /// `DELETE /containers/{id}`, neither forced nor taking its volumes.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<Removal>> + Send;
 
-    /// `DELETE /volumes/{name}`, not forced.
-    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<Removal>> + Send;
+    /// `DELETE /volumes/{name}`, not forced, if the volume of that name is still the one
+    /// created at `created` (when known): else [`Removal::Changed`].
+    fn remove_volume(
+        &self,
+        name: &str,
+        created: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<Removal>> + Send;
 
-    /// Removes image `id` the way image prune does: each of its `tags`, or (untagged) the id
-    /// itself; never forced. [`Removal::Removed`] when Docker reports `id` deleted.
+    /// Removes image `id`, planned with `tags`, never forced and never through a tag that names
+    /// another image by now: by its ID when its tags are in one repository (Docker then
+    /// removes them with it; a tag moved away since the plan is not among them), else tag by
+    /// tag, each checked just before it is removed. [`Removal::Removed`] when Docker reports
+    /// `id` deleted.
     fn remove_image(
         &self,
         id: &str,
@@ -765,7 +776,19 @@ impl PruneEdge for DockerApi {
         }
     }
 
-    async fn remove_volume(&self, name: &str) -> Result<Removal> {
+    async fn remove_volume(&self, name: &str, created: Option<DateTime<Utc>>) -> Result<Removal> {
+        if let Some(planned) = created {
+            let now = match self.call(self.client.inspect_volume(name)).await {
+                Ok(v) => parse_time(v.created_at.as_deref()),
+                Err(e) => return Removal::refused(e),
+            };
+            if now != Some(planned) {
+                return Ok(Removal::Changed(format!(
+                    "volume {name} was created again since the plan ({planned} then, {} now)",
+                    now.map_or_else(|| "unknown".to_string(), |t| t.to_string())
+                )));
+            }
+        }
         let opts = RemoveVolumeOptions { force: false };
         match within(
             PRUNE_TIMEOUT,
@@ -780,28 +803,70 @@ impl PruneEdge for DockerApi {
 
     async fn remove_image(&self, id: &str, tags: &[String]) -> Result<Removal> {
         let client = self.pruning();
-        let names: Vec<&str> = if tags.is_empty() {
-            vec![id]
-        } else {
-            tags.iter().map(String::as_str).collect()
+        let opts = || RemoveImageOptions {
+            force: false,
+            noprune: false,
+            ..RemoveImageOptions::default()
         };
+        if one_repository(tags) {
+            let items =
+                match within(PRUNE_TIMEOUT, client.remove_image(id, Some(opts()), None)).await {
+                    Ok(items) => items,
+                    Err(e) => return Removal::refused(e),
+                };
+            let untagged: Vec<&str> = items.iter().filter_map(|d| d.untagged.as_deref()).collect();
+            for t in tags.iter().filter(|t| !untagged.iter().any(|u| u == t)) {
+                tracing::info!(image = %short_id(id), tag = %t, "the tag names another image since the plan; left alone");
+            }
+            return Ok(if items.iter().any(|d| d.deleted.as_deref() == Some(id)) {
+                Removal::Removed
+            } else {
+                Removal::Kept
+            });
+        }
+        // Docker removes an image with tags in several repositories only tag by tag (or forced).
         let mut deleted = false;
-        for name in names {
-            let opts = RemoveImageOptions {
-                force: false,
-                noprune: false,
-                ..RemoveImageOptions::default()
-            };
-            match within(PRUNE_TIMEOUT, client.remove_image(name, Some(opts), None)).await {
+        let mut moved = Vec::new();
+        for tag in tags {
+            match self.call(self.client.inspect_image(tag)).await {
+                Ok(i) if i.id.as_deref() == Some(id) => {}
+                Ok(_) => {
+                    tracing::info!(image = %short_id(id), tag = %tag, "the tag names another image since the plan; left alone");
+                    moved.push(tag.as_str());
+                    continue;
+                }
+                Err(e) if e.docker_status() == Some(404) => continue,
+                Err(e) => return Removal::refused(e),
+            }
+            match within(PRUNE_TIMEOUT, client.remove_image(tag, Some(opts()), None)).await {
                 Ok(items) => deleted |= items.iter().any(|d| d.deleted.as_deref() == Some(id)),
                 Err(e) => return Removal::refused(e),
             }
         }
         Ok(if deleted {
             Removal::Removed
+        } else if !moved.is_empty() && moved.len() == tags.len() {
+            Removal::Changed(format!(
+                "its tags {} name another image now",
+                moved.join(", ")
+            ))
         } else {
             Removal::Kept
         })
+    }
+}
+
+/// True when every tag is in one repository (or there is none): Docker then removes the image
+/// by its ID, tags and all, unforced.
+fn one_repository(tags: &[String]) -> bool {
+    let repo = |t: &str| match t.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo.to_string(),
+        _ => t.to_string(),
+    };
+    let mut repos = tags.iter().map(|t| repo(t));
+    match repos.next() {
+        None => true,
+        Some(first) => repos.all(|r| r == first),
     }
 }
 
@@ -1160,6 +1225,19 @@ mod tests {
             Removal::refused(timeout),
             Err(Error::DockerTimeout(_))
         ));
+    }
+
+    #[test]
+    fn an_image_is_removed_by_id_unless_its_tags_span_several_repositories() {
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(one_repository(&[]));
+        assert!(one_repository(&t(&["app:1", "app:2"])));
+        assert!(one_repository(&t(&[
+            "reg:5000/app:1",
+            "reg:5000/app:latest"
+        ])));
+        assert!(!one_repository(&t(&["app:1", "web:1"])));
+        assert!(!one_repository(&t(&["reg:5000/app", "reg:5001/app"])));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod df;
 pub mod docker;
 pub mod error;
 pub mod format;
+pub mod history;
 pub mod host;
 pub mod http_error;
 pub mod logging;
@@ -23,6 +24,7 @@ pub mod serve;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tally;
 pub mod web;
 pub mod webhook;
 

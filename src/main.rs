@@ -104,9 +104,13 @@ fn main() -> ExitCode {
         // Answered before the settings were read, above.
         Command::Completions(_) | Command::Man(_) => Ok(()),
         Command::Clean(args) => match Config::clean(&args) {
-            Ok(opts) => rt
-                .block_on(bilge::cleanup::cli::run(standalone(cfg), opts))
-                .map_err(Into::into),
+            Ok(opts) => match rt.block_on(bilge::cleanup::cli::run(standalone(cfg), opts)) {
+                Ok(code) => {
+                    rt.shutdown_timeout(SHUTDOWN_GRACE);
+                    return ExitCode::from(code);
+                }
+                Err(e) => Err(e.into()),
+            },
             Err(e) => return usage_error(&e),
         },
         Command::Build(args) => {
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
 fn standalone(cfg: Config) -> Standalone {
     Standalone {
         policy: cfg.policy,
+        settings: cfg.engine,
         docker: cfg.docker,
         filesystem: cfg.filesystem,
         state_path: cfg.state_path,

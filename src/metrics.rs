@@ -4,22 +4,29 @@
 //! Encoding the registry is most of what a scrape costs (gathering clones every family, and the
 //! `process_*` collector reads `/proc`), so concurrent scrapes share encodings: see
 //! [`Metrics::exposition`].
+//!
+//! The build and cleanup families are built at gather time from a [`History`]: the totals the
+//! store's summary holds (refreshed by `history::follow`), plus the runs this process could not
+//! write to the store (a full disk), so those still count here.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use hyper::body::Bytes;
-
-use crate::model::{CleanupResult, Level, Trigger};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-/// Build duration buckets, 1 s to 2 h.
-pub const BUILD_DURATION_BUCKETS: [f64; 13] = [
-    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 5400.0, 7200.0,
-];
+use crate::model::{CleanupResult, Level, Trigger};
+use crate::sync::{lock, read, write};
+use crate::tally::{BUILD_DURATION_BUCKETS, Tally};
+
+/// The default cap on distinct `project` label values (`--builds.max-projects`).
+pub const DEFAULT_MAX_PROJECTS: usize = 50;
 
 /// Every metric family, registered on one registry: a handle to one shared [`Families`],
 /// reached through `Deref` (`metrics.store_errors`). Cloning it is one reference count, not one per
@@ -48,19 +55,9 @@ pub struct Families {
     /// `bilge_store_errors_total`.
     pub store_errors: IntCounter,
 
-    /// `bilge_builds_total{project,result,reason}`.
-    pub builds: IntCounterVec,
-    /// `bilge_build_duration_seconds{project,result}`.
-    pub build_duration: HistogramVec,
-    /// `bilge_build_last_timestamp_seconds{project,result}`.
-    pub build_last: GaugeVec,
-
-    /// `bilge_cleanup_runs_total{trigger,result}`.
-    pub cleanup_runs: IntCounterVec,
-    /// `bilge_cleanup_reclaimed_bytes_total{action}`.
-    pub cleanup_reclaimed: IntCounterVec,
-    /// `bilge_cleanup_last_run_timestamp_seconds`.
-    pub cleanup_last_run: Gauge,
+    /// The build and cleanup totals behind `bilge_builds_*`, `bilge_build_*` and
+    /// `bilge_cleanup_*` (all but `bilge_cleanup_in_progress`).
+    pub history: Arc<History>,
     /// `bilge_cleanup_in_progress`.
     pub cleanup_in_progress: IntGauge,
     /// `bilge_webhook_requests_total{outcome}`.
@@ -132,6 +129,263 @@ impl prometheus::core::Collector for SampledProcess {
     }
 }
 
+/// The totals the build and cleanup families show: the store's summary as last read, plus what
+/// this process counted but could not store. Shared by the engine, the follower and the scrape.
+#[derive(Debug)]
+pub struct History {
+    /// The store's summary as last read, and this process's records the store did not take
+    /// (by a key of their own): swapped together, so a scrape never counts one twice.
+    state: RwLock<(Tally, BTreeMap<u64, Tally>)>,
+    /// Held across a read of the store and its swap, so an older read never replaces a newer.
+    refreshing: Mutex<()>,
+    /// The next key for [`History::add_unstored`].
+    next: AtomicU64,
+    /// `--builds.max-projects`.
+    max_projects: AtomicUsize,
+}
+
+impl Default for History {
+    fn default() -> History {
+        History {
+            state: RwLock::default(),
+            refreshing: Mutex::new(()),
+            next: AtomicU64::new(1),
+            max_projects: AtomicUsize::new(DEFAULT_MAX_PROJECTS),
+        }
+    }
+}
+
+impl History {
+    /// Replaces the stored totals with `t`.
+    pub fn set_stored(&self, t: Tally) {
+        write(&self.state).0 = t;
+    }
+
+    /// Reads the store's summary with `read` (blocking) and swaps it in, forgetting the
+    /// unstored totals under `written` (the store has them now) in the same swap. A failed read
+    /// keeps the last totals; the store has logged and counted it.
+    pub fn refresh_with(&self, read: impl FnOnce() -> crate::Result<Tally>, written: &[u64]) {
+        let _one = lock(&self.refreshing);
+        if let Ok(t) = read() {
+            let mut state = write(&self.state);
+            state.0 = t;
+            for k in written {
+                state.1.remove(k);
+            }
+        }
+    }
+
+    /// Counts `t`, which the store did not take; the key removes it once the store has it.
+    pub fn add_unstored(&self, t: Tally) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        write(&self.state).1.insert(key, t);
+        key
+    }
+
+    /// Forgets the unstored totals under `key`.
+    pub fn remove_unstored(&self, key: u64) {
+        write(&self.state).1.remove(&key);
+    }
+
+    /// Sets the cap on distinct `project` label values.
+    pub fn set_max_projects(&self, max: usize) {
+        self.max_projects.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// Everything counted: stored and unstored, projects capped.
+    pub fn total(&self) -> Tally {
+        let state = read(&self.state);
+        let mut t = state.0.clone();
+        for u in state.1.values() {
+            t.merge(u);
+        }
+        drop(state);
+        t.capped(self.max_projects.load(Ordering::Relaxed))
+    }
+}
+
+/// One history family: name, help, type, label names.
+type FamilySpec = (
+    &'static str,
+    &'static str,
+    MetricType,
+    &'static [&'static str],
+);
+
+/// The history families, in the order [`history_families`] fills them.
+const HISTORY_FAMILIES: [FamilySpec; 6] = [
+    (
+        "bilge_builds_total",
+        "Recorded builds by project, result and failure reason.",
+        MetricType::COUNTER,
+        &["project", "result", "reason"],
+    ),
+    (
+        "bilge_build_duration_seconds",
+        "Wall-clock duration of recorded builds.",
+        MetricType::HISTOGRAM,
+        &["project", "result"],
+    ),
+    (
+        "bilge_build_last_timestamp_seconds",
+        "When the last build of a project with this result finished.",
+        MetricType::GAUGE,
+        &["project", "result"],
+    ),
+    (
+        "bilge_cleanup_runs_total",
+        "Cleanup runs by trigger and result.",
+        MetricType::COUNTER,
+        &["trigger", "result"],
+    ),
+    (
+        "bilge_cleanup_reclaimed_bytes_total",
+        "Bytes Docker reported freed by cleanup, by action.",
+        MetricType::COUNTER,
+        &["action"],
+    ),
+    (
+        "bilge_cleanup_last_run_timestamp_seconds",
+        "When the last cleanup run finished, as a Unix timestamp.",
+        MetricType::GAUGE,
+        &[],
+    ),
+];
+
+/// The build and cleanup families, built at gather time from a [`History`].
+struct HistoryFamilies {
+    /// The totals.
+    history: Arc<History>,
+    /// One per [`HISTORY_FAMILIES`] entry.
+    descs: Vec<Desc>,
+}
+
+impl HistoryFamilies {
+    /// A collector of `history`.
+    fn new(history: Arc<History>) -> prometheus::Result<HistoryFamilies> {
+        let descs = HISTORY_FAMILIES
+            .iter()
+            .map(|(name, help, _, labels)| {
+                Desc::new(
+                    (*name).into(),
+                    (*help).into(),
+                    labels.iter().map(|l| (*l).to_string()).collect(),
+                    Default::default(),
+                )
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(HistoryFamilies { history, descs })
+    }
+}
+
+/// A sample with `labels` (name, value), sorted by name as the registry's own families are.
+fn sample(labels: &[(&str, &str)]) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    let mut pairs: Vec<LabelPair> = labels
+        .iter()
+        .map(|(n, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*n).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.name().cmp(b.name()));
+    m.set_label(pairs);
+    m
+}
+
+/// A counter sample.
+fn counter(labels: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut m = sample(labels);
+    let mut c = proto::Counter::default();
+    c.set_value(value);
+    m.set_counter(c);
+    m
+}
+
+/// A gauge sample.
+fn gauge(labels: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut m = sample(labels);
+    let mut g = proto::Gauge::default();
+    g.set_value(value);
+    m.set_gauge(g);
+    m
+}
+
+/// The families of `t` (pure): every cleanup series whose labels are known in advance, at 0
+/// until counted; a build series for each project and result seen.
+fn history_families(t: &Tally) -> Vec<MetricFamily> {
+    let mut out: Vec<MetricFamily> = HISTORY_FAMILIES
+        .iter()
+        .map(|(name, help, kind, _)| {
+            let mut mf = MetricFamily::default();
+            mf.set_name((*name).into());
+            mf.set_help((*help).into());
+            mf.set_field_type(*kind);
+            mf
+        })
+        .collect();
+    let mut push = |i: usize, m: proto::Metric| {
+        if let Some(f) = out.get_mut(i) {
+            f.mut_metric().push(m);
+        }
+    };
+    for ((project, result, reason), n) in &t.builds {
+        let labels = [
+            ("project", project.as_str()),
+            ("result", result.as_str()),
+            ("reason", reason.as_str()),
+        ];
+        push(0, counter(&labels, *n as f64));
+    }
+    for ((project, result), d) in &t.durations {
+        let labels = [("project", project.as_str()), ("result", result.as_str())];
+        let mut m = sample(&labels);
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(d.count);
+        h.set_sample_sum(d.sum);
+        h.set_bucket(
+            BUILD_DURATION_BUCKETS
+                .iter()
+                .zip(d.cumulative())
+                .map(|(bound, n)| {
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(*bound);
+                    b.set_cumulative_count(n);
+                    b
+                })
+                .collect(),
+        );
+        m.set_histogram(h);
+        push(1, m);
+        push(2, gauge(&labels, d.last_finished));
+    }
+    for trigger in Trigger::ALL {
+        for result in CleanupResult::ENDED {
+            let n = t.cleanup_runs.get(&(trigger, result)).copied().unwrap_or(0);
+            let labels = [("trigger", trigger.as_str()), ("result", result.as_str())];
+            push(3, counter(&labels, n as f64));
+        }
+    }
+    for level in Level::ALL {
+        let n = t.cleanup_bytes.get(&level).copied().unwrap_or(0);
+        push(4, counter(&[("action", level.as_str())], n as f64));
+    }
+    push(5, gauge(&[], t.cleanup_last_run.unwrap_or(0.0)));
+    out
+}
+
+impl Collector for HistoryFamilies {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        history_families(&self.history.total())
+    }
+}
+
 impl Metrics {
     /// Creates every family on a new registry, with the process collector (Linux).
     pub fn new() -> prometheus::Result<Metrics> {
@@ -154,61 +408,19 @@ impl Metrics {
             "Failed reads and writes of the SQLite state store.",
         )?;
         r.register(Box::new(store_errors.clone()))?;
-        let gauge = |name: &str, help: &str| -> prometheus::Result<Gauge> {
-            let g = Gauge::new(name, help)?;
-            r.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let cleanup_last_run = gauge(
-            "bilge_cleanup_last_run_timestamp_seconds",
-            "When the last cleanup run finished, as a Unix timestamp.",
-        )?;
         let cleanup_in_progress = IntGauge::new(
             "bilge_cleanup_in_progress",
             "1 while a cleanup run is executing.",
         )?;
         r.register(Box::new(cleanup_in_progress.clone()))?;
-
-        let build_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "bilge_build_duration_seconds",
-                "Wall-clock duration of recorded builds.",
-            )
-            .buckets(BUILD_DURATION_BUCKETS.to_vec()),
-            &["project", "result"],
-        )?;
-        r.register(Box::new(build_duration.clone()))?;
+        let history = Arc::new(History::default());
+        r.register(Box::new(HistoryFamilies::new(history.clone())?))?;
 
         let m = Families {
             last_exposition: Arc::default(),
             build_info,
             store_errors,
-            builds: counter_vec(
-                &r,
-                "bilge_builds_total",
-                "Recorded builds by project, result and failure reason.",
-                &["project", "result", "reason"],
-            )?,
-            build_duration,
-            build_last: gauge_vec(
-                &r,
-                "bilge_build_last_timestamp_seconds",
-                "When the last build of a project with this result finished.",
-                &["project", "result"],
-            )?,
-            cleanup_runs: counter_vec(
-                &r,
-                "bilge_cleanup_runs_total",
-                "Cleanup runs by trigger and result.",
-                &["trigger", "result"],
-            )?,
-            cleanup_reclaimed: counter_vec(
-                &r,
-                "bilge_cleanup_reclaimed_bytes_total",
-                "Bytes Docker reported freed by cleanup, by action.",
-                &["action"],
-            )?,
-            cleanup_last_run,
+            history,
             cleanup_in_progress,
             webhook_requests: counter_vec(
                 &r,
@@ -218,17 +430,6 @@ impl Metrics {
             )?,
             registry: r,
         };
-        // Families whose label values are known in advance exist from the start, at 0, so that
-        // `increase()` has a first sample and a dashboard shows 0 rather than "No data".
-        for t in Trigger::ALL {
-            for res in CleanupResult::ALL {
-                m.cleanup_runs
-                    .with_label_values(&[t.as_str(), res.as_str()]);
-            }
-        }
-        for l in Level::ALL {
-            m.cleanup_reclaimed.with_label_values(&[l.as_str()]);
-        }
         Ok(Metrics(Arc::new(m)))
     }
 
@@ -303,7 +504,10 @@ mod tests {
             panic!("metrics")
         };
         for round in 0..50 {
-            m.cleanup_last_run.set(f64::from(round));
+            m.history.set_stored(Tally {
+                cleanup_last_run: Some(f64::from(round)),
+                ..Tally::default()
+            });
             let want = format!("bilge_cleanup_last_run_timestamp_seconds {round}\n");
             let scrapes: Vec<_> = (0..8)
                 .map(|_| {
@@ -348,5 +552,49 @@ mod tests {
             let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
             assert_eq!(f.name().ends_with("_total"), counter, "{}", f.name());
         }
+    }
+
+    #[test]
+    fn build_families_come_from_the_totals_with_the_project_cap_and_unstored_runs() {
+        use crate::model::BuildResult;
+        use crate::model::Reason;
+        let Ok(m) = Metrics::new() else {
+            panic!("metrics")
+        };
+        m.history.set_max_projects(1);
+        let mut stored = Tally::default();
+        stored.observe_build("a", BuildResult::Success, Reason::None, 4.0, 100.0);
+        stored.observe_build("b", BuildResult::Success, Reason::None, 20.0, 200.0);
+        m.history.set_stored(stored);
+        let mut lost = Tally::default();
+        lost.observe_cleanup(
+            Trigger::Webhook,
+            CleanupResult::Success,
+            1,
+            &[(Level::BuildCache, 5)],
+            300.0,
+        );
+        let key = m.history.add_unstored(lost);
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        for line in [
+            "bilge_builds_total{project=\"a\",reason=\"none\",result=\"success\"} 1",
+            "bilge_builds_total{project=\"other\",reason=\"none\",result=\"success\"} 1",
+            "bilge_build_duration_seconds_bucket{project=\"a\",result=\"success\",le=\"5\"} 1",
+            "bilge_build_duration_seconds_bucket{project=\"other\",result=\"success\",le=\"15\"} 0",
+            "bilge_build_duration_seconds_bucket{project=\"other\",result=\"success\",le=\"+Inf\"} 1",
+            "bilge_build_duration_seconds_sum{project=\"other\",result=\"success\"} 20",
+            "bilge_build_last_timestamp_seconds{project=\"other\",result=\"success\"} 200",
+            "bilge_cleanup_runs_total{result=\"success\",trigger=\"webhook\"} 1",
+            "bilge_cleanup_reclaimed_bytes_total{action=\"build_cache\"} 5",
+            "bilge_cleanup_last_run_timestamp_seconds 300",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // Once the store has the run, it is no longer counted twice.
+        m.history.remove_unstored(key);
+        let text = String::from_utf8(m.encode()).unwrap_or_default();
+        assert!(
+            text.contains("bilge_cleanup_runs_total{result=\"success\",trigger=\"webhook\"} 0")
+        );
     }
 }

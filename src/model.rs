@@ -117,7 +117,7 @@ impl Level {
 named!(Level, "cleanup level");
 
 /// What started a run; the `trigger` label of `bilge_cleanup_runs_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// An Alertmanager alert through `POST /api/v1/alerts`.
@@ -158,7 +158,7 @@ impl Trigger {
 named!(Trigger, "cleanup trigger");
 
 /// How a cleanup run ended; the `result` label of `bilge_cleanup_runs_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CleanupResult {
     /// Every level it ran succeeded.
@@ -169,15 +169,32 @@ pub enum CleanupResult {
     DryRun,
     /// Not run: another run, the cooldown or the lock was in the way.
     Skipped,
+    /// Stopped before its end (a shutdown, a cancel, or a process that died): what it freed
+    /// until then is kept.
+    Interrupted,
+    /// Still executing: the audit row is written when a run starts and finished when it ends.
+    /// Never a label of `bilge_cleanup_runs_total` (a run is counted once it has ended).
+    Running,
 }
 
 impl CleanupResult {
     /// Every result.
-    pub const ALL: [CleanupResult; 4] = [
+    pub const ALL: [CleanupResult; 6] = [
         CleanupResult::Success,
         CleanupResult::Failure,
         CleanupResult::DryRun,
         CleanupResult::Skipped,
+        CleanupResult::Interrupted,
+        CleanupResult::Running,
+    ];
+
+    /// The results a run ends with: the `result` values of `bilge_cleanup_runs_total`.
+    pub const ENDED: [CleanupResult; 5] = [
+        CleanupResult::Success,
+        CleanupResult::Failure,
+        CleanupResult::DryRun,
+        CleanupResult::Skipped,
+        CleanupResult::Interrupted,
     ];
 
     /// The label value.
@@ -187,14 +204,28 @@ impl CleanupResult {
             CleanupResult::Failure => "failure",
             CleanupResult::DryRun => "dry_run",
             CleanupResult::Skipped => "skipped",
+            CleanupResult::Interrupted => "interrupted",
+            CleanupResult::Running => "running",
         }
+    }
+
+    /// True for a run that pruned (or began to): the ones the cooldown counts from, and whose
+    /// freed bytes and end time the metrics show.
+    pub fn pruned(self) -> bool {
+        matches!(
+            self,
+            CleanupResult::Success
+                | CleanupResult::Failure
+                | CleanupResult::Interrupted
+                | CleanupResult::Running
+        )
     }
 }
 
 named!(CleanupResult, "cleanup result");
 
 /// How a build ended; the `result` label of the build families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildResult {
     /// The command exited 0.

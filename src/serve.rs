@@ -3,12 +3,11 @@
 //! TLS from the web config, connection cap, timeouts); the web config is re-read on change.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::builds::history::{self, BuildMetrics};
 use crate::cleanup::{Engine, Policy};
 use crate::collect::Collector;
 use crate::collect::disk::FilesystemConfig;
@@ -62,6 +61,10 @@ pub struct ServeSettings {
     pub state_path: PathBuf,
     /// The cleanup policy.
     pub policy: Policy,
+    /// The cleanup engine's host lock and shutdown grace.
+    pub engine: crate::cleanup::engine::Settings,
+    /// How long history rows are kept (`--state.retention`).
+    pub retention: Duration,
     /// Cap on distinct project label values.
     pub max_projects: usize,
     /// The HTTP server.
@@ -78,6 +81,7 @@ pub fn state(s: ServeSettings) -> Result<AppState> {
     crate::web::tls::install_default_provider();
     let web = Arc::new(Live::new(s.http.config_file.clone(), s.http.loaded.clone()));
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
+    metrics.history.set_max_projects(s.max_projects);
     let store = Store::new(&s.state_path, metrics.store_errors.clone());
     let webhook_on = s.webhook.tokens.is_some();
     let webhook = Arc::new(crate::webhook::Webhook::new(s.webhook));
@@ -94,6 +98,7 @@ pub fn state(s: ServeSettings) -> Result<AppState> {
     }
     let engine = Arc::new(Engine::new(
         s.policy,
+        s.engine,
         collector.clone(),
         store.clone(),
         metrics.clone(),
@@ -136,39 +141,25 @@ pub async fn run_until(
             e,
         )
     })?;
+    let retention = settings.retention;
     let state = state(settings)?;
-    match state.store.check() {
-        Ok(()) => state.engine.resume_cooldown(),
-        Err(e) => {
-            tracing::warn!(error = %e, "the state store is not usable yet; history will not be kept until it is (see --state.path)")
-        }
+    // ---- history: resumed from the store's summary (its cost does not grow with the history),
+    // then followed; old rows pruned in the background.
+    if let Err(e) = state.store.check() {
+        tracing::warn!(error = %e, "the state store is not usable yet; history will not be kept until it is (see --state.path)");
     }
+    state.engine.resume().await;
     let cancel = CancellationToken::new();
-    // Replay the build history into the metrics before answering scrapes, then follow it.
-    let builds = Arc::new(Mutex::new(BuildMetrics::new(
+    let follower = tokio::spawn(crate::history::follow(
         state.metrics.clone(),
-        state.max_projects,
-    )));
-    match history::catch_up(builds.clone(), state.store.clone()).await {
-        Ok(n) => tracing::debug!(builds = n, "build history replayed into the metrics"),
-        Err(_) => tracing::warn!(
-            "the build history could not be read; build metrics start empty and follow the store once it is readable"
-        ),
-    }
-    let follower = tokio::spawn(history::follow(
-        builds,
         state.store.clone(),
         state.builds_changed.clone(),
         HISTORY_FOLLOW_INTERVAL,
         cancel.clone(),
     ));
-    // Cleanups run by `bilge clean` and `bilge build` reach serve through the audit table.
-    let cleanups =
-        crate::cleanup::history::replay(state.metrics.clone(), state.store.clone()).await;
-    let cleanup_follower = tokio::spawn(crate::cleanup::history::follow(
-        cleanups,
+    let retainer = tokio::spawn(crate::history::retain(
         state.store.clone(),
-        HISTORY_FOLLOW_INTERVAL,
+        retention,
         cancel.clone(),
     ));
     let collectors = tokio::spawn(state.collector.clone().run(cancel.clone()));
@@ -198,8 +189,21 @@ pub async fn run_until(
     }
     drop(current);
     let live = state.web.clone();
+    let engine = state.engine.clone();
     let app = router(state);
+    // ---- shutdown: on the signal the engine takes no more work while HTTP drains; then a
+    // cleanup in progress gets the grace to stop between levels and record its end.
+    let stopping = engine.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.stop();
+    };
     crate::web::listen::serve(listener, live, app, bounds, shutdown).await;
+    if !engine.shutdown().await {
+        tracing::warn!(
+            "the cleanup in progress did not stop within --cleanup.shutdown-grace; recorded as interrupted"
+        );
+    }
     cancel.cancel();
     if let Err(e) = web_watch.await {
         tracing::warn!(error = %e, "web config task ended abnormally");
@@ -211,10 +215,10 @@ pub async fn run_until(
         tracing::warn!(error = %e, "watermark task ended abnormally");
     }
     if let Err(e) = follower.await {
-        tracing::warn!(error = %e, "build metrics task ended abnormally");
+        tracing::warn!(error = %e, "history metrics task ended abnormally");
     }
-    if let Err(e) = cleanup_follower.await {
-        tracing::warn!(error = %e, "cleanup metrics task ended abnormally");
+    if let Err(e) = retainer.await {
+        tracing::warn!(error = %e, "retention task ended abnormally");
     }
     tracing::info!("bilge stopped");
     Ok(())

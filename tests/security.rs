@@ -766,6 +766,7 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .unwrap();
+        record_pid(&dir, "prometheus", child.id());
         Prometheus { addr, dir, child }
     }
 

@@ -78,6 +78,7 @@ rule_files:\n  - {}\n{alerting}scrape_configs:\n  - job_name: bilge\n    static_
             .stderr(log)
             .spawn()
             .unwrap();
+        record_pid(&dir, "prometheus", child.id());
         let p = Prometheus { addr, dir, child };
         wait_for("prometheus to be ready", Duration::from_secs(60), || {
             http("GET", &p.url("/-/ready"), &[], b"")

@@ -11,6 +11,7 @@ mod cleanup;
 mod deploy;
 mod e2e;
 mod exporter;
+mod faults;
 mod router;
 mod security;
 mod stack;

@@ -4,7 +4,9 @@
 //! while it ran, records the outcome ([`super::submit`]), prints one summary line on stderr and
 //! exits with the command's code. With `--clean-and-retry`, a failure that a cleanup can fix
 //! (`no_space`, `no_inodes`, `io_error`) is followed by one cleanup and one more attempt, and
-//! both attempts are recorded.
+//! both attempts are recorded. A SIGINT, SIGTERM or SIGHUP during that cleanup stops it (within
+//! `--cleanup.shutdown-grace`, recorded `interrupted`), records the build as `canceled` and
+//! starts no second attempt; bilge exits 128 + the signal's number.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -61,6 +63,15 @@ pub trait Cleaner {
     /// Runs one cleanup that may stop once `target` is available; answers a one-line account
     /// of what it did, or why it failed.
     fn clean(&self, target: FreeTarget) -> impl std::future::Future<Output = Result<String>>;
+
+    /// Asks the cleanup in progress (or about to start) to stop at its next stopping point.
+    fn stop(&self);
+
+    /// Records the cleanup in progress as interrupted now, from its progress so far.
+    fn abandon(&self) -> impl std::future::Future<Output = ()>;
+
+    /// How long a stopped cleanup may take to reach its stopping point.
+    fn grace(&self) -> Duration;
 }
 
 /// The cleanup engine, started on first use (a build that never cleans never opens it).
@@ -70,6 +81,8 @@ pub struct EngineCleaner {
     settings: Standalone,
     /// The engine, once started.
     engine: OnceCell<Arc<Engine>>,
+    /// Set by [`Cleaner::stop`], for an engine not started yet.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl EngineCleaner {
@@ -78,6 +91,7 @@ impl EngineCleaner {
         EngineCleaner {
             settings,
             engine: OnceCell::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -88,9 +102,15 @@ impl Cleaner for EngineCleaner {
             .engine
             .get_or_try_init(|| async { Engine::standalone(self.settings.clone()) })
             .await?;
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            engine.stop();
+        }
         let mut req = Request::new(Trigger::BuildRetry, Level::STANDARD);
         req.target_free = Some(target);
-        let report = engine.run(req).await;
+        let report = engine
+            .run(req)
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?;
         let levels: Vec<&str> = report.levels.iter().map(|l| l.level.as_str()).collect();
         let mut what = format!(
             "{} freed ({})",
@@ -110,6 +130,24 @@ impl Cleaner for EngineCleaner {
             let why = report.record.detail.as_deref().unwrap_or("unknown error");
             Err(Error::Other(format!("{why} ({what})")))
         }
+    }
+
+    fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(e) = self.engine.get() {
+            e.stop();
+        }
+    }
+
+    async fn abandon(&self) {
+        if let Some(e) = self.engine.get() {
+            e.abandon().await;
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        self.settings.settings.shutdown_grace
     }
 }
 
@@ -398,7 +436,9 @@ impl Build<'_> {
                 human_bytes(usage.avail),
                 root.display()
             );
-            clean(cleaner, min).await;
+            if let Some(stop) = clean(cleaner, min).await {
+                return Some(self.canceled(stop, 1, "before the build").await);
+            }
             usage = stat(&root).await.unwrap_or(usage);
         }
         if !short(&usage) {
@@ -420,12 +460,86 @@ impl Build<'_> {
     }
 }
 
-/// Runs the cleanup and tells the user what it did.
-async fn clean(cleaner: &impl Cleaner, target: FreeTarget) {
-    match cleaner.clean(target).await {
+impl Build<'_> {
+    /// Records attempt `n` as canceled by `stop` during the cleanup `when` (it was not started);
+    /// returns the exit code (128 + the signal's number).
+    async fn canceled(&self, stop: Stop, n: u32, when: &str) -> u8 {
+        let verdict = Classification {
+            reason: Reason::Canceled,
+            evidence: Some(format!(
+                "{} during the cleanup {when}; the build was not started again",
+                stop.name
+            )),
+        };
+        let record = self.record(
+            &verdict,
+            Some(i32::from(stop.code)),
+            Utc::now(),
+            Duration::ZERO,
+            n,
+        );
+        self.recorder.record(&record).await;
+        eprintln!("{}", summary(&record));
+        stop.code
+    }
+}
+
+/// A signal that stopped a cleanup: its name and the exit code it gives.
+#[derive(Debug, Clone, Copy)]
+struct Stop {
+    /// `SIGTERM`, …
+    name: &'static str,
+    /// 128 + its number.
+    code: u8,
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP (never, when they cannot be listened for).
+async fn next_stop() -> Stop {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term, mut hup) = (
+        signal(SignalKind::interrupt()).ok(),
+        signal(SignalKind::terminate()).ok(),
+        signal(SignalKind::hangup()).ok(),
+    );
+    tokio::select! {
+        _ = delivered(&mut int) => Stop { name: "SIGINT", code: 130 },
+        _ = delivered(&mut term) => Stop { name: "SIGTERM", code: 143 },
+        _ = delivered(&mut hup) => Stop { name: "SIGHUP", code: 129 },
+    }
+}
+
+/// The next delivery of a signal listened for (never, without a listener).
+async fn delivered(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Runs the cleanup and tells the user what it did; a signal stops it (within the cleaner's
+/// grace) and is returned.
+async fn clean(cleaner: &impl Cleaner, target: FreeTarget) -> Option<Stop> {
+    let mut cleaning = std::pin::pin!(cleaner.clean(target));
+    let r = tokio::select! {
+        r = &mut cleaning => r,
+        stop = next_stop() => {
+            eprintln!("bilge: {}: stopping the cleanup; the build is not started again", stop.name);
+            cleaner.stop();
+            match tokio::time::timeout(cleaner.grace(), &mut cleaning).await {
+                Ok(Ok(what)) => eprintln!("bilge: cleanup interrupted: {what}"),
+                Ok(Err(e)) => eprintln!("bilge: cleanup interrupted: {e}"),
+                Err(_) => cleaner.abandon().await,
+            }
+            return Some(stop);
+        }
+    };
+    match r {
         Ok(what) => eprintln!("bilge: cleanup: {what}"),
         Err(e) => eprintln!("bilge: cleanup failed: {e}"),
     }
+    None
 }
 
 /// Runs `bilge build` to its end; returns the exit code.
@@ -458,7 +572,9 @@ pub async fn run(b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
         return Ok(first.code);
     }
     build.print_summary(&first, "; cleaning up and retrying once");
-    clean(cleaner, RETRY_TARGET).await;
+    if let Some(stop) = clean(cleaner, RETRY_TARGET).await {
+        return Ok(build.canceled(stop, 2, "before the retry").await);
+    }
     let second = build.attempt(2).await?;
     build.print_summary(&second, "");
     Ok(second.code)

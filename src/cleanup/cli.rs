@@ -4,12 +4,20 @@
 //! The aggressive levels (`unused_images`, `unused_volumes`) ask for confirmation on a terminal
 //! unless `--yes`; when stdin is not a terminal they are refused without `--yes` (exit code 2),
 //! so a script never removes images by accident. Like every trigger, a run is capped by the
-//! host's `max_level`, recorded in the audit table, and waits for a cleanup that is already
-//! running on this host instead of pruning in parallel.
+//! host's `max_level`, recorded in the audit table, and waits (at most `--lock-timeout`) for a
+//! cleanup that is already running on this host instead of pruning in parallel.
+//!
+//! SIGINT (Ctrl-C) or SIGTERM stops the run after the object or prune call in flight, before
+//! its next level, within `--cleanup.shutdown-grace`; the run is recorded `interrupted` with what
+//! it freed, its table printed, and bilge exits 130 or 143 (128 + the signal). A second signal,
+//! or the grace passing, records it from its progress so far and exits at once.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::admission::WaitError;
 use super::engine::{Engine, Report, Request, Standalone, Trigger};
 use super::policy::{Level, Plan, Policy};
 use crate::format::{FreeTarget, format_duration, human_bytes, table};
@@ -32,9 +40,39 @@ pub struct CleanOptions {
     pub json: bool,
 }
 
-/// Runs `bilge clean`. A failed run is an error (exit code 1) after its table is printed.
-pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<()> {
+/// The signals that stop `bilge clean`, and the exit code each gives.
+#[derive(Debug)]
+struct Stops {
+    /// SIGINT (Ctrl-C).
+    int: tokio::signal::unix::Signal,
+    /// SIGTERM.
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stops {
+    /// Listens for SIGINT and SIGTERM (from now on they no longer end bilge at once).
+    fn listen() -> Result<Stops> {
+        let on = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
+        Ok(Stops {
+            int: on(SignalKind::interrupt())?,
+            term: on(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next signal: its name and the exit code it gives (128 + its number).
+    async fn next(&mut self) -> (&'static str, u8) {
+        tokio::select! {
+            _ = self.int.recv() => ("SIGINT", 130),
+            _ = self.term.recv() => ("SIGTERM", 143),
+        }
+    }
+}
+
+/// Runs `bilge clean`; returns the exit code: 0 for a successful run or a dry run, 128 + N
+/// after signal N stopped it. A failed run is an error (exit code 1) after its table is printed.
+pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<u8> {
     let level = engine.policy.cap(opts.level);
+    let grace = engine.settings.shutdown_grace;
     let confirm = level.is_aggressive() && !opts.dry_run && !opts.yes;
     if confirm && !std::io::stdin().is_terminal() {
         return Err(Error::config(
@@ -76,7 +114,40 @@ pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<()> {
             Err(_) => {}
         }
     }
-    let report = engine.run(req).await;
+    let mut stops = Stops::listen()?;
+    let mut running = std::pin::pin!(engine.run(req));
+    let mut stopped_by = None;
+    let outcome = tokio::select! {
+        r = &mut running => Some(r),
+        (name, code) = stops.next() => {
+            stopped_by = Some(code);
+            eprintln!(
+                "bilge: {name}: stopping the cleanup after the object in flight (at most {}; send it again to stop at once)",
+                format_duration(grace)
+            );
+            engine.stop();
+            tokio::select! {
+                r = tokio::time::timeout(grace, &mut running) => r.ok(),
+                _ = stops.next() => None,
+            }
+        }
+    };
+    let report = match outcome {
+        Some(Ok(report)) => report,
+        Some(Err(WaitError::Canceled)) | None if stopped_by.is_some() => {
+            if outcome.is_none() {
+                engine.abandon().await;
+                eprintln!("bilge: the cleanup was recorded as interrupted with what it had freed");
+            } else {
+                eprintln!(
+                    "bilge: stopped while waiting for the host's cleanup lock; nothing was deleted"
+                );
+            }
+            return Ok(stopped_by.unwrap_or(1));
+        }
+        Some(Err(e)) => return Err(Error::Other(e.to_string())),
+        None => return Err(Error::Other("the cleanup did not end".into())),
+    };
     if opts.json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
@@ -89,8 +160,11 @@ pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<()> {
     } else {
         print(&mut out, &format!("\n{}", render_report(&report)));
     }
+    if let Some(code) = stopped_by {
+        return Ok(code);
+    }
     if report.succeeded() {
-        Ok(())
+        Ok(0)
     } else {
         Err(Error::Other(format!(
             "cleanup failed: {}",

@@ -1,9 +1,19 @@
 //! The executor: plans a cleanup from a fresh look at the daemon, runs the plan level by level
 //! through the Docker edge ([`PruneEdge`]), re-measures the data root's filesystem after each
-//! level and stops as soon as the free-space target is met. Every run, whatever started it, is
-//! written to the audit table and counted in `bilge_cleanup_*`. Whether a run may start at all
-//! is [`super::admission`]'s business; what it is labelled with ([`Trigger`], [`CleanupResult`])
+//! level and stops as soon as the free-space target is met. Whether a run may start at all is
+//! [`super::admission`]'s business; what it is labelled with ([`Trigger`], [`CleanupResult`])
 //! comes from [`crate::model`].
+//!
+//! **A run is recorded when it starts.** Its audit row is written as `running` before the first
+//! prune and updated after each level with the bytes so far; its end writes the result. Before a
+//! run starts (holding the host lock, so no other run is in progress), rows that a dead process
+//! left `running` become `interrupted`, keeping what they freed. A run that cannot write its
+//! row still runs; its end is kept in memory, counted in this process's metrics and written
+//! as soon as the store takes it.
+//!
+//! **A run stops when asked** ([`Engine::shutdown`]): it finishes the object or prune call in
+//! flight and stops before the next level (or object), and is recorded `interrupted` with what
+//! it freed. When the grace period passes first, the row is finished from the progress so far.
 //!
 //! Levels run through Docker's prune endpoints, which act on the daemon's present state and
 //! report `SpaceReclaimed`:
@@ -19,22 +29,26 @@
 //! Two cases cannot be said with prune filters, and there the engine removes the objects of a
 //! fresh plan one by one (counting each object's planned bytes): Docker ANDs several `label!`
 //! filters (so with more than one protect label an object carrying only one of them would go),
-//! and volume prune has no `until` filter (and, before API 1.42, takes named volumes too). An
-//! object that is in use or gone by the time it is removed is skipped, not a failure.
+//! and volume prune has no `until` filter (and, before API 1.42, takes named volumes too). Each
+//! object is removed as the one planned: containers and images by ID (a tag moved to another
+//! image since the plan is left alone), volumes only while they are the volume planned. An
+//! object that is in use, gone or changed by the time it is removed is skipped, not a failure.
 //!
-//! The engine takes the host's [`Policy`] and nothing else of the configuration.
+//! The engine takes the host's [`Policy`] and its own [`Settings`], nothing else of the
+//! configuration.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use super::admission::Admission;
 pub use super::admission::Refusal;
+use super::admission::{Admission, LockSettings, Ticket, WaitError};
 use super::policy::{Level, Plan, Policy, plan};
 use crate::collect::disk::FilesystemConfig;
 use crate::collect::{Collector, DataRoot};
@@ -43,6 +57,7 @@ use crate::format::{FreeTarget, format_duration, human_bytes};
 use crate::metrics::Metrics;
 pub use crate::model::{CleanupResult, Trigger};
 use crate::store::{ActionRecord, CleanupRecord, Store};
+use crate::sync::lock;
 use crate::{Error, Result};
 
 /// A request for a cleanup run.
@@ -132,17 +147,54 @@ impl Report {
     }
 }
 
+/// The engine's own settings: the host lock and how long a stopping run may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The host lock file and the longest wait for it.
+    pub lock: LockSettings,
+    /// How long [`Engine::shutdown`] lets a run in progress reach a stopping point
+    /// (`--cleanup.shutdown-grace`).
+    pub shutdown_grace: Duration,
+}
+
+/// The default `--cleanup.shutdown-grace`: inside Kubernetes' default 30 s termination grace.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// What an engine of its own (`bilge clean`, `bilge build`) needs.
 #[derive(Debug, Clone)]
 pub struct Standalone {
     /// The host's policy.
     pub policy: Policy,
+    /// The host lock and the shutdown grace.
+    pub settings: Settings,
     /// The daemon to prune.
     pub docker: DockerConfig,
     /// How the data root is measured.
     pub filesystem: FilesystemConfig,
     /// The store the audit goes to.
     pub state_path: PathBuf,
+}
+
+/// The run in progress: its row and its record so far, for a shutdown that cannot wait for it.
+#[derive(Debug)]
+struct Current {
+    /// Its audit row, when the store took it.
+    row: Option<i64>,
+    /// The record as of the last level.
+    record: CleanupRecord,
+    /// True once [`Engine::shutdown`] wrote its end: the run itself writes nothing more.
+    abandoned: bool,
+}
+
+/// An ended run the store did not take yet.
+#[derive(Debug)]
+struct Pending {
+    /// Its `running` row, when that was written.
+    row: Option<i64>,
+    /// Its end.
+    record: CleanupRecord,
+    /// Its totals' key in this process's unstored metrics.
+    key: u64,
 }
 
 /// The cleanup engine. Share it in an `Arc`.
@@ -156,28 +208,43 @@ pub struct Engine {
     metrics: Metrics,
     /// The host's policy.
     policy: Policy,
+    /// The engine's own settings.
+    settings: Settings,
     /// Whether a run may start.
     admission: Admission,
+    /// Cancelled when bilge stops: runs stop at their next stopping point.
+    stop: CancellationToken,
+    /// When [`Engine::stop`] was first called: the shutdown grace counts from the signal, not
+    /// from the end of the HTTP drain.
+    stopped_at: Mutex<Option<tokio::time::Instant>>,
+    /// The run in progress.
+    current: Mutex<Option<Current>>,
+    /// Ended runs whose end the store has not taken yet.
+    pending: Mutex<Vec<Pending>>,
 }
 
 impl Engine {
-    /// An engine with the host's `policy`, over `collector`'s Docker daemon and data root,
-    /// writing to `store` and `metrics`. The host lock file is `<store path>.lock`.
+    /// An engine with the host's `policy` and its `settings`, over `collector`'s Docker daemon
+    /// and data root, writing to `store` and `metrics`.
     pub fn new(
         policy: Policy,
+        settings: Settings,
         collector: Arc<Collector>,
         store: Store,
         metrics: Metrics,
     ) -> Engine {
-        let mut lock = store.path().as_os_str().to_owned();
-        lock.push(".lock");
-        let admission = Admission::new(PathBuf::from(lock), policy.cooldown);
+        let admission = Admission::new(settings.lock.clone(), policy.cooldown);
         Engine {
             collector,
             store,
             metrics,
             policy,
+            settings,
             admission,
+            stop: CancellationToken::new(),
+            stopped_at: Mutex::new(None),
+            current: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
         }
     }
 
@@ -186,27 +253,43 @@ impl Engine {
         let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
         let store = Store::new(&s.state_path, metrics.store_errors.clone());
         let collector = Arc::new(Collector::new(s.docker, s.filesystem));
-        Ok(Arc::new(Engine::new(s.policy, collector, store, metrics)))
+        Ok(Arc::new(Engine::new(
+            s.policy, s.settings, collector, store, metrics,
+        )))
     }
 
-    /// Continues the cooldown from the last automatic run in the audit table, so a restart does
-    /// not allow an immediate second prune.
-    pub fn resume_cooldown(&self) {
-        let last = self
-            .store
-            .list_cleanups(50)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|r| {
-                r.trigger.is_automatic()
-                    && matches!(r.result, CleanupResult::Success | CleanupResult::Failure)
-            })
-            .and_then(|r| {
-                let ago = (Utc::now() - r.started_at).to_std().ok()?;
-                Instant::now().checked_sub(ago)
-            });
-        if let Some(at) = last {
+    /// Continues from the audit table after a start: the cooldown from the newest automatic run
+    /// that pruned (however many refusals came after it), and, when no run is in progress on
+    /// this host, rows a dead process left `running` become `interrupted`.
+    pub async fn resume(&self) {
+        let store = self.store.clone();
+        if let Ok(Ok(Some(at))) =
+            tokio::task::spawn_blocking(move || store.last_automatic_start()).await
+        {
             self.admission.resume_cooldown(at);
+        }
+        // Holding the slot and the host lock: no run is in progress anywhere on this host.
+        if let Some(held) = self.admission.try_hold() {
+            let store = self.store.clone();
+            let interrupted = blocking(move || store.interrupt_running(&[]).unwrap_or_default())
+                .await
+                .unwrap_or_default();
+            drop(held);
+            self.log_interrupted(&interrupted);
+        }
+        self.refresh().await;
+    }
+
+    /// Says which rows were found interrupted.
+    fn log_interrupted(&self, rows: &[CleanupRecord]) {
+        for r in rows {
+            tracing::warn!(
+                id = r.id.unwrap_or_default(),
+                trigger = r.trigger.as_str(),
+                started = %r.started_at,
+                reclaimed = %human_bytes(r.reclaimed_bytes),
+                "a cleanup run was left unfinished by a process that ended; recorded as interrupted"
+            );
         }
     }
 
@@ -254,15 +337,16 @@ impl Engine {
         ))
     }
 
-    /// Runs `req` now, waiting first for a run already in progress on this host to end (it is
-    /// never joined in parallel). Dry runs take no lock. The report says how it went; failures
-    /// are in it, recorded and counted, never returned as errors.
-    pub async fn run(&self, req: Request) -> Report {
+    /// Runs `req` now, waiting first (at most the lock timeout) for a run already in progress
+    /// on this host to end: it is never joined in parallel. Dry runs take no lock. The report
+    /// says how the run went (its failures are in it, recorded and counted); the error says why
+    /// it could not start.
+    pub async fn run(&self, req: Request) -> std::result::Result<Report, WaitError> {
         if req.dry_run {
-            return self.execute(req).await;
+            return Ok(self.execute(req, None).await);
         }
-        let _ticket = self.admission.wait(req.trigger).await;
-        self.execute(req).await
+        let ticket = self.admission.wait(req.trigger, &self.stop).await?;
+        Ok(self.execute(req, Some(ticket)).await)
     }
 
     /// Starts `req` in the background if no run is in progress on this host and, for automatic
@@ -273,13 +357,74 @@ impl Engine {
     ) -> std::result::Result<tokio::task::JoinHandle<Report>, Refusal> {
         let ticket = self.admission.try_admit(req.trigger)?;
         let me = self.clone();
-        Ok(tokio::spawn(async move {
-            let _ticket = ticket;
-            me.execute(req).await
-        }))
+        Ok(tokio::spawn(
+            async move { me.execute(req, Some(ticket)).await },
+        ))
     }
 
-    /// Records a request that was not run (`result="skipped"`), with why.
+    /// Stops taking work and asks the run in progress to stop at its next stopping point (after
+    /// the object or prune call in flight, before the next level).
+    pub fn stop(&self) {
+        {
+            let mut at = lock(&self.stopped_at);
+            if at.is_none() {
+                *at = Some(tokio::time::Instant::now());
+            }
+        }
+        self.admission.close();
+        self.stop.cancel();
+    }
+
+    /// Stops ([`Engine::stop`]) and waits at most `--cleanup.shutdown-grace` from the first stop
+    /// for the run in progress to record its end. When the grace passes first, the run is recorded as
+    /// interrupted with what it freed so far. Returns true when no run was left behind.
+    pub async fn shutdown(&self) -> bool {
+        self.stop();
+        let grace = self.settings.shutdown_grace;
+        let since = (*lock(&self.stopped_at)).unwrap_or_else(tokio::time::Instant::now);
+        let deadline = since + grace;
+        while self.is_running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !self.is_running() {
+            return true;
+        }
+        self.abandon().await;
+        false
+    }
+
+    /// Finishes the row of the run in progress as interrupted, from its progress so far (the
+    /// run, should it still end, writes nothing more): for a stop that cannot wait for it.
+    pub async fn abandon(&self) {
+        let grace = self.settings.shutdown_grace;
+        let taken = {
+            let mut cur = lock(&self.current);
+            cur.as_mut().filter(|c| !c.abandoned).map(|c| {
+                c.abandoned = true;
+                (c.row, c.record.clone())
+            })
+        };
+        let Some((row, mut rec)) = taken else { return };
+        rec.result = CleanupResult::Interrupted;
+        rec.finished_at = Utc::now();
+        let why = format!(
+            "bilge stopped; the level in progress did not end within the shutdown grace ({})",
+            format_duration(grace)
+        );
+        rec.detail = Some(match rec.detail.take() {
+            Some(d) => format!("{d}; {why}"),
+            None => why,
+        });
+        tracing::warn!(
+            trigger = rec.trigger.as_str(),
+            reclaimed = %human_bytes(rec.reclaimed_bytes),
+            "cleanup interrupted: the shutdown grace passed"
+        );
+        self.finish(row, rec).await;
+    }
+
+    /// Records a request that was not run (`result="skipped"`), with why: folded into the one
+    /// row of the present cooldown window, with a count and the first and last time.
     pub async fn record_skipped(&self, req: &Request, why: &str) {
         let now = Utc::now();
         let rec = CleanupRecord {
@@ -293,54 +438,157 @@ impl Engine {
             reclaimed_bytes: 0,
             alert: req.alert.clone(),
             detail: Some(why.to_string()),
+            count: 1,
         };
-        self.metrics
-            .cleanup_runs
-            .with_label_values(&[req.trigger.as_str(), CleanupResult::Skipped.as_str()])
-            .inc();
-        self.write(rec).await;
-    }
-
-    /// Writes the audit row; a store failure is logged and counted by the store, never fatal.
-    async fn write(&self, rec: CleanupRecord) -> Option<i64> {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.insert_cleanup(&rec)).await {
-            Ok(Ok(id)) => Some(id),
-            Ok(Err(_)) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "writing the cleanup audit row failed");
-                None
-            }
+        let since = self.admission.window_start();
+        let folded = rec.clone();
+        let stored = blocking(move || store.fold_skipped(&folded, since).is_ok())
+            .await
+            .unwrap_or(false);
+        if stored {
+            self.refresh().await;
+        } else {
+            self.metrics.history.add_unstored(rec.contribution());
         }
     }
 
-    /// Plans and (unless a dry run) executes `req`, then records and counts it.
-    async fn execute(&self, req: Request) -> Report {
-        let started = Utc::now();
-        let real = !req.dry_run;
+    /// Reads the store's summary into the metrics (a failed read keeps the last one).
+    async fn refresh(&self) {
+        let store = self.store.clone();
+        let history = self.metrics.history.clone();
+        blocking(move || history.refresh_with(|| store.summary(), &[])).await;
+    }
+
+    /// Writes the ends the store did not take before, then (holding the host lock: no other run
+    /// is in progress) marks the rows dead processes left `running` as interrupted.
+    async fn recover(&self) {
+        let pending: Vec<Pending> = std::mem::take(&mut *lock(&self.pending));
+        let store = self.store.clone();
+        let history = self.metrics.history.clone();
+        let left = blocking(move || {
+            let mut left = Vec::new();
+            let mut written = Vec::new();
+            for p in pending {
+                let r = match p.row {
+                    Some(id) => store.update_cleanup(id, &p.record).map(|_| id),
+                    None => store.insert_cleanup(&p.record),
+                };
+                match r {
+                    Ok(_) => written.push(p.key),
+                    Err(_) => left.push(p),
+                }
+            }
+            if !written.is_empty() {
+                history.refresh_with(|| store.summary(), &written);
+            }
+            let keep: Vec<i64> = left.iter().filter_map(|p| p.row).collect();
+            let interrupted = store.interrupt_running(&keep).unwrap_or_default();
+            (left, interrupted)
+        })
+        .await;
+        if let Some((left, interrupted)) = left {
+            lock(&self.pending).extend(left);
+            self.log_interrupted(&interrupted);
+        }
+    }
+
+    /// Writes a run's end; when the store does not take it, counts it in this process's
+    /// metrics and keeps it to write before the next run. Returns the row id.
+    async fn finish(&self, row: Option<i64>, rec: CleanupRecord) -> Option<i64> {
+        let store = self.store.clone();
+        let history = self.metrics.history.clone();
+        let r = {
+            let rec = rec.clone();
+            blocking(move || {
+                let r = match row {
+                    Some(id) => store.update_cleanup(id, &rec).map(|_| id),
+                    None => store.insert_cleanup(&rec),
+                };
+                if r.is_ok() {
+                    history.refresh_with(|| store.summary(), &[]);
+                }
+                r.ok()
+            })
+            .await
+            .flatten()
+        };
+        if r.is_none() {
+            let key = self.metrics.history.add_unstored(rec.contribution());
+            lock(&self.pending).push(Pending {
+                row,
+                record: rec,
+                key,
+            });
+        }
+        r
+    }
+
+    /// Plans and (unless a dry run) executes `req` under `ticket`, recording it as it goes.
+    async fn execute(&self, req: Request, ticket: Option<Ticket>) -> Report {
+        let real = ticket.is_some();
+        let started = ticket.as_ref().map_or_else(Utc::now, |t| t.admitted_at);
+        let level = self.policy.cap(req.level);
+        let mut row = None;
+        let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut writer = None;
         if real {
             self.metrics.cleanup_in_progress.set(1);
+            self.recover().await;
+            let first = CleanupRecord {
+                result: CleanupResult::Running,
+                ..audit(
+                    &req,
+                    level,
+                    started,
+                    started,
+                    Run::empty(&req, &self.policy),
+                )
+                .record
+            };
+            let store = self.store.clone();
+            let rec = first.clone();
+            row = blocking(move || store.insert_cleanup(&rec).ok())
+                .await
+                .flatten();
+            *lock(&self.current) = Some(Current {
+                row,
+                record: first,
+                abandoned: false,
+            });
+            if let Some(id) = row {
+                writer = Some(tokio::spawn(write_progress(
+                    self.store.clone(),
+                    id,
+                    progress_rx,
+                )));
+            }
         }
+        let on_level = |levels: &[LevelOutcome]| {
+            let mut cur = lock(&self.current);
+            let Some(c) = cur.as_mut().filter(|c| !c.abandoned) else {
+                return;
+            };
+            c.record.actions = levels.iter().map(|l| action(l, false)).collect();
+            c.record.reclaimed_bytes = levels.iter().map(|l| l.reclaimed_bytes).sum();
+            c.record.finished_at = Utc::now();
+            let _ = progress_tx.send(c.record.clone());
+        };
         let executor = Executor {
             policy: &self.policy,
-            metrics: &self.metrics,
+            stop: &self.stop,
+            on_level: &on_level,
         };
         let run = match self.collector.docker().await {
             Ok(api) => executor.run(&api, &*self.collector, &req).await,
             Err(e) => executor.failed(&req, e),
         };
-        let mut report = audit(&req, self.policy.cap(req.level), started, Utc::now(), run);
-        let rec = &report.record;
-        self.metrics
-            .cleanup_runs
-            .with_label_values(&[req.trigger.as_str(), report.result.as_str()])
-            .inc();
-        if real {
-            self.metrics
-                .cleanup_last_run
-                .set(rec.finished_at.timestamp_millis() as f64 / 1000.0);
-            self.metrics.cleanup_in_progress.set(0);
+        drop(progress_tx);
+        if let Some(w) = writer {
+            let _ = w.await;
         }
+        let mut report = audit(&req, level, started, Utc::now(), run);
+        let rec = &report.record;
         match report.result {
             CleanupResult::Failure => tracing::warn!(
                 trigger = req.trigger.as_str(),
@@ -358,8 +606,45 @@ impl Engine {
                 "cleanup finished"
             ),
         }
-        report.record_id = self.write(report.record.clone()).await;
+        let abandoned = real && lock(&self.current).take().is_none_or(|c| c.abandoned);
+        report.record_id = if abandoned {
+            // The shutdown wrote this run's end already.
+            row
+        } else {
+            self.finish(row, report.record.clone()).await
+        };
+        if real {
+            self.metrics.cleanup_in_progress.set(0);
+        }
+        drop(ticket);
         report
+    }
+}
+
+/// Writes each progress record of the run in row `id`, in order, skipping to the newest when
+/// several wait (each holds everything so far).
+async fn write_progress(
+    store: Store,
+    id: i64,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<CleanupRecord>,
+) {
+    while let Some(mut rec) = rx.recv().await {
+        while let Ok(newer) = rx.try_recv() {
+            rec = newer;
+        }
+        let store = store.clone();
+        blocking(move || store.update_cleanup(id, &rec)).await;
+    }
+}
+
+/// Runs blocking store work off the async workers; `None` if the task itself failed (logged).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "a state store task failed");
+            None
+        }
     }
 }
 
@@ -395,6 +680,25 @@ struct Run {
     target_met: bool,
     /// What failed, each with where.
     errors: Vec<String>,
+    /// Where the run stopped when asked to (the level it did not finish or start).
+    stopped_before: Option<Level>,
+}
+
+impl Run {
+    /// A run that has done nothing yet.
+    fn empty(req: &Request, policy: &Policy) -> Run {
+        Run {
+            plan: None,
+            levels: Vec::new(),
+            data_root: None,
+            avail_after: None,
+            target_bytes: None,
+            target: req.target_free.unwrap_or(policy.target_free),
+            target_met: false,
+            errors: Vec::new(),
+            stopped_before: None,
+        }
+    }
 }
 
 /// What executing one level gave.
@@ -406,6 +710,8 @@ struct Done {
     removed: u64,
     /// Why the level failed.
     error: Option<String>,
+    /// True when it stopped before its last object because the run was asked to stop.
+    stopped: bool,
 }
 
 impl Done {
@@ -424,7 +730,7 @@ impl Done {
             Ok(r) => Done {
                 bytes: r.bytes,
                 removed: r.deleted.iter().filter(|id| counts(id)).count() as u64,
-                error: None,
+                ..Done::default()
             },
             Err(e) => Done::failed(e),
         }
@@ -433,26 +739,31 @@ impl Done {
 
 /// Plans one request and calls the edge for it, level by level: the engine without its
 /// admission, store and collector, so that unit tests drive it against a fake edge.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Executor<'a> {
     /// The host's policy.
     policy: &'a Policy,
-    /// Where each level's bytes are counted.
-    metrics: &'a Metrics,
+    /// Cancelled when the run is to stop at its next stopping point.
+    stop: &'a CancellationToken,
+    /// Told the levels so far after each level.
+    on_level: &'a (dyn Fn(&[LevelOutcome]) + Send + Sync),
+}
+
+impl std::fmt::Debug for Executor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("policy", self.policy)
+            .field("stopped", &self.stop.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Executor<'_> {
     /// The run of a request whose daemon could not be reached: nothing planned, nothing done.
     fn failed(&self, req: &Request, e: Error) -> Run {
         Run {
-            plan: None,
-            levels: Vec::new(),
-            data_root: None,
-            avail_after: None,
-            target_bytes: None,
-            target: req.target_free.unwrap_or(self.policy.target_free),
-            target_met: false,
             errors: vec![e.to_string()],
+            ..Run::empty(req, self.policy)
         }
     }
 
@@ -467,14 +778,10 @@ impl Executor<'_> {
         let p = plan(&du, self.policy, req.level, until, Utc::now());
         let data_root = probe.data_root_now().await;
         let mut run = Run {
-            plan: None,
-            levels: Vec::new(),
             target_bytes: data_root.as_ref().map(|d| target.bytes_for(d.usage.size)),
             avail_after: data_root.as_ref().map(|d| d.usage.avail),
             data_root,
-            target,
-            target_met: false,
-            errors: Vec::new(),
+            ..Run::empty(req, self.policy)
         };
         tracing::info!(
             trigger = req.trigger.as_str(),
@@ -506,7 +813,7 @@ impl Executor<'_> {
         run
     }
 
-    /// Runs the plan's levels in order until the target is met.
+    /// Runs the plan's levels in order until the target is met or the run is asked to stop.
     async fn levels(
         &self,
         edge: &impl PruneEdge,
@@ -518,11 +825,12 @@ impl Executor<'_> {
     ) {
         let image_ids: HashSet<&str> = du.images.iter().map(|i| i.id.as_str()).collect();
         for lp in &p.levels {
+            if self.stop.is_cancelled() {
+                run.stopped_before = Some(lp.level);
+                tracing::info!(level = %lp.level, "cleanup stopping before this level: bilge was asked to stop");
+                break;
+            }
             let done = self.level(edge, lp.level, until, &image_ids).await;
-            self.metrics
-                .cleanup_reclaimed
-                .with_label_values(&[lp.level.as_str()])
-                .inc_by(done.bytes);
             let avail = probe.data_root_now().await.map(|d| d.usage.avail);
             tracing::info!(
                 level = %lp.level,
@@ -544,7 +852,12 @@ impl Executor<'_> {
                 avail_after: avail,
                 error: done.error,
             });
+            (self.on_level)(&run.levels);
             run.avail_after = avail.or(run.avail_after);
+            if done.stopped {
+                run.stopped_before = Some(lp.level);
+                break;
+            }
             if let (Some(t), Some(a)) = (run.target_bytes, avail)
                 && a >= t
             {
@@ -589,7 +902,7 @@ impl Executor<'_> {
             }
             _ => self.remove_each(edge, level, until).await,
         };
-        if matches!(level, Level::DanglingImages | Level::UnusedImages) {
+        if matches!(level, Level::DanglingImages | Level::UnusedImages) && !done.stopped {
             // BuildKit's records of the removed images' layers are unshared now: release them.
             let released = Done::pruned(edge.prune_build_cache(until).await, |_| true);
             done.bytes += released.bytes;
@@ -600,8 +913,9 @@ impl Executor<'_> {
         done
     }
 
-    /// Removes the objects of a fresh plan for `level` one by one. An object that is gone or in
-    /// use by now is skipped; other errors fail the level (after trying every object).
+    /// Removes the objects of a fresh plan for `level` one by one, each only as the object
+    /// planned. An object that is gone, in use or changed by now is skipped; other errors fail
+    /// the level (after trying every object). A stop ends the loop after the object in flight.
     async fn remove_each(&self, edge: &impl PruneEdge, level: Level, until: Duration) -> Done {
         let du = match edge.disk_usage().await {
             Ok(du) => du,
@@ -613,9 +927,13 @@ impl Executor<'_> {
         };
         let mut done = Done::default();
         for c in &lp.candidates {
+            if self.stop.is_cancelled() {
+                done.stopped = true;
+                break;
+            }
             let r = match level {
                 Level::StoppedContainers => edge.remove_container(&c.id).await,
-                Level::UnusedVolumes => edge.remove_volume(&c.id).await,
+                Level::UnusedVolumes => edge.remove_volume(&c.id, volume_created(&du, &c.id)).await,
                 _ => edge.remove_image(&c.id, &tags(&du, &c.id)).await,
             };
             match r {
@@ -626,6 +944,9 @@ impl Executor<'_> {
                 Ok(Removal::Kept) => {}
                 Ok(Removal::InUse(why) | Removal::Gone(why)) => {
                     tracing::debug!(object = %c.name, error = %why, "skipped: in use or gone by now");
+                }
+                Ok(Removal::Changed(why)) => {
+                    tracing::info!(object = %c.name, why = %why, "skipped: not the object planned any more");
                 }
                 Err(e) => {
                     tracing::warn!(object = %c.name, error = %e, "cannot remove");
@@ -652,8 +973,31 @@ fn tags(du: &DiskUsage, id: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// When volume `name` of `du` was created, as planned.
+fn volume_created(du: &DiskUsage, name: &str) -> Option<DateTime<Utc>> {
+    du.volumes
+        .iter()
+        .find(|v| v.name == name)
+        .and_then(|v| v.created_at)
+}
+
+/// A level's outcome as the audit row keeps it (estimates in a dry run).
+fn action(l: &LevelOutcome, dry_run: bool) -> ActionRecord {
+    ActionRecord {
+        action: l.level.as_str().into(),
+        reclaimed_bytes: if dry_run {
+            l.estimated_bytes
+        } else {
+            l.reclaimed_bytes
+        },
+        removed: l.removed,
+        error: l.error.clone(),
+    }
+}
+
 /// The report of `run` for `req` (capped to `level`), with its audit row: a dry run records
-/// the estimates and reclaims nothing; any error makes the run a failure. Pure.
+/// the estimates and reclaims nothing; a run asked to stop is interrupted; otherwise any error
+/// makes the run a failure. Pure.
 fn audit(
     req: &Request,
     level: Level,
@@ -663,30 +1007,25 @@ fn audit(
 ) -> Report {
     let result = if req.dry_run {
         CleanupResult::DryRun
+    } else if run.stopped_before.is_some() {
+        CleanupResult::Interrupted
     } else if run.errors.is_empty() {
         CleanupResult::Success
     } else {
         CleanupResult::Failure
     };
-    let actions = run
-        .levels
-        .iter()
-        .map(|l| ActionRecord {
-            action: l.level.as_str().into(),
-            reclaimed_bytes: if req.dry_run {
-                l.estimated_bytes
-            } else {
-                l.reclaimed_bytes
-            },
-            removed: l.removed,
-            error: l.error.clone(),
-        })
-        .collect();
+    let actions = run.levels.iter().map(|l| action(l, req.dry_run)).collect();
     let reclaimed_bytes = if req.dry_run {
         0
     } else {
         run.levels.iter().map(|l| l.reclaimed_bytes).sum()
     };
+    let mut detail: Vec<String> = run.errors.clone();
+    if let Some(l) = run.stopped_before {
+        detail.push(format!(
+            "interrupted at {l}: bilge was asked to stop; the levels before it ran"
+        ));
+    }
     Report {
         result,
         record: CleanupRecord {
@@ -699,7 +1038,8 @@ fn audit(
             actions,
             reclaimed_bytes,
             alert: req.alert.clone(),
-            detail: (!run.errors.is_empty()).then(|| run.errors.join("; ")),
+            detail: (!detail.is_empty()).then(|| detail.join("; ")),
+            count: 1,
         },
         record_id: None,
         plan: run.plan,
@@ -755,6 +1095,8 @@ mod tests {
         in_use: HashSet<String>,
         /// Objects Docker says are gone by now.
         gone: HashSet<String>,
+        /// A call after which the run is asked to stop.
+        stop_after: Option<(Call, CancellationToken)>,
     }
 
     impl Fake {
@@ -768,7 +1110,14 @@ mod tests {
                 failing: Vec::new(),
                 in_use: HashSet::new(),
                 gone: HashSet::new(),
+                stop_after: None,
             }
+        }
+
+        /// Cancels `stop` when `call` is made.
+        fn stop_after(mut self, call: Call, stop: &CancellationToken) -> Fake {
+            self.stop_after = Some((call, stop.clone()));
+            self
         }
 
         /// The next `call` frees `gib` GiB.
@@ -809,6 +1158,11 @@ mod tests {
         /// Records `call`; fails it when asked to, else frees what it was set to free.
         fn answer(&self, call: Call) -> Result<u64> {
             lock(&self.calls).push(call.clone());
+            if let Some((c, stop)) = &self.stop_after
+                && *c == call
+            {
+                stop.cancel();
+            }
             if self.failing.contains(&call) {
                 return Err(Error::Docker {
                     status: Some(500),
@@ -882,7 +1236,11 @@ mod tests {
             self.removal(Call::RemoveContainer(id.into()), id)
         }
 
-        async fn remove_volume(&self, name: &str) -> Result<Removal> {
+        async fn remove_volume(
+            &self,
+            name: &str,
+            _created: Option<DateTime<Utc>>,
+        ) -> Result<Removal> {
             self.removal(Call::RemoveVolume(name.into()), name)
         }
 
@@ -978,10 +1336,10 @@ mod tests {
 
     /// Runs `req` under `policy` against `fake`.
     async fn run(policy: &Policy, fake: &Fake, req: &Request) -> Run {
-        let metrics = Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
         Executor {
             policy,
-            metrics: &metrics,
+            stop: &CancellationToken::new(),
+            on_level: &|_| {},
         }
         .run(fake, fake, req)
         .await
@@ -1099,22 +1457,80 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_levels_bytes_are_counted_under_its_action() {
+    async fn the_progress_is_told_after_each_level_with_the_bytes_so_far() {
         let fake = Fake::new(host(), 1)
             .frees(Call::PruneBuildCache, 2)
             .frees(Call::PruneContainers, 1);
-        let metrics = Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
         let policy = policy(&["keep"]);
+        let told = Mutex::new(Vec::new());
+        let on_level = |levels: &[LevelOutcome]| {
+            lock(&told).push(levels.iter().map(|l| l.reclaimed_bytes).sum::<u64>());
+        };
         let executor = Executor {
             policy: &policy,
-            metrics: &metrics,
+            stop: &CancellationToken::new(),
+            on_level: &on_level,
         };
         executor
             .run(&fake, &fake, &request(Level::StoppedContainers, 99))
             .await;
-        let counted = |action: &str| metrics.cleanup_reclaimed.with_label_values(&[action]).get();
-        assert_eq!(counted("build_cache"), 2 * GIB);
-        assert_eq!(counted("stopped_containers"), GIB);
+        assert_eq!(*lock(&told), [2 * GIB, 3 * GIB]);
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_run_before_its_next_level_and_it_is_recorded_interrupted() {
+        let fake = Fake::new(host(), 1).frees(Call::PruneBuildCache, 2);
+        let policy = policy(&["keep"]);
+        let stop = CancellationToken::new();
+        // Asked to stop while the first level runs: it ends, the next does not start.
+        let on_level = |_: &[LevelOutcome]| stop.cancel();
+        let req = request(Level::DanglingImages, 99);
+        let run = Executor {
+            policy: &policy,
+            stop: &stop,
+            on_level: &on_level,
+        }
+        .run(&fake, &fake, &req)
+        .await;
+        assert_eq!(levels(&run), [Level::BuildCache]);
+        assert_eq!(fake.calls(), [Call::DiskUsage, Call::PruneBuildCache]);
+        let report = audit(&req, Level::DanglingImages, Utc::now(), Utc::now(), run);
+        assert_eq!(report.result, CleanupResult::Interrupted);
+        assert_eq!(report.record.reclaimed_bytes, 2 * GIB);
+        let detail = report.record.detail.unwrap_or_default();
+        assert!(
+            detail.contains("interrupted at stopped_containers"),
+            "{detail}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_removals_one_by_one_ends_after_the_object_in_flight() {
+        let mut du = host();
+        du.images.push(Image {
+            id: "sha256:second".into(),
+            created: OLD,
+            size: GIB as i64,
+            containers: 0,
+            ..Image::default()
+        });
+        let stop = CancellationToken::new();
+        let first = Call::RemoveImage("sha256:dangling".into(), vec![]);
+        let fake = Fake::new(du, 1).stop_after(first.clone(), &stop);
+        let policy = policy(&["keep", "pin"]);
+        let run = Executor {
+            policy: &policy,
+            stop: &stop,
+            on_level: &|_| {},
+        }
+        .run(&fake, &fake, &request(Level::DanglingImages, 99))
+        .await;
+        let calls = fake.calls();
+        assert_eq!(calls.last(), Some(&first), "{calls:?}");
+        assert!(!calls.contains(&Call::RemoveImage("sha256:second".into(), vec![])));
+        assert_eq!(run.stopped_before, Some(Level::DanglingImages));
+        // The object in flight was removed and counted.
+        assert_eq!(run.levels.last().map(|l| l.removed), Some(1));
     }
 
     #[tokio::test]
@@ -1273,6 +1689,7 @@ mod tests {
             target: FreeTarget::Percent(15.0),
             target_met: false,
             errors: Vec::new(),
+            stopped_before: None,
         };
         let report = audit(&req, Level::STANDARD, Utc::now(), Utc::now(), run);
         let rec = &report.record;
@@ -1286,5 +1703,151 @@ mod tests {
             ("success", None)
         );
         assert_eq!(report.target, "15%");
+    }
+
+    /// An engine over a daemon that does not exist, with its store and lock in `dir`.
+    fn engine_in(dir: &std::path::Path, state: &std::path::Path) -> Engine {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"));
+        let store = Store::new(state, metrics.store_errors.clone());
+        let docker = DockerConfig {
+            host: format!("unix://{}/no-docker.sock", dir.display()),
+            timeout: Duration::from_secs(1),
+            refresh_interval: Duration::from_secs(60),
+            top_n: 10,
+            tls: None,
+        };
+        let filesystem = FilesystemConfig {
+            mount_points_exclude: regex::Regex::new("^$").unwrap_or_else(|e| panic!("{e}")),
+            fs_types_exclude: regex::Regex::new("^$").unwrap_or_else(|e| panic!("{e}")),
+            stat_timeout: Duration::from_secs(1),
+            interval: Duration::from_secs(2),
+        };
+        let settings = Settings {
+            lock: LockSettings {
+                path: dir.join("bilge.lock"),
+                timeout: Duration::from_secs(5),
+            },
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let collector = Arc::new(Collector::new(docker, filesystem));
+        Engine::new(Policy::default(), settings, collector, store, metrics)
+    }
+
+    /// A folder of its own for one test.
+    fn test_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("bilge-engine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    /// A series' value in the engine's metrics.
+    fn series(e: &Engine, line: &str) -> Option<f64> {
+        let text = String::from_utf8(e.metrics.encode()).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+    }
+
+    #[tokio::test]
+    async fn a_run_that_cannot_reach_docker_is_written_once_as_a_failure_and_counted() {
+        let dir = test_dir("failure");
+        let e = engine_in(&dir, &dir.join("bilge.db"));
+        let report = e.run(Request::new(Trigger::Cli, Level::BuildCache)).await;
+        let Ok(report) = report else {
+            panic!("{report:?}")
+        };
+        assert_eq!(report.result, CleanupResult::Failure);
+        let rows = e.store.list_cleanups(10).unwrap_or_default();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(
+            (rows[0].result, rows[0].id),
+            (CleanupResult::Failure, report.record_id)
+        );
+        assert_eq!(
+            series(
+                &e,
+                "bilge_cleanup_runs_total{result=\"failure\",trigger=\"cli\"}"
+            ),
+            Some(1.0)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_row_cannot_be_written_still_counts_in_this_process() {
+        let dir = test_dir("unstored");
+        let e = engine_in(&dir, std::path::Path::new("/proc/bilge/nope.db"));
+        let report = e.run(Request::new(Trigger::Cli, Level::BuildCache)).await;
+        assert!(report.is_ok_and(|r| r.record_id.is_none()));
+        assert_eq!(
+            series(
+                &e,
+                "bilge_cleanup_runs_total{result=\"failure\",trigger=\"cli\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(series(&e, "bilge_store_errors_total").unwrap_or(0.0) >= 2.0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn refusals_of_one_cooldown_window_are_one_row_and_every_one_is_counted() {
+        let dir = test_dir("skipped");
+        let e = engine_in(&dir, &dir.join("bilge.db"));
+        let req = Request::new(Trigger::Webhook, Level::STANDARD);
+        for _ in 0..5 {
+            e.record_skipped(&req, "the cooldown lasts").await;
+        }
+        let rows = e.store.list_cleanups(10).unwrap_or_default();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].result, rows[0].count), (CleanupResult::Skipped, 5));
+        assert_eq!(
+            series(
+                &e,
+                "bilge_cleanup_runs_total{result=\"skipped\",trigger=\"webhook\"}"
+            ),
+            Some(5.0)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_a_row_left_running_is_interrupted_and_holds_the_cooldown() {
+        let dir = test_dir("resume");
+        let state = dir.join("bilge.db");
+        let started = Utc::now() - chrono::Duration::seconds(30);
+        {
+            let e = engine_in(&dir, &state);
+            let rec = CleanupRecord {
+                result: CleanupResult::Running,
+                ..audit(
+                    &Request::new(Trigger::Webhook, Level::STANDARD),
+                    Level::STANDARD,
+                    started,
+                    started,
+                    Run::empty(&Request::new(Trigger::Webhook, Level::STANDARD), &e.policy),
+                )
+                .record
+            };
+            assert!(e.store.insert_cleanup(&rec).is_ok());
+        }
+        let e = engine_in(&dir, &state);
+        e.resume().await;
+        let rows = e.store.list_cleanups(10).unwrap_or_default();
+        assert_eq!(rows[0].result, CleanupResult::Interrupted);
+        // The default cooldown is 5 minutes: it still has about four and a half left.
+        let left = e.cooldown_remaining().unwrap_or_default();
+        assert!(
+            left > Duration::from_secs(240) && left < Duration::from_secs(271),
+            "{left:?}"
+        );
+        assert_eq!(
+            series(
+                &e,
+                "bilge_cleanup_runs_total{result=\"interrupted\",trigger=\"webhook\"}"
+            ),
+            Some(1.0)
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

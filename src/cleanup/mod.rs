@@ -6,7 +6,6 @@
 pub mod admission;
 pub mod cli;
 pub mod engine;
-pub mod history;
 pub mod policy;
 pub mod watermark;
 

@@ -88,7 +88,8 @@ pub async fn watch(engine: Arc<Engine>, cancel: CancellationToken) {
                     "Docker's data root is under the low watermark; cleaning up to the high watermark"
                 );
             }
-            Err(why @ (Refusal::Cooldown(_) | Refusal::Busy)) => {
+            Err(Refusal::Closed) => break,
+            Err(why @ (Refusal::Cooldown(_) | Refusal::Busy | Refusal::NoLock)) => {
                 if !waiting {
                     tracing::info!(
                         mountpoint = %dr.mountpoint,

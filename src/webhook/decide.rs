@@ -109,7 +109,8 @@ impl Availability {
 impl From<Refusal> for Availability {
     fn from(r: Refusal) -> Availability {
         match r {
-            Refusal::Busy => Availability::Running,
+            // Whatever keeps the engine from running now, the alert acts on a later repeat.
+            Refusal::Busy | Refusal::NoLock | Refusal::Closed => Availability::Running,
             Refusal::Cooldown(left) => Availability::Cooldown(left),
         }
     }

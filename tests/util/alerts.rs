@@ -108,6 +108,7 @@ impl Alertmanager {
             .expect(
                 "prometheus-alertmanager did not start; apt-get install prometheus-alertmanager",
             );
+        record_pid(&dir, "alertmanager", child.id());
         let mut am = Alertmanager { addr, dir, child };
         let start = Instant::now();
         loop {

@@ -62,6 +62,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().unwrap();
+        record_pid(&dir, &format!("bilge-{port}"), child.id());
         Server {
             addr,
             child,

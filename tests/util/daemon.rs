@@ -20,7 +20,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon whose data root is a directory under /tmp.
+    /// Starts a daemon whose data root is a directory under [`test_root`].
     pub fn start(name: &str) -> Daemon {
         let dir = temp_dir(name);
         let data_root = dir.join("data");
@@ -88,7 +88,7 @@ impl Daemon {
         self.child = Some(child);
         let host = self.host.clone();
         let dir = self.dir.clone();
-        wait_for("dockerd to answer", Duration::from_secs(60), || {
+        let up = wait_for_opt(Duration::from_secs(60), || {
             let ok = Command::new(DOCKER)
                 .args(["version", "--format", "{{.Server.Version}}"])
                 .env("DOCKER_HOST", &host)
@@ -106,13 +106,87 @@ impl Daemon {
             }
             ok.then_some(())
         });
+        if up.is_none() {
+            let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+            panic!("dockerd did not answer within 60s; its log:\n{log}");
+        }
     }
 
-    /// Stops the daemon (keeping its files), as if it had crashed or been stopped by hand.
+    /// Stops the daemon (keeping its files), as if it had been stopped by hand.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             stop_child(&mut c, Duration::from_secs(20));
         }
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// SIGKILLs the daemon, as a crash would, and reaps it; what it started (containerd, shims)
+    /// is stopped by the ids they recorded, so that the daemon can start again on its paths.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let containerd_pid = self.dir.join("exec/containerd/containerd.pid");
+        let containerd = std::fs::read_to_string(&containerd_pid)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        self.kill_leftovers();
+        // The killed containerd may stay a zombie for a while (nobody here is its parent), and
+        // a new dockerd would take it for a running one and wait on its socket: wait for it to
+        // end, and let the next dockerd start its own.
+        if let Some(pid) = containerd {
+            let _ = wait_for_opt(Duration::from_secs(10), || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next());
+                matches!(state, None | Some("Z" | "X")).then_some(())
+            });
+            let _ = std::fs::remove_file(&containerd_pid);
+        }
+    }
+
+    /// Stops what the daemon started and left behind: each container's shim and first process
+    /// (from the `init.pid` files under its exec root) and its containerd (`containerd.pid`),
+    /// each checked to name this daemon's folder.
+    fn kill_leftovers(&self) {
+        let exec = self.dir.join("exec");
+        let tasks = exec.join("containerd/daemon/io.containerd.runtime.v2.task/moby");
+        for entry in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let Some(init) = std::fs::read_to_string(entry.path().join("init.pid"))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // The container's first process is killed only as the child of this daemon's shim
+            // (an id alone may have been reused by now).
+            let Some(shim) = parent_of(init).filter(|p| *p > 1) else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&exec.display().to_string()) {
+                for pid in [init, shim] {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        kill_recorded(&exec.join("containerd/containerd.pid"), &exec);
     }
 
     /// Starts the daemon again on the same paths.
@@ -204,7 +278,7 @@ pub fn make_loop_fs(img: &Path, mnt: &Path, size_mib: u64) {
     run_ok(Command::new("mount").args(["-o", "loop"]).arg(img).arg(mnt));
 }
 
-/// A small ext4 loop filesystem under /tmp, unmounted and removed on drop.
+/// A small ext4 loop filesystem under [`test_root`], unmounted and removed on drop.
 #[derive(Debug)]
 pub struct LoopFs {
     /// Where it is mounted.
@@ -249,9 +323,7 @@ impl Drop for Daemon {
             }
         }
         self.stop();
-        // Shims outlive dockerd when containers were left running; they name the exec root.
-        let exec = self.dir.join("exec").display().to_string();
-        let _ = Command::new("pkill").args(["-9", "-f", &exec]).status();
+        self.kill_leftovers();
         // Unmount everything under the directory, deepest first.
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let prefix = self.dir.display().to_string();

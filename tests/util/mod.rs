@@ -1,11 +1,18 @@
 //! Helpers for the integration tests, one file for each thing they drive: private Docker daemons
 //! and their objects ([`daemon`]), the bilge binary (`bilge serve` on a free loopback port,
 //! `bilge clean`: [`bilge`]), a tiny HTTP client ([`http`]), Alertmanager and webhook payloads
-//! ([`alerts`]); this file keeps what they share (waiting, temp dirs, files, tool checks).
+//! ([`alerts`]), a proxy on a Docker socket ([`proxy`]); this file keeps what they share
+//! (waiting, temp dirs, files, tool checks).
 //!
 //! Every test that needs Docker starts its own daemon on temporary paths, so tests can run in
 //! parallel and see exactly the objects they made. Nothing here skips: a missing tool fails the
 //! test with a message that says how to get it.
+//!
+//! Every temporary folder is made under `$BILGE_TEST_TMP` (scripts/test.sh points it at a
+//! folder of its own run), else `/tmp`. What a helper starts is stopped by the process ids it
+//! recorded, never by a pattern: each daemon writes `docker.pid`, and the servers and
+//! Alertmanagers started here write a `.pid` file into their folder, so that scripts/test.sh
+//! can stop exactly those after a crash.
 
 #![allow(dead_code)]
 
@@ -13,11 +20,13 @@ mod alerts;
 mod bilge;
 mod daemon;
 mod http;
+mod proxy;
 
 pub use alerts::*;
 pub use bilge::*;
 pub use daemon::*;
 pub use http::*;
+pub use proxy::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -49,13 +58,84 @@ pub fn require_root() {
     );
 }
 
-/// A unique temporary directory under /tmp (short: it holds unix sockets).
+/// The folder the tests' temporary folders go in: `$BILGE_TEST_TMP`, else `/tmp`.
+pub fn test_root() -> PathBuf {
+    std::env::var_os("BILGE_TEST_TMP")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// A unique temporary directory under [`test_root`] (short: it holds unix sockets).
 pub fn temp_dir(name: &str) -> PathBuf {
     let n = SEQ.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(format!("/tmp/bt-{name}-{}-{n}", std::process::id()));
+    let dir = test_root().join(format!("bt-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Writes `pid` into `<dir>/<name>.pid`, so that scripts/test.sh can stop it after a crash.
+pub fn record_pid(dir: &Path, name: &str, pid: u32) {
+    let _ = std::fs::write(dir.join(format!("{name}.pid")), format!("{pid}\n"));
+}
+
+/// SIGKILLs the process whose id is in `pidfile`, if that process still names `owner` (a folder
+/// of the test's own) on its command line: a recorded id, checked, never a pattern search.
+pub fn kill_recorded(pidfile: &Path, owner: &Path) {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    kill_if_owned(pid, owner);
+}
+
+/// SIGKILLs process `pid` if its command line names `owner`.
+fn kill_if_owned(pid: i32, owner: &Path) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let owner = owner.display().to_string();
+    if String::from_utf8_lossy(&cmdline).contains(&owner) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The parent of process `pid`.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may hold spaces, so read after its closing parenthesis.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Appends one fault's figures to `$BILGE_FAULTS_REPORT`, when set: what was done, what bilge
+/// did, and its figures (scripts/faults.sh writes RELIABILITY.md from these lines).
+pub fn fault_report(fault: &str, done: &str, did: &str, figures: serde_json::Value) {
+    let Some(path) = std::env::var_os("BILGE_FAULTS_REPORT").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let line = serde_json::json!({"fault": fault, "done": done, "did": did, "figures": figures});
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+/// The 99th percentile of `v` in milliseconds (nearest rank).
+pub fn p99_ms(v: &mut [Duration]) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i].as_secs_f64() * 1e3
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.
