@@ -286,7 +286,7 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
             return Err("evidence is one output line; it must not contain line breaks".into());
         }
     }
-    let evidence = evidence.map(|e| mask_secrets(&e));
+    let evidence = evidence.map(|e| masked_evidence(&e));
     let host = input.host.filter(|h| !h.is_empty());
     if let Some(h) = &host
         && (h.len() > MAX_HOST_LEN
@@ -324,6 +324,25 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
 /// `line` with credentials masked: the user information of every URL (`https://user:token@host`
 /// becomes `https://***@host`) and every `Authorization` header's value (the scheme stays:
 /// `Authorization: Bearer ***`). Errs on the side of masking more.
+/// `line` masked ([`mask_secrets`]) and at most [`MAX_EVIDENCE_BYTES`] long. Masking can lengthen
+/// a line (`scheme://:@host` becomes `scheme://***@host`; found by the `build_record` fuzz
+/// target), so an accepted line of the full size could be stored over the bound: the masked line
+/// is then cut at a character boundary and masked again, further in each round until it fits. A
+/// cut only drops text, so nothing unmasked comes back.
+pub fn masked_evidence(line: &str) -> String {
+    let mut masked = mask_secrets(line);
+    let mut limit = MAX_EVIDENCE_BYTES;
+    while masked.len() > MAX_EVIDENCE_BYTES {
+        let mut cut = limit.min(masked.len());
+        while !masked.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        masked = mask_secrets(&masked[..cut]);
+        limit = limit.saturating_sub(16);
+    }
+    masked
+}
+
 pub fn mask_secrets(line: &str) -> String {
     mask_authorization(&mask_url_userinfo(line))
 }
@@ -685,6 +704,31 @@ mod tests {
         ] {
             assert_eq!(mask_secrets(line), masked, "{line}");
         }
+    }
+
+    /// Found by the `build_record` fuzz target: 1,024 accepted bytes whose `://:@` masks to
+    /// `://***@` were stored as 1,026 bytes of evidence, over the bound the API promises.
+    #[test]
+    fn evidence_that_masking_lengthens_is_still_stored_within_the_bound() {
+        let line = "x".repeat(MAX_EVIDENCE_BYTES - 9) + "ect*://:@";
+        assert_eq!(line.len(), MAX_EVIDENCE_BYTES);
+        assert!(
+            mask_secrets(&line).len() > MAX_EVIDENCE_BYTES,
+            "the case grows"
+        );
+        let body = format!(
+            r#"{{"project":"a","result":"failure","duration_seconds":1,"evidence":"{line}"}}"#
+        );
+        let r = parse(body.as_bytes(), Utc::now()).unwrap_or_else(|e| panic!("{e}"));
+        let e = r.evidence.unwrap_or_default();
+        assert!(e.len() <= MAX_EVIDENCE_BYTES, "{} bytes", e.len());
+        assert_eq!(mask_secrets(&e), e);
+        // The real crash input, replayed.
+        let crash = include_str!("../../fuzz/seeds/build_record/masking-lengthens-evidence.json");
+        let r = parse(crash.as_bytes(), Utc::now()).unwrap_or_else(|e| panic!("{e}"));
+        let e = r.evidence.unwrap_or_default();
+        assert!(e.len() <= MAX_EVIDENCE_BYTES, "{} bytes", e.len());
+        assert_eq!(mask_secrets(&e), e);
     }
 
     #[test]

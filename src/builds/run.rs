@@ -357,7 +357,10 @@ impl Build<'_> {
                 + chrono::Duration::from_std(took).unwrap_or(chrono::Duration::zero()),
             duration_seconds: took.as_secs_f64(),
             // Stored, sent and printed with credentials masked.
-            evidence: verdict.evidence.as_deref().map(super::record::mask_secrets),
+            evidence: verdict
+                .evidence
+                .as_deref()
+                .map(super::record::masked_evidence),
             host: self.host.clone(),
             attempt,
         }
