@@ -169,6 +169,13 @@ pub fn human_bytes(b: u64) -> String {
     if i == 0 {
         format!("{b}B")
     } else if v >= 100.0 {
+        // At the top unit the rounding must stop short of 2^64 bytes (16384PiB), which no u64
+        // holds and `parse_size` refuses.
+        let v = if i == UNITS.len() - 1 {
+            v.round().min(16383.0)
+        } else {
+            v
+        };
         format!("{v:.0}{}", UNITS[i])
     } else if v >= 10.0 {
         format!("{v:.1}{}", UNITS[i])
@@ -268,6 +275,18 @@ mod tests {
         assert_eq!(parse_size("1PiB"), Ok(1 << 50));
         assert_eq!(parse_size("2P"), Ok(2 << 50));
         assert_eq!(parse_size("1PB"), Ok(1_000_000_000_000_000));
+    }
+
+    /// Found by the `format` fuzz target once sizes were parsed exactly: a size just under 2^64
+    /// printed as `16384PiB` (2^64, rounded up), which `parse_size` refuses as out of range.
+    #[test]
+    fn the_largest_sizes_print_as_sizes_that_parse_back() {
+        for b in [18_446_744_070_039_093_341, u64::MAX, u64::MAX - (1 << 49)] {
+            let text = human_bytes(b);
+            let back = parse_size(&text).unwrap_or_else(|e| panic!("{b} as {text}: {e}"));
+            assert!(back.abs_diff(b) <= b / 200, "{b} as {text} reads {back}");
+        }
+        assert_eq!(human_bytes(u64::MAX), "16383PiB");
     }
 
     #[test]
