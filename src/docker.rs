@@ -357,10 +357,12 @@ pub fn total_bytes(bytes: impl Iterator<Item = u64>) -> u64 {
     bytes.fold(0, u64::saturating_add)
 }
 
-/// Shortens `sha256:0123456789abcdef…` to `0123456789ab`.
+/// Shortens `sha256:0123456789abcdef…` to `0123456789ab`: the first 12 characters, cut at a
+/// character boundary, since a daemon's answer is not trusted to hold hex.
 pub fn short_id(id: &str) -> &str {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    &hex[..hex.len().min(12)]
+    let end = hex.char_indices().nth(12).map_or(hex.len(), |(i, _)| i);
+    &hex[..end]
 }
 
 // ---- raw wire shapes of /system/df (both generations) ----
@@ -1119,6 +1121,19 @@ mod tests {
         assert!(DockerHost::parse("ssh://host").is_err());
         assert!(DockerHost::parse("unix://").is_err());
         assert!(DockerHost::parse("tcp://").is_err());
+    }
+
+    /// Found by the `system_df` fuzz target's long run: an image ID with a multi-byte character
+    /// across byte 12 panicked while being shortened (a slice inside a character).
+    #[test]
+    fn ids_that_are_not_hex_are_shortened_without_a_panic() {
+        assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("-----------\u{71b}x"), "-----------\u{71b}");
+        assert_eq!(short_id("ab"), "ab");
+        let crash = include_str!("../fuzz/seeds/system_df/image-id-not-hex.json");
+        let df = parse_disk_usage(crash.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = df.images.iter().map(Image::display_name).collect();
+        assert_eq!(names, ["<none>@-----------\u{71b}"]);
     }
 
     #[test]
