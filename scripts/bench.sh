@@ -36,7 +36,7 @@ RESULTS="${BILGE_BENCH_RESULTS:-$ROOT/target/bench}"
 OUTPUT="${BILGE_BENCH_OUTPUT:-$ROOT/BENCHMARKS.md}"
 TOOLS="${BILGE_BENCH_TOOLS:-$HOME/.cache/bilge-bench}"
 DOCUUM="$TOOLS/bin/docuum"
-BILGE="$ROOT/target/release/bilge"
+BILGE="$ROOT/target/dist/bilge"
 DOCKER=/usr/bin/docker # Debian's CLI: the one with BuildKit
 # Scale points of section 2 and runs per figure.
 SIZES=(${BILGE_BENCH_SIZES:-0 500 2000})
@@ -91,8 +91,8 @@ if [ ! -x "$DOCUUM" ] && [[ " ${SECTIONS[*]} " == *" watermark "* ]]; then
   nice -n 10 cargo install docuum --locked --root "$TOOLS"
   echo "docuum installed in $(( $(date +%s) - t0 ))s" >&2
 fi
-say "cargo build --release"
-nice -n 10 cargo build --release --locked
+say "cargo build --profile dist (as shipped)"
+nice -n 10 cargo build --profile dist --locked
 [ -x "$BILGE" ] || { echo "no $BILGE after cargo build" >&2; exit 1; }
 
 # ---- 2. a temporary directory, and clean-up of everything started -------------------------

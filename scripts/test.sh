@@ -133,10 +133,10 @@ done
 /usr/bin/docker version --format 'dockerd {{.Server.Version}} (API {{.Server.APIVersion}}) is up'
 
 # ---- 4. tests -----------------------------------------------------------------------------
-say "cargo build (debug, and the static release binary for the deploy image test)"
+say "cargo build (debug, and the static dist binary for the deploy tests)"
 cargo build --locked --all-targets
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target x86_64-unknown-linux-gnu
-export BILGE_STATIC_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/bilge"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile dist --target x86_64-unknown-linux-gnu
+export BILGE_STATIC_BIN="$PWD/target/x86_64-unknown-linux-gnu/dist/bilge"
 say "cargo test"
 cargo test --locked -- --test-threads="${BILGE_TEST_THREADS:-4}"
 

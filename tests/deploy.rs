@@ -1,5 +1,5 @@
 //! The deploy image: `deploy/Dockerfile.scratch` built on a private daemon around the static
-//! release binary that `scripts/test.sh` builds, run with the Docker socket mounted, scraped.
+//! dist binary that `scripts/test.sh` builds, run with the Docker socket mounted, scraped.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +11,7 @@ fn static_binary() -> PathBuf {
     let path = std::env::var("BILGE_STATIC_BIN").unwrap_or_else(|_| {
         panic!(
             "BILGE_STATIC_BIN is not set: run through scripts/test.sh, which builds the static binary with \
-             RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu"
+             RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile dist --target x86_64-unknown-linux-gnu"
         )
     });
     let p = PathBuf::from(path);
