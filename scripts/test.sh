@@ -133,10 +133,10 @@ done
 /usr/bin/docker version --format 'dockerd {{.Server.Version}} (API {{.Server.APIVersion}}) is up'
 
 # ---- 4. tests -----------------------------------------------------------------------------
-say "cargo build (debug, and the static dist binary for the deploy tests)"
+say "cargo build (debug, and the dist binary that ships, for the image, container and package tests)"
 cargo build --locked --all-targets
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile dist --target x86_64-unknown-linux-gnu
-export BILGE_STATIC_BIN="$PWD/target/x86_64-unknown-linux-gnu/dist/bilge"
+cargo build --locked --profile dist
+export BILGE_DIST_BIN="$PWD/target/dist/bilge"
 say "cargo test"
 cargo test --locked -- --test-threads="${BILGE_TEST_THREADS:-4}"
 

@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use crate::util::*;
 
-/// The static binary built by scripts/test.sh (`BILGE_STATIC_BIN`).
-fn static_binary() -> PathBuf {
-    let path = std::env::var("BILGE_STATIC_BIN").unwrap_or_else(|_| {
+/// The static binary built by scripts/test.sh (`BILGE_DIST_BIN`).
+fn dist_binary() -> PathBuf {
+    let path = std::env::var("BILGE_DIST_BIN").unwrap_or_else(|_| {
         panic!(
-            "BILGE_STATIC_BIN is not set: run through scripts/test.sh, which builds the static binary with \
-             RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile dist --target x86_64-unknown-linux-gnu"
+            "BILGE_DIST_BIN is not set: run through scripts/test.sh, which builds it with \
+             cargo build --profile dist"
         )
     });
     let p = PathBuf::from(path);
     assert!(
         p.exists(),
-        "BILGE_STATIC_BIN={} does not exist",
+        "BILGE_DIST_BIN={} does not exist",
         p.display()
     );
     p
@@ -25,7 +25,7 @@ fn static_binary() -> PathBuf {
 
 #[test]
 fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
-    let bin = static_binary();
+    let bin = dist_binary();
     let d = Daemon::start("image");
     let ctx = temp_dir("imagectx");
     std::fs::copy(&bin, ctx.join("bilge")).unwrap();
