@@ -95,36 +95,25 @@ pub const TLS_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
 /// stand in for it), for the host name or IP of `--docker.host`, and bilge presents
 /// `cert.pem`/`key.pem`.
 pub fn docker_tls(dir: &std::path::Path) -> std::result::Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let [ca, cert, key] = TLS_FILES.map(|f| dir.join(f));
-    let certs = |p: &std::path::Path| {
-        CertificateDer::pem_file_iter(p)
-            .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", p.display()))
-            .and_then(|c| {
-                if c.is_empty() {
-                    Err(format!("{} holds no PEM certificate", p.display()))
-                } else {
-                    Ok(c)
-                }
-            })
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&ca)? {
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
-    }
-    let chain = certs(&cert)?;
-    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
+    use crate::web::config::Pem;
+    use crate::web::tls;
+    let [ca, cert, key] = TLS_FILES.map(|f| Pem::File(dir.join(f)));
+    let roots = tls::root_store(tls::certificates(&ca, "ca")?)
+        .map_err(|e| format!("{}: {e}", ca.describe("ca")))?;
+    let chain = tls::certificates(&cert, "cert")?;
+    let key = tls::private_key(&key)?;
+    rustls::ClientConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("{} does not match {}: {e}", cert.display(), TLS_FILES[2]))
+        .map_err(|e| {
+            format!(
+                "{} does not match {}: {e}",
+                cert.describe("cert"),
+                TLS_FILES[2]
+            )
+        })
 }
 
 /// The name a `host:port` daemon address is verified as.
@@ -1158,7 +1147,10 @@ mod tests {
         assert!(e.contains("ca.pem"), "{e}");
         std::fs::write(dir.join("ca.pem"), "not pem").unwrap();
         let e = docker_tls(&dir).unwrap_err();
-        assert!(e.contains("ca.pem") && e.contains("no PEM"), "{e}");
+        assert!(
+            e.contains("ca.pem") && e.contains("holds no certificate"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

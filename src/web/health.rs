@@ -24,14 +24,7 @@ pub struct HealthcheckSettings {
 /// `bilge healthcheck`: succeeds when the server answers 2xx within five seconds.
 pub async fn healthcheck(h: HealthcheckSettings) -> Result<()> {
     let url = h.url.clone();
-    // A check over plain http needs no CA certificates: the scratch image has none to load, and
-    // the platform verifier fails to start without them ("builder error").
-    let trust = if url.starts_with("http://") && h.identity.is_none() {
-        super::tls::Trust::Roots(Vec::new())
-    } else {
-        h.trust.clone()
-    };
-    let client = super::tls::client_builder(&trust, h.identity)
+    let client = super::tls::client_builder(&h.trust, h.identity)
         .map_err(Error::Other)?
         .timeout(std::time::Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())

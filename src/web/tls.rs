@@ -68,11 +68,19 @@ pub fn private_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, String> {
 
 /// A root store of every certificate in `pem`.
 fn roots(pem: &Pem, what: &str) -> Result<RootCertStore, String> {
+    root_store(certificates(pem, what)?).map_err(|e| format!("{}: {e}", pem.describe(what)))
+}
+
+/// A root store of exactly `certs`: the trust of every client and server that is given its own CA
+/// certificates (a client CA, `--server.ca-file`, `--webhook.relay-ca-file`, Docker's `ca.pem`).
+pub fn root_store(
+    certs: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    for c in certificates(pem, what)? {
+    for c in certs {
         store
             .add(c)
-            .map_err(|e| format!("{}: not a usable CA certificate ({e})", pem.describe(what)))?;
+            .map_err(|e| format!("not a usable CA certificate ({e})"))?;
     }
     Ok(store)
 }
@@ -230,15 +238,7 @@ pub fn client_builder(
         .map_err(|e| e.to_string())?;
     let builder = match trust {
         Trust::System => builder.with_root_certificates(system_roots()),
-        Trust::Roots(certs) => {
-            let mut store = RootCertStore::empty();
-            for c in certs {
-                store
-                    .add(c.clone())
-                    .map_err(|e| format!("not a usable CA certificate: {e}"))?;
-            }
-            builder.with_root_certificates(store)
-        }
+        Trust::Roots(certs) => builder.with_root_certificates(root_store(certs.iter().cloned())?),
         Trust::Pinned(cert) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedServer {

@@ -78,13 +78,7 @@ pub fn client_tls(ca: Option<&[CertificateDer<'static>]>) -> Result<rustls::Clie
         .map_err(|e| format!("TLS: {e}"))?;
     let builder = match ca {
         Some(certs) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in certs {
-                roots
-                    .add(c.clone())
-                    .map_err(|e| format!("not a usable CA certificate: {e}"))?;
-            }
-            builder.with_root_certificates(roots)
+            builder.with_root_certificates(crate::web::tls::root_store(certs.iter().cloned())?)
         }
         None => {
             let roots = crate::web::tls::system_roots();
