@@ -132,6 +132,12 @@ pub struct GlobalArgs {
         global = true
     )]
     pub stat_timeout: String,
+    /// Where the host's `/` is, as node_exporter's flag: in a container given the host's root at /host (read-only, rslave), `--path.rootfs=/host` reports the host's filesystems with the host's read-only flags, and finds Docker's data root and log files under it. Default: /.
+    #[arg(long = "path.rootfs", env = "BILGE_PATH_ROOTFS", global = true)]
+    pub rootfs: Option<PathBuf>,
+    /// Where the host's /proc is (PID 1's mount table is read from it). Default: the rootfs's proc.
+    #[arg(long = "path.procfs", env = "BILGE_PATH_PROCFS", global = true)]
+    pub procfs: Option<PathBuf>,
     /// SQLite file for build history and the cleanup audit.
     #[arg(
         long = "state.path",

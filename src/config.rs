@@ -119,6 +119,35 @@ fn flag<T>(name: &str, r: std::result::Result<T, String>) -> Result<T> {
     r.map_err(|m| Error::config(name, m))
 }
 
+/// `--path.rootfs` and `--path.procfs`: absolute directories that exist.
+fn host_paths(
+    rootfs: Option<&std::path::Path>,
+    procfs: Option<&std::path::Path>,
+) -> Result<crate::collect::disk::HostPaths> {
+    let dir = |name: &str, p: Option<&std::path::Path>| -> Result<()> {
+        let Some(p) = p else { return Ok(()) };
+        if !p.is_absolute() {
+            return Err(Error::config(
+                name,
+                format!("{} is not an absolute path", p.display()),
+            ));
+        }
+        if !p.is_dir() {
+            return Err(Error::config(
+                name,
+                format!("{} is not a directory", p.display()),
+            ));
+        }
+        Ok(())
+    };
+    dir("--path.rootfs", rootfs)?;
+    dir("--path.procfs", procfs)?;
+    Ok(crate::collect::disk::HostPaths::new(
+        rootfs.map(Into::into),
+        procfs.map(Into::into),
+    ))
+}
+
 impl Config {
     /// Validates the shared flags and reads the policy file.
     pub fn from_args(g: &GlobalArgs) -> Result<Config> {
@@ -195,6 +224,7 @@ impl Config {
                     parse_duration(&g.stat_timeout),
                 )?,
                 interval: Duration::from_secs(2),
+                host: host_paths(g.rootfs.as_deref(), g.procfs.as_deref())?,
             },
             state_path: g.state_path.clone(),
             policy,

@@ -36,6 +36,8 @@ fn kernel_table(u: &mut Unstructured<'_>) -> Result<(String, Vec<Mount>)> {
             mountpoint: format!("/{}", u.arbitrary::<String>()?),
             fstype: u.arbitrary()?,
             readonly: u.arbitrary()?,
+            dev: Some((u64::from(id), u64::from(id))),
+            fs_readonly: u.arbitrary()?,
         };
         let root = format!("/{}", u.arbitrary::<String>()?);
         let mut optional = String::new();
@@ -48,12 +50,13 @@ fn kernel_table(u: &mut Unstructured<'_>) -> Result<(String, Vec<Mount>)> {
             "rw,nosuid"
         };
         table.push_str(&format!(
-            "{} 1 {id}:{id} {} {} {options}{optional} - {} {} rw,seclabel\n",
+            "{} 1 {id}:{id} {} {} {options}{optional} - {} {} {},seclabel\n",
             20 + id,
             escape(&root),
             escape(&m.mountpoint),
             escape(&m.fstype),
             escape(&m.device),
+            if m.fs_readonly { "ro" } else { "rw" },
         ));
         mounts.push(m);
     }

@@ -1721,6 +1721,7 @@ mod tests {
             fs_types_exclude: regex::Regex::new("^$").unwrap_or_else(|e| panic!("{e}")),
             stat_timeout: Duration::from_secs(1),
             interval: Duration::from_secs(2),
+            host: crate::collect::disk::HostPaths::default(),
         };
         let settings = Settings {
             lock: LockSettings {

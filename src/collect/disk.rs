@@ -1,6 +1,13 @@
-//! The filesystem collector: mounts from `/proc/self/mountinfo`, sizes from statvfs. A stat runs
-//! on a blocking thread with a timeout; a mount whose stat hangs (dead NFS, FUSE) is marked stuck
-//! and skipped until that stat returns, so one bad mount never stalls a collection.
+//! The filesystem collector: the host's mount table, sizes from statvfs. A stat runs on a
+//! blocking thread with a timeout; a mount whose stat hangs (dead NFS, FUSE) is marked stuck and
+//! skipped until that stat returns, so one bad mount never stalls a collection.
+//!
+//! The mount table is PID 1's (`<procfs>/1/mountinfo`), as node_exporter reads it: in a container
+//! given the host's `/` at `--path.rootfs` that is the host's table, and under a systemd sandbox
+//! (`ProtectSystem=strict` remounts nearly everything read-only for the service alone) it is the
+//! table outside the sandbox. When PID 1 is hidden (`ProtectProc=invisible`), bilge's own table is
+//! read instead, and then only a filesystem's own read-only flag (its super block's) counts: the
+//! read-only flag of a mount is how one process sees it, not what the filesystem can do.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +34,95 @@ pub struct FilesystemConfig {
     pub stat_timeout: Duration,
     /// Time between two filesystem collections (and watermark checks).
     pub interval: Duration,
+    /// Where the host's files and its `/proc` are (`--path.rootfs`, `--path.procfs`).
+    pub host: HostPaths,
+}
+
+/// Where bilge finds the host: node_exporter's `--path.rootfs` and `--path.procfs`. A container
+/// given the host's `/` at `/host` runs with `rootfs = /host`; on the host itself both are the
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPaths {
+    /// The host's `/`.
+    pub rootfs: PathBuf,
+    /// The host's `/proc`.
+    pub procfs: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> HostPaths {
+        HostPaths::new(None, None)
+    }
+}
+
+/// Which mount table was read, and so which read-only flags it can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableOf {
+    /// PID 1's: the host's view, mount flags included.
+    Host,
+    /// bilge's own (PID 1 could not be read): mount flags are this process's view only.
+    Own,
+}
+
+impl HostPaths {
+    /// `rootfs` defaults to `/`, `procfs` to the rootfs's `proc` (so `--path.rootfs=/host` alone
+    /// reads `/host/proc`, the host's proc mounted under the host's root).
+    pub fn new(rootfs: Option<PathBuf>, procfs: Option<PathBuf>) -> HostPaths {
+        let rootfs = rootfs.unwrap_or_else(|| PathBuf::from("/"));
+        let procfs = procfs.unwrap_or_else(|| rootfs.join("proc"));
+        HostPaths { rootfs, procfs }
+    }
+
+    /// Where this process finds the host's `path` (an absolute path as the host names it, such as
+    /// Docker's data root or a container's `LogPath`).
+    pub fn file(&self, path: &Path) -> PathBuf {
+        if self.rootfs == Path::new("/") {
+            return path.to_path_buf();
+        }
+        self.rootfs.join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    /// The host's mount table: PID 1's, else this process's own with the mounts outside the
+    /// rootfs left out and the rootfs's prefix taken off the rest.
+    pub fn read_mounts(&self) -> std::io::Result<(Vec<Mount>, TableOf)> {
+        let pid1 = self.procfs.join("1/mountinfo");
+        match std::fs::read_to_string(&pid1) {
+            Ok(text) => Ok((parse_mountinfo(&text), TableOf::Host)),
+            Err(e) => {
+                own_table_once(&pid1, &e);
+                let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+                Ok((own_view(parse_mountinfo(&text), &self.rootfs), TableOf::Own))
+            }
+        }
+    }
+}
+
+/// Says once per process that PID 1's table could not be read.
+fn own_table_once(path: &Path, e: &std::io::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::info!(
+            path = %path.display(),
+            error = %e,
+            "cannot read PID 1's mount table: reading bilge's own; read-only flags are the filesystems' own (mount flags are this process's view)"
+        );
+    });
+}
+
+/// bilge's own table seen as the host's: with a rootfs other than `/`, only the mounts under it,
+/// named as the host names them (`/host/var/lib/docker` is `/var/lib/docker`) (pure).
+pub fn own_view(mounts: Vec<Mount>, rootfs: &Path) -> Vec<Mount> {
+    if rootfs == Path::new("/") {
+        return mounts;
+    }
+    mounts
+        .into_iter()
+        .filter_map(|mut m| {
+            let rest = Path::new(&m.mountpoint).strip_prefix(rootfs).ok()?;
+            m.mountpoint = Path::new("/").join(rest).to_string_lossy().into_owned();
+            Some(m)
+        })
+        .collect()
 }
 
 /// One line of mountinfo, reduced to what bilge reports.
@@ -38,10 +134,27 @@ pub struct Mount {
     pub mountpoint: String,
     /// Filesystem type.
     pub fstype: String,
-    /// Mounted read-only. Not serialized: a [`Filesystem`] reports it once, through its usage,
-    /// which includes it.
+    /// Mounted read-only (the mount's own flag). Not serialized: a [`Filesystem`] reports it
+    /// once, through its usage (see [`Mount::readonly_in`]).
     #[serde(skip)]
     pub readonly: bool,
+    /// The device number (`major:minor`) mountinfo gives the mount, when it parses.
+    #[serde(skip)]
+    pub dev: Option<(u64, u64)>,
+    /// The filesystem itself is read-only: its super block's flag (mounted `ro`, or remounted
+    /// read-only after errors), the same in every mount namespace.
+    #[serde(skip)]
+    pub fs_readonly: bool,
+}
+
+impl Mount {
+    /// Whether the host cannot write to it, as far as a table of `table` can tell.
+    pub fn readonly_in(&self, table: TableOf) -> bool {
+        match table {
+            TableOf::Host => self.readonly || self.fs_readonly,
+            TableOf::Own => self.fs_readonly,
+        }
+    }
 }
 
 /// statvfs figures in bytes and inodes.
@@ -126,6 +239,10 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             // fs/proc_namespace.c), e.g. a FUSE subtype with a space.
             fstype: unescape(r[0]),
             readonly: l[5].split(',').any(|o| o == "ro"),
+            dev: l[2]
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))),
+            fs_readonly: r.get(2).is_some_and(|o| o.split(',').any(|o| o == "ro")),
         });
     }
     out
@@ -163,11 +280,26 @@ pub fn statvfs(path: &Path) -> std::io::Result<Usage> {
     })
 }
 
-/// Reads the mount table of this process.
-pub fn read_mounts() -> std::io::Result<Vec<Mount>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string(
-        "/proc/self/mountinfo",
-    )?))
+/// statvfs on `path`, which must be on device `dev` (blocking): a mount of the host's that did not
+/// reach this process's view of the rootfs (mounted after a container started, without `rslave`
+/// propagation) would otherwise report the filesystem beneath it under its name.
+pub fn statvfs_of(path: &Path, dev: Option<(u64, u64)>) -> std::io::Result<Usage> {
+    if let Some((major, minor)) = dev {
+        let st = nix::sys::stat::stat(path).map_err(std::io::Error::from)?;
+        let found = (
+            nix::sys::stat::major(st.st_dev),
+            nix::sys::stat::minor(st.st_dev),
+        );
+        if found != (major, minor) {
+            return Err(std::io::Error::other(format!(
+                "{} is on device {}:{}, not the mount's {major}:{minor}: the mount is not visible here (mount the host's / with rslave propagation)",
+                path.display(),
+                found.0,
+                found.1
+            )));
+        }
+    }
+    statvfs(path)
 }
 
 /// Stats paths with a timeout, remembering mounts whose stat never returned.
@@ -200,6 +332,16 @@ impl std::fmt::Display for StatError {
 impl Statter {
     /// statvfs(`path`) on a blocking thread, giving up after `timeout`.
     pub async fn stat(&self, path: &Path, timeout: Duration) -> Result<Usage, StatError> {
+        self.stat_on(path, None, timeout).await
+    }
+
+    /// [`Statter::stat`] of a path that must be on device `dev` ([`statvfs_of`]).
+    pub async fn stat_on(
+        &self,
+        path: &Path,
+        dev: Option<(u64, u64)>,
+        timeout: Duration,
+    ) -> Result<Usage, StatError> {
         let key = path.to_path_buf();
         {
             let stuck = self.stuck.lock().map_err(|_| StatError::Stuck)?;
@@ -210,7 +352,7 @@ impl Statter {
         let stuck = self.stuck.clone();
         let p = key.clone();
         let handle = tokio::task::spawn_blocking(move || {
-            let r = statvfs(&p);
+            let r = statvfs_of(&p, dev);
             if let Ok(mut s) = stuck.lock() {
                 s.remove(&p);
             }
@@ -235,7 +377,7 @@ pub async fn collect(
     cfg: &FilesystemConfig,
     statter: &Statter,
 ) -> std::io::Result<Vec<Filesystem>> {
-    let mounts = read_mounts()?;
+    let (mounts, table) = cfg.host.read_mounts()?;
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for m in mounts.into_iter().filter(|m| included(m, cfg)) {
@@ -243,12 +385,23 @@ pub async fn collect(
         if !seen.insert(m.mountpoint.clone()) {
             out.retain(|f: &Filesystem| f.mount.mountpoint != m.mountpoint);
         }
+        // Through a rootfs, the path must still be the mount's (see `statvfs_of`); on the host
+        // itself a mount point is its mount by definition.
+        let dev = (cfg.host.rootfs != Path::new("/"))
+            .then_some(m.dev)
+            .flatten();
         match statter
-            .stat(Path::new(&m.mountpoint), cfg.stat_timeout)
+            .stat_on(
+                &cfg.host.file(Path::new(&m.mountpoint)),
+                dev,
+                cfg.stat_timeout,
+            )
             .await
         {
+            // statvfs's read-only flag is this process's view of the mount (a container's `:ro`
+            // bind, a sandbox): the table says what the host sees.
             Ok(mut usage) => {
-                usage.readonly |= m.readonly;
+                usage.readonly = m.readonly_in(table);
                 out.push(Filesystem { mount: m, usage });
             }
             Err(e) => {
@@ -278,6 +431,7 @@ mod tests {
             fs_types_exclude: Regex::new(DEFAULT_FS_TYPES_EXCLUDE).unwrap(),
             stat_timeout: Duration::from_secs(1),
             interval: Duration::from_secs(1),
+            host: HostPaths::default(),
         }
     }
 
@@ -288,6 +442,72 @@ mod tests {
         assert_eq!(m[3].mountpoint, "/mnt/with space");
         assert_eq!(m[3].device, "/dev/loop0");
         assert!(m[4].readonly && !m[0].readonly);
+    }
+
+    /// A container's `:ro` bind of a writable filesystem, and a systemd sandbox's read-only
+    /// remounts, are read-only mounts of read-write filesystems: read-only in the host's table
+    /// only when the host mounted them so, never from bilge's own table. A filesystem remounted
+    /// read-only after errors is read-only in every table.
+    #[test]
+    fn read_only_is_the_filesystems_in_bilges_own_table_and_the_hosts_in_pid_1s() {
+        let m = parse_mountinfo(concat!(
+            "61 60 252:0 /var/lib/docker /var/lib/docker ro,relatime - ext4 /dev/vda rw\n",
+            "62 60 7:3 / /data rw,relatime - ext4 /dev/loop3 ro,errors=remount-ro\n",
+            "63 60 7:4 / /srv rw,relatime - ext4 /dev/loop4 rw\n",
+        ));
+        assert_eq!(m[0].dev, Some((252, 0)));
+        let flags = |t| m.iter().map(|m| m.readonly_in(t)).collect::<Vec<_>>();
+        assert_eq!(flags(TableOf::Host), [true, true, false]);
+        assert_eq!(flags(TableOf::Own), [false, true, false]);
+    }
+
+    #[test]
+    fn the_host_is_found_under_the_rootfs() {
+        let h = HostPaths::default();
+        assert_eq!(h.procfs, Path::new("/proc"));
+        assert_eq!(
+            h.file(Path::new("/var/lib/docker")),
+            Path::new("/var/lib/docker")
+        );
+        let h = HostPaths::new(Some("/host".into()), None);
+        assert_eq!(h.procfs, Path::new("/host/proc"));
+        assert_eq!(
+            h.file(Path::new("/var/lib/docker/containers/a/a-json.log")),
+            Path::new("/host/var/lib/docker/containers/a/a-json.log")
+        );
+        let h = HostPaths::new(Some("/host".into()), Some("/proc".into()));
+        assert_eq!(h.procfs, Path::new("/proc"));
+    }
+
+    /// bilge's own table through a rootfs: its own mounts (`/etc/hosts`, secrets) are not the
+    /// host's and go; the host's are named as the host names them.
+    #[test]
+    fn the_own_table_through_a_rootfs_keeps_the_hosts_mounts_under_their_names() {
+        let m = parse_mountinfo(concat!(
+            "70 69 0:80 / / rw - overlay overlay rw\n",
+            "71 70 252:0 /etc/hosts /etc/hosts rw - ext4 /dev/vda rw\n",
+            "72 70 252:0 / /host ro,rslave - ext4 /dev/vda rw\n",
+            "73 72 7:0 / /host/srv ro,rslave - ext4 /dev/loop0 rw\n",
+            "74 70 0:90 / /hostile rw - tmpfs tmpfs rw\n",
+        ));
+        let names: Vec<String> = own_view(m.clone(), Path::new("/host"))
+            .into_iter()
+            .map(|m| m.mountpoint)
+            .collect();
+        assert_eq!(names, ["/", "/srv"]);
+        assert_eq!(own_view(m, Path::new("/")).len(), 5);
+    }
+
+    /// A host mount that did not reach the container's view of the rootfs is refused rather than
+    /// reported with the figures of the filesystem beneath it.
+    #[test]
+    fn a_path_on_another_device_than_its_mount_is_refused() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dev = std::fs::metadata("/").unwrap().dev();
+        let own = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        assert!(statvfs_of(Path::new("/"), Some(own)).is_ok());
+        let e = statvfs_of(Path::new("/"), Some((own.0, own.1 + 1))).unwrap_err();
+        assert!(e.to_string().contains("not visible here"), "{e}");
     }
 
     /// Found by the `mountinfo` fuzz target: the filesystem type was returned as written, with

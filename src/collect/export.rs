@@ -395,6 +395,8 @@ mod tests {
                     mountpoint: "/".into(),
                     fstype: "ext4".into(),
                     readonly: false,
+                    dev: Some((252, 0)),
+                    fs_readonly: false,
                 },
                 usage,
             }],

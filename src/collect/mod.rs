@@ -198,9 +198,10 @@ impl Collector {
     /// Stats the data root (if known) now, updating the snapshot.
     pub async fn measure_data_root(&self) -> Option<DataRoot> {
         let path = read(&self.data_root_path).clone()?;
+        let host = &self.fs_cfg.host;
         let usage = match self
             .statter
-            .stat(Path::new(&path), self.fs_cfg.stat_timeout)
+            .stat(&host.file(Path::new(&path)), self.fs_cfg.stat_timeout)
             .await
         {
             Ok(u) => u,
@@ -209,8 +210,17 @@ impl Collector {
                 return None;
             }
         };
-        let mounts = disk::read_mounts().unwrap_or_default();
-        let mountpoint = disk::mount_of(&mounts, Path::new(&path))
+        let mut usage = usage;
+        let (mounts, table) = host
+            .read_mounts()
+            .unwrap_or((Vec::new(), disk::TableOf::Own));
+        let mount = disk::mount_of(&mounts, Path::new(&path));
+        // As for every filesystem: the table's read-only flag, not this process's view of it
+        // (the data root is often bind-mounted `:ro` into bilge's container).
+        if let Some(m) = mount {
+            usage.readonly = m.readonly_in(table);
+        }
+        let mountpoint = mount
             .map(|m| m.mountpoint.clone())
             .unwrap_or_else(|| path.clone());
         let dr = DataRoot {
@@ -314,7 +324,7 @@ impl Collector {
                 du.containers.iter().map(|c| c.id.as_str()).collect();
             cache.retain(|id, _| live.contains(id.as_str()));
         }
-        sizes.extend(log_sizes(new_paths).await);
+        sizes.extend(log_sizes(&self.fs_cfg.host, new_paths).await);
         du.containers
             .iter()
             .map(|c| ContainerLog {
@@ -369,7 +379,10 @@ impl Collector {
             self.measure_data_root().await;
         }
         // The known containers' logs are measured while the daemon computes `/system/df`.
-        let (du, sizes) = tokio::join!(api.disk_usage(), log_sizes(self.known_log_paths()));
+        let (du, sizes) = tokio::join!(
+            api.disk_usage(),
+            log_sizes(&self.fs_cfg.host, self.known_log_paths())
+        );
         let du = du?;
         let logs = self.container_logs(&api, &du, sizes).await;
         let top_n = self.docker_cfg.top_n;
@@ -444,13 +457,14 @@ impl Collector {
 
 /// Sizes of the given containers' log files (and rotated siblings), measured on a blocking
 /// thread so the runtime's workers keep answering scrapes.
-async fn log_sizes(paths: Vec<(String, String)>) -> HashMap<String, u64> {
+async fn log_sizes(host: &disk::HostPaths, paths: Vec<(String, String)>) -> HashMap<String, u64> {
     let large = !paths.is_empty();
+    let host = host.clone();
     crate::docker::offload(large, "measuring container logs", move || {
         paths
             .into_iter()
             .map(|(id, p)| {
-                let bytes = docker::log_file_bytes(Path::new(&p));
+                let bytes = docker::log_file_bytes(&host.file(Path::new(&p)));
                 (id, bytes)
             })
             .collect()
