@@ -1,13 +1,25 @@
-//! The deploy image: `deploy/Dockerfile.scratch` built on a private daemon around the static
-//! dist binary that `scripts/test.sh` builds, run with the Docker socket mounted, scraped.
+//! The deploy image: `deploy/Dockerfile`, the file users build, built on a private daemon around
+//! the dist binary that `scripts/test.sh` builds, run with the Docker socket and the host's `/`
+//! mounted, scraped, health-checked, and compared with bilge run directly on the host.
+//!
+//! No base image can be pulled here, so the test makes the two the Dockerfile names from this
+//! machine's own files and passes them as build arguments, the only thing it changes: a busybox
+//! builder (`RUST_IMAGE`), which takes the binary built outside through the Dockerfile's
+//! `BILGE_PREBUILT` path instead of compiling, and a runtime (`RUNTIME_IMAGE`) that holds what
+//! distroless's `cc-debian12:nonroot` holds for bilge: the glibc and libgcc the binary links
+//! against (Debian 12's, from this machine), the CA bundle, and the `nonroot` user 65532.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::util::*;
 
-/// The static binary built by scripts/test.sh (`BILGE_DIST_BIN`).
-fn dist_binary() -> PathBuf {
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The dist binary built by scripts/test.sh (`BILGE_DIST_BIN`), as a path inside the repository
+/// (the build context), where `.dockerignore` lets it in.
+fn dist_binary() -> (PathBuf, String) {
     let path = std::env::var("BILGE_DIST_BIN").unwrap_or_else(|_| {
         panic!(
             "BILGE_DIST_BIN is not set: run through scripts/test.sh, which builds it with \
@@ -16,35 +28,160 @@ fn dist_binary() -> PathBuf {
     });
     let p = PathBuf::from(path);
     assert!(p.exists(), "BILGE_DIST_BIN={} does not exist", p.display());
-    p
+    let rel = p
+        .strip_prefix(REPO)
+        .ok()
+        .map(|r| r.display().to_string())
+        .filter(|r| r == "target/dist/bilge")
+        .unwrap_or_else(|| {
+            panic!(
+                "BILGE_DIST_BIN={} must be {REPO}/target/dist/bilge, the one build output the image's context lets in",
+                p.display()
+            )
+        });
+    (p, rel)
+}
+
+/// The runtime base: the shared libraries `bin` loads (by `ldd`), the CA bundle, and the users of
+/// distroless's `nonroot` variant, `FROM scratch`.
+fn runtime_image(d: &Daemon, bin: &Path, tag: &str) {
+    require("/usr/bin/ldd", "apt-get install libc-bin");
+    require(
+        "/etc/ssl/certs/ca-certificates.crt",
+        "apt-get install ca-certificates",
+    );
+    let ctx = temp_dir("runtime-image");
+    let root = ctx.join("root");
+    let ldd = run_ok(std::process::Command::new("/usr/bin/ldd").arg(bin));
+    let libs: Vec<&str> = ldd
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .collect();
+    assert!(
+        libs.iter().any(|l| l.contains("libc.so")),
+        "ldd found no libc in {}: {ldd}",
+        bin.display()
+    );
+    for lib in libs
+        .iter()
+        .copied()
+        .chain(["/etc/ssl/certs/ca-certificates.crt"])
+    {
+        let dest = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        // Through symlinks: the image gets the file under the name the loader asks for.
+        std::fs::copy(lib, &dest).unwrap_or_else(|e| panic!("copying {lib}: {e}"));
+    }
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnonroot:x:65532:\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY root/ /\nUSER 65532:65532\n",
+    )
+    .unwrap();
+    d.docker(&[
+        "build",
+        "--network",
+        "none",
+        "-q",
+        "-t",
+        tag,
+        ctx.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&ctx);
+}
+
+/// `deploy/Dockerfile` built with only the base images substituted, and the binary built outside.
+fn build_image(d: &Daemon, tag: &str) -> PathBuf {
+    let (bin, rel) = dist_binary();
+    d.build(Some("bilge-test/rust:busybox"), &[]);
+    runtime_image(d, &bin, "bilge-test/cc-debian12:nonroot");
+    d.docker(&[
+        "build",
+        "--network",
+        "none",
+        "-q",
+        "-f",
+        &format!("{REPO}/deploy/Dockerfile"),
+        "--build-arg",
+        "RUST_IMAGE=bilge-test/rust:busybox",
+        "--build-arg",
+        "RUNTIME_IMAGE=bilge-test/cc-debian12:nonroot",
+        "--build-arg",
+        &format!("BILGE_PREBUILT={rel}"),
+        "-t",
+        tag,
+        REPO,
+    ]);
+    bin
+}
+
+/// Filesystems as bilge's /metrics gives them: mountpoint => (size, read-only).
+fn metrics_filesystems(text: &str) -> BTreeMap<String, (u64, bool)> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("bilge_filesystem_size_bytes{") else {
+            continue;
+        };
+        let Some(mp) = rest
+            .split("mountpoint=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        let size = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        let labels = &rest[..rest.find('}').unwrap_or(rest.len())];
+        let ro = sample(text, &format!("bilge_filesystem_readonly{{{labels}}}"));
+        out.insert(
+            mp.to_string(),
+            (size.unwrap_or(-1.0) as u64, ro == Some(1.0)),
+        );
+    }
+    out
+}
+
+/// Filesystems as `bilge df --json` on the host gives them, in the same shape.
+fn df_filesystems(json: &serde_json::Value) -> BTreeMap<String, (u64, bool)> {
+    json["filesystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["mountpoint"].as_str().unwrap().to_string(),
+                (
+                    f["size"].as_u64().unwrap(),
+                    f["readonly"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect()
 }
 
 #[test]
-fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
-    let bin = dist_binary();
+fn the_image_users_build_runs_non_root_sees_the_host_and_is_healthy() {
+    require_root();
     let d = Daemon::start("image");
-    let ctx = temp_dir("imagectx");
-    std::fs::copy(&bin, ctx.join("bilge")).unwrap();
-    let dockerfile =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile.scratch");
-    d.docker(&[
-        "build",
-        "-q",
-        "-f",
-        dockerfile.to_str().unwrap(),
-        "-t",
-        "bilge:test",
-        ctx.to_str().unwrap(),
-    ]);
+    let bin = build_image(&d, "bilge:test");
     let inspect = d.docker(&[
         "image",
         "inspect",
         "bilge:test",
         "--format",
-        "{{.Config.User}} {{json .Config.Healthcheck}}",
+        "{{.Config.User}} {{json .Config.Healthcheck}} {{json .Config.Entrypoint}}",
     ]);
-    assert!(inspect.starts_with("65532"), "image user: {inspect}");
-    assert!(inspect.contains("healthcheck"), "no HEALTHCHECK: {inspect}");
+    assert!(inspect.starts_with("65532:65532 "), "image user: {inspect}");
+    assert!(
+        inspect.contains("\"bilge\",\"healthcheck\""),
+        "no HEALTHCHECK: {inspect}"
+    );
+    assert!(inspect.ends_with("[\"bilge\"]"), "entrypoint: {inspect}");
 
     // The daemon's socket is group-owned by root here; the container reaches it through --group-add.
     let sock = d.dir.join("docker.sock");
@@ -53,6 +190,9 @@ fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
         std::fs::metadata(&sock).unwrap().gid().to_string()
     };
     let port = free_port();
+    // The host's / read-only at /host, as the README, compose and the DaemonSet mount it; without
+    // `rslave` here because this machine's / is a private mount, which Docker refuses to
+    // propagate from (the device check keeps a mount made later from being misreported).
     d.docker(&[
         "run",
         "-d",
@@ -62,17 +202,19 @@ fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
         "host",
         "--group-add",
         &gid,
+        "--group-add",
+        "0",
         "-v",
         &format!("{}:/var/run/docker.sock", sock.display()),
+        "-v",
+        "/:/host:ro",
         "-e",
         &format!("BILGE_WEB_LISTEN_ADDRESS=127.0.0.1:{port}"),
-        "--tmpfs",
-        "/var/lib/bilge:uid=65532,gid=65532",
         // The image's own health check command, run more often than its 30s default.
         "--health-interval=2s",
         "bilge:test",
         "serve",
-        "--state.path=/var/lib/bilge/bilge.db",
+        "--path.rootfs=/host",
         "--docker.refresh-interval=1s",
     ]);
     let url = format!("http://127.0.0.1:{port}/metrics");
@@ -90,13 +232,7 @@ fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
     // The shipped binary carries the revision it was built from (build.rs), in `--version` and in
     // build_info alike.
     let git = std::process::Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "rev-parse",
-            "--short=12",
-            "HEAD",
-        ])
+        .args(["-C", REPO, "rev-parse", "--short=12", "HEAD"])
         .output()
         .expect("git is needed to check the compiled-in revision: apt-get install git");
     let head = String::from_utf8_lossy(&git.stdout).trim().to_string();
@@ -119,6 +255,89 @@ fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
         metrics.contains("bilge_docker_largest_image_bytes{image=\"bilge:test\"}"),
         "{metrics}"
     );
+
+    // The host's view: the same filesystems, sizes and read-only flags as bilge run on the host,
+    // and the data root (bind-mounted read-only into the container) writable. Other tests mount
+    // and unmount filesystems meanwhile, so the two are compared until a pair agrees: the host's
+    // list before and after the container's scrape must match, and the container's must equal it.
+    let mut last = String::new();
+    let agreed = wait_for_opt(Duration::from_secs(60), || {
+        let host = || {
+            let out = run_ok(
+                std::process::Command::new(BILGE)
+                    .args(["df", "--json"])
+                    .env("DOCKER_HOST", &d.host),
+            );
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()
+        };
+        let before = host();
+        // A collection that started after `before`.
+        std::thread::sleep(Duration::from_secs(3));
+        let text = http("GET", &url, &[], b"").ok()?.text();
+        let after = host();
+        let (b, c, a) = (
+            df_filesystems(&before),
+            metrics_filesystems(&text),
+            df_filesystems(&after),
+        );
+        last = format!("host {b:?}\ncontainer {c:?}");
+        (b == a && b == c).then_some((after, text))
+    });
+    let Some((host, text)) = agreed else {
+        panic!("the container's filesystems never equalled the host's:\n{last}")
+    };
+    assert!(
+        host["filesystems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["mountpoint"] == "/"),
+        "{host}"
+    );
+    assert!(
+        !text.contains("mountpoint=\"/host"),
+        "the container's own mounts: {text}"
+    );
+    assert!(
+        !text.contains("mountpoint=\"/etc/hosts\""),
+        "the container's own mounts: {text}"
+    );
+    // The data root: where the host has it, on the host's filesystem, writable.
+    let dr = &host["data_root"];
+    assert_eq!(dr["path"], d.data_root.display().to_string(), "{host}");
+    let plan = http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/api/v1/plan"),
+        &[],
+        b"",
+    )
+    .unwrap()
+    .json();
+    let ours = &plan["data_root"];
+    for key in ["path", "mountpoint", "size", "readonly"] {
+        assert_eq!(
+            ours[key], dr[key],
+            "data root {key}: container {ours} vs host {dr}"
+        );
+    }
+    assert_eq!(ours["readonly"], false, "{ours}");
+    let mp = dr["mountpoint"].as_str().unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            &format!("bilge_docker_data_root_size_bytes{{mountpoint=\"{mp}\"}}")
+        ),
+        dr["size"].as_f64(),
+        "data root size, container vs host:\n{text}"
+    );
+    assert!(
+        text.contains("bilge_filesystem_readonly{")
+            && !text
+                .lines()
+                .any(|l| l.starts_with("bilge_filesystem_readonly{") && l.ends_with(" 1")),
+        "a read-only filesystem in the container's view (none is read-only on this host):\n{text}"
+    );
+
     // The image's HEALTHCHECK reports healthy.
     wait_for(
         "the container to be healthy",
@@ -128,9 +347,6 @@ fn the_scratch_image_runs_as_non_root_and_serves_metrics_through_the_socket() {
                 .then_some(())
         },
     );
-    let user = d.docker(&["inspect", "bilge", "--format", "{{.Config.User}}"]);
-    assert_eq!(user, "65532:65532");
-    let _ = std::fs::remove_dir_all(&ctx);
 }
 
 /// What a package installs besides the binary: completion scripts and man pages, generated from

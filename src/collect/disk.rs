@@ -386,10 +386,12 @@ pub async fn collect(
             out.retain(|f: &Filesystem| f.mount.mountpoint != m.mountpoint);
         }
         // Through a rootfs, the path must still be the mount's (see `statvfs_of`); on the host
-        // itself a mount point is its mount by definition.
-        let dev = (cfg.host.rootfs != Path::new("/"))
-            .then_some(m.dev)
-            .flatten();
+        // itself a mount point is its mount by definition. btrfs and bcachefs give each
+        // subvolume a device number of its own, unlike the one mountinfo shows: not checked.
+        let dev = (cfg.host.rootfs != Path::new("/")
+            && !matches!(m.fstype.as_str(), "btrfs" | "bcachefs"))
+        .then_some(m.dev)
+        .flatten();
         match statter
             .stat_on(
                 &cfg.host.file(Path::new(&m.mountpoint)),
