@@ -15,11 +15,7 @@ fn dist_binary() -> PathBuf {
         )
     });
     let p = PathBuf::from(path);
-    assert!(
-        p.exists(),
-        "BILGE_DIST_BIN={} does not exist",
-        p.display()
-    );
+    assert!(p.exists(), "BILGE_DIST_BIN={} does not exist", p.display());
     p
 }
 

@@ -128,9 +128,9 @@ pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<u8> {
         size,
     );
     eprintln!(
-        "bilge: {}; cleaning up (levels up to {level}) until {target} ({}) is available",
+        "bilge: {}; cleaning up (levels up to {level}) until {} is available",
         min_free_line(&before, min, Check::Before),
-        human_bytes(target.bytes_for(size))
+        described(target, size)
     );
     let ran = clean(&engine, &opts, Some(target), confirm, grace).await;
     if matches!(ran, Ok(code) if code != 0) {
@@ -138,6 +138,11 @@ pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<u8> {
         return ran;
     }
     let after = measure(&engine, &docker_host).await;
+    let when = if ran.is_ok() {
+        Check::Cleaned
+    } else {
+        Check::NotCleaned
+    };
     match (ran, after) {
         (ran, Ok(after)) if !min.met_by(after.usage.avail, after.usage.size) => {
             if let Err(e) = ran {
@@ -145,12 +150,12 @@ pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<u8> {
             }
             eprintln!(
                 "bilge: {} (exit {EXIT_BELOW_MIN_FREE})",
-                min_free_line(&after, min, Check::After)
+                min_free_line(&after, min, when)
             );
             Ok(EXIT_BELOW_MIN_FREE)
         }
         (Ok(code), Ok(after)) => {
-            eprintln!("bilge: {}", min_free_line(&after, min, Check::After));
+            eprintln!("bilge: {}", min_free_line(&after, min, when));
             Ok(code)
         }
         (Err(e), _) | (Ok(_), Err(e)) => Err(e),
@@ -162,19 +167,25 @@ pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<u8> {
 enum Check {
     /// Before anything was cleaned.
     Before,
-    /// After the cleanup.
-    After,
+    /// After the cleanup ran.
+    Cleaned,
+    /// After a cleanup that failed or could not start (the host lock).
+    NotCleaned,
+}
+
+/// A target as the `--min-free` lines print it: a share with its bytes on a filesystem of
+/// `size` bytes (`15% (1.50GiB)`), a size as it is (pure).
+fn described(t: FreeTarget, size: u64) -> String {
+    match t {
+        FreeTarget::Percent(_) => format!("{t} ({})", human_bytes(t.bytes_for(size))),
+        FreeTarget::Bytes(_) => t.to_string(),
+    }
 }
 
 /// What a `--min-free` measurement found, as one line (pure).
 fn min_free_line(d: &DataRoot, min: FreeTarget, when: Check) -> String {
     let (avail, size) = (d.usage.avail, d.usage.size);
-    let needed = match min {
-        FreeTarget::Percent(_) => {
-            format!("--min-free {min} ({})", human_bytes(min.bytes_for(size)))
-        }
-        FreeTarget::Bytes(_) => format!("--min-free {min}"),
-    };
+    let needed = format!("--min-free {}", described(min, size));
     let fs = if d.mountpoint == d.path {
         String::new()
     } else {
@@ -184,10 +195,12 @@ fn min_free_line(d: &DataRoot, min: FreeTarget, when: Check) -> String {
     match (when, min.met_by(avail, size)) {
         (Check::Before, true) => format!("{head}, at least {needed}: nothing to clean"),
         (Check::Before, false) => format!("{head}, less than {needed}"),
-        (Check::After, true) => format!("{head} after the cleanup, at least {needed}"),
-        (Check::After, false) => {
+        (Check::Cleaned, true) => format!("{head} after the cleanup, at least {needed}"),
+        (Check::Cleaned, false) => {
             format!("{head} after the cleanup, still less than {needed}")
         }
+        (Check::NotCleaned, true) => format!("{head} now, at least {needed}"),
+        (Check::NotCleaned, false) => format!("{head} now, still less than {needed}"),
     }
 }
 
@@ -492,13 +505,19 @@ mod tests {
         );
         let pct = FreeTarget::Percent(20.0);
         assert_eq!(
-            min_free_line(&root(GIB, 10 * GIB, "/"), pct, Check::After),
+            min_free_line(&root(GIB, 10 * GIB, "/"), pct, Check::Cleaned),
             "1.00GiB available on /var/lib/docker (filesystem /) after the cleanup, still less than --min-free 20% (2.00GiB)"
         );
         assert!(
-            min_free_line(&root(3 * GIB, 10 * GIB, "/"), pct, Check::After)
+            min_free_line(&root(3 * GIB, 10 * GIB, "/"), pct, Check::Cleaned)
                 .ends_with("after the cleanup, at least --min-free 20% (2.00GiB)")
         );
+        // A cleanup that could not run (the host lock) did not make the space.
+        assert!(
+            min_free_line(&root(GIB, 10 * GIB, "/"), pct, Check::NotCleaned)
+                .ends_with("(filesystem /) now, still less than --min-free 20% (2.00GiB)")
+        );
+        assert_eq!(described(min, GIB), "10.0GiB");
     }
 
     #[test]
