@@ -340,6 +340,12 @@ fn the_gitlab_pre_build_script_leaves_a_roomy_data_root_alone() {
     let b = builds(&state);
     assert_eq!(b.len(), 1, "{b:?}");
     assert_eq!(b[0].project, "acme/app");
+    // `bilge clean --min-free --json` says the same as JSON.
+    let v = bilge_clean_json(&d, &state, &["--min-free", "1MiB"]);
+    assert_eq!(v["cleaned"], false, "{v:#}");
+    assert_eq!(v["min_free_bytes"], 1 << 20, "{v:#}");
+    assert_eq!(v["data_root"]["path"], d.data_root.display().to_string());
+    assert!(audit(&state).is_empty());
 }
 
 #[test]
