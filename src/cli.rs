@@ -341,6 +341,10 @@ pub struct CleanArgs {
     /// Stop once the data root has this much free (`15%` or `10GiB`). Default: the policy's.
     #[arg(long = "target-free", env = "BILGE_CLEAN_TARGET_FREE")]
     pub target_free: Option<String>,
+    /// Clean only when Docker's data root has less than this available (`10GiB` or `15%`), then
+    /// up to the larger of this and the target; exit 3 when it still has less (CI pre-job hooks).
+    #[arg(long = "min-free", env = "BILGE_CLEAN_MIN_FREE")]
+    pub min_free: Option<String>,
     /// Print the plan with estimated bytes and delete nothing.
     #[arg(long = "dry-run")]
     pub dry_run: bool,

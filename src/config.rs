@@ -417,10 +417,15 @@ impl Config {
             .map(parse_free_target)
             .transpose()
             .map_err(|m| Error::config("--target-free", m))?;
+        let min_free = match a.min_free.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(flag("--min-free", parse_free_target(s))?),
+        };
         Ok(CleanOptions {
             level,
             until,
             target_free,
+            min_free,
             dry_run: a.dry_run,
             yes: a.yes,
             json: a.json,
@@ -719,6 +724,7 @@ mod tests {
             level: level.into(),
             until: None,
             target_free: None,
+            min_free: None,
             dry_run: false,
             yes: false,
             json: false,
@@ -741,6 +747,27 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("--target-free"), "{e}");
+        let e = Config::clean(&CleanArgs {
+            min_free: Some("lots".into()),
+            ..args("standard")
+        })
+        .unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("--min-free"), "{e}");
+    }
+
+    #[test]
+    fn clean_min_free_takes_a_size_or_a_share_and_empty_means_none() {
+        let opts = |v: &str| {
+            Config::clean(&CleanArgs {
+                min_free: Some(v.into()),
+                ..args("standard")
+            })
+            .unwrap()
+            .min_free
+        };
+        assert_eq!(opts("10GiB"), Some(FreeTarget::Bytes(10 << 30)));
+        assert_eq!(opts(" 15% "), Some(FreeTarget::Percent(15.0)));
+        assert_eq!(opts(""), None);
     }
 
     /// `bilge serve ARGS` assembled, or the error that stops start-up.

@@ -130,6 +130,11 @@ impl FreeTarget {
             FreeTarget::Bytes(b) => b,
         }
     }
+
+    /// Whether `avail` bytes available on a filesystem of `size` bytes meet the target.
+    pub fn met_by(self, avail: u64, size: u64) -> bool {
+        avail >= self.bytes_for(size)
+    }
 }
 
 impl std::fmt::Display for FreeTarget {

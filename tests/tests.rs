@@ -13,6 +13,7 @@ mod e2e;
 mod exporter;
 mod faults;
 mod router;
+mod runners;
 mod security;
 mod stack;
 mod webhook;

@@ -425,7 +425,7 @@ impl Build<'_> {
             );
             return None;
         };
-        let short = |u: &Usage| u.avail < min.bytes_for(u.size);
+        let short = |u: &Usage| !min.met_by(u.avail, u.size);
         let Some(mut usage) = stat(&root).await else {
             eprintln!(
                 "bilge: cannot check --min-free: {} cannot be measured; building anyway",

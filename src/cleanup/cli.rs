@@ -11,6 +11,12 @@
 //! its next level, within `--cleanup.shutdown-grace`; the run is recorded `interrupted` with what
 //! it freed, its table printed, and bilge exits 130 or 143 (128 + the signal). A second signal,
 //! or the grace passing, records it from its progress so far and exits at once.
+//!
+//! `--min-free` makes it a pre-flight check (a CI runner's job-started hook): it measures the
+//! data root first and cleans only when less than that is available, then up to the larger of
+//! `--min-free` and the target; it says on stderr what it found. Its exit code answers whether
+//! the data root has room at the end: 0 yes, [`EXIT_BELOW_MIN_FREE`] no (whatever else went
+//! wrong), 1 when that cannot be told or the cleanup failed.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
@@ -20,8 +26,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::admission::WaitError;
 use super::engine::{Engine, Report, Request, Standalone, Trigger};
 use super::policy::{Level, Plan, Policy};
+use crate::collect::DataRoot;
+use crate::docker::DockerHost;
 use crate::format::{FreeTarget, format_duration, human_bytes, table};
 use crate::{Error, Result};
+
+/// `bilge clean --min-free`'s exit code when the data root still has less than that available
+/// when bilge ends (after a cleanup, a dry run, or a cleanup that could not run).
+pub const EXIT_BELOW_MIN_FREE: u8 = 3;
 
 /// `bilge clean`'s flags, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +44,8 @@ pub struct CleanOptions {
     pub until: Option<Duration>,
     /// Free-space target, overriding the policy's.
     pub target_free: Option<FreeTarget>,
+    /// Clean only below this much available on the data root (and exit 3 when still below).
+    pub min_free: Option<FreeTarget>,
     /// Plan only.
     pub dry_run: bool,
     /// Skip the confirmation.
@@ -87,10 +101,145 @@ pub async fn run(engine: Standalone, opts: CleanOptions) -> Result<u8> {
             ),
         ));
     }
+    let docker_host = engine.docker.host.clone();
     let engine = Engine::standalone(engine)?;
+    let Some(min) = opts.min_free else {
+        return clean(&engine, &opts, opts.target_free, confirm, grace).await;
+    };
+    // --min-free: measure first, clean only when short, and judge by a measurement at the end.
+    let before = measure(&engine, &docker_host).await?;
+    let (avail, size) = (before.usage.avail, before.usage.size);
+    if min.met_by(avail, size) {
+        eprintln!("bilge: {}", min_free_line(&before, min, Check::Before));
+        if opts.json {
+            let v = serde_json::json!({
+                "min_free": min.to_string(),
+                "min_free_bytes": min.bytes_for(size),
+                "data_root": before,
+                "cleaned": false,
+            });
+            print(&mut std::io::stdout(), &format!("{v:#}\n"));
+        }
+        return Ok(0);
+    }
+    let target = cleanup_target(
+        min,
+        opts.target_free.unwrap_or(engine.policy().target_free),
+        size,
+    );
+    eprintln!(
+        "bilge: {}; cleaning up (levels up to {level}) until {} is available",
+        min_free_line(&before, min, Check::Before),
+        described(target, size)
+    );
+    let ran = clean(&engine, &opts, Some(target), confirm, grace).await;
+    if matches!(ran, Ok(code) if code != 0) {
+        // Stopped by a signal: that is the answer.
+        return ran;
+    }
+    let after = measure(&engine, &docker_host).await;
+    let when = if ran.is_ok() {
+        Check::Cleaned
+    } else {
+        Check::NotCleaned
+    };
+    match (ran, after) {
+        (ran, Ok(after)) if !min.met_by(after.usage.avail, after.usage.size) => {
+            if let Err(e) = ran {
+                eprintln!("bilge: {e}");
+            }
+            eprintln!(
+                "bilge: {} (exit {EXIT_BELOW_MIN_FREE})",
+                min_free_line(&after, min, when)
+            );
+            Ok(EXIT_BELOW_MIN_FREE)
+        }
+        (Ok(code), Ok(after)) => {
+            eprintln!("bilge: {}", min_free_line(&after, min, when));
+            Ok(code)
+        }
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    }
+}
+
+/// When a `--min-free` measurement is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Before anything was cleaned.
+    Before,
+    /// After the cleanup ran.
+    Cleaned,
+    /// After a cleanup that failed or could not start (the host lock).
+    NotCleaned,
+}
+
+/// A target as the `--min-free` lines print it: a share with its bytes on a filesystem of
+/// `size` bytes (`15% (1.50GiB)`), a size as it is (pure).
+fn described(t: FreeTarget, size: u64) -> String {
+    match t {
+        FreeTarget::Percent(_) => format!("{t} ({})", human_bytes(t.bytes_for(size))),
+        FreeTarget::Bytes(_) => t.to_string(),
+    }
+}
+
+/// What a `--min-free` measurement found, as one line (pure).
+fn min_free_line(d: &DataRoot, min: FreeTarget, when: Check) -> String {
+    let (avail, size) = (d.usage.avail, d.usage.size);
+    let needed = format!("--min-free {}", described(min, size));
+    let fs = if d.mountpoint == d.path {
+        String::new()
+    } else {
+        format!(" (filesystem {})", d.mountpoint)
+    };
+    let head = format!("{} available on {}{fs}", human_bytes(avail), d.path);
+    match (when, min.met_by(avail, size)) {
+        (Check::Before, true) => format!("{head}, at least {needed}: nothing to clean"),
+        (Check::Before, false) => format!("{head}, less than {needed}"),
+        (Check::Cleaned, true) => format!("{head} after the cleanup, at least {needed}"),
+        (Check::Cleaned, false) => {
+            format!("{head} after the cleanup, still less than {needed}")
+        }
+        (Check::NotCleaned, true) => format!("{head} now, at least {needed}"),
+        (Check::NotCleaned, false) => format!("{head} now, still less than {needed}"),
+    }
+}
+
+/// What a `--min-free` cleanup aims for: the larger (on a filesystem of `size` bytes) of the
+/// minimum and the run's target, so that the next job does not find the disk short again (pure).
+pub fn cleanup_target(min: FreeTarget, target: FreeTarget, size: u64) -> FreeTarget {
+    if min.bytes_for(size) > target.bytes_for(size) {
+        min
+    } else {
+        target
+    }
+}
+
+/// Measures Docker's data root for `--min-free`: only a daemon on this host has one to measure.
+async fn measure(engine: &Engine, docker_host: &str) -> Result<DataRoot> {
+    if !DockerHost::parse(docker_host).is_ok_and(|h| h.is_local()) {
+        return Err(Error::Other(format!(
+            "cannot check --min-free: the daemon at {docker_host} is not on this host, so its data root cannot be measured here; run bilge on the daemon's host"
+        )));
+    }
+    engine.collector().data_root_now().await.ok_or_else(|| {
+        Error::Other(format!(
+            "cannot check --min-free: Docker's data root could not be found or measured (is the daemon at {docker_host} up?)"
+        ))
+    })
+}
+
+/// Runs the cleanup itself (plan, confirmation, run, report) with `target_free`; returns the
+/// exit code as [`run`] does.
+async fn clean(
+    engine: &Engine,
+    opts: &CleanOptions,
+    target_free: Option<FreeTarget>,
+    confirm: bool,
+    grace: Duration,
+) -> Result<u8> {
     let req = Request {
         until: opts.until,
-        target_free: opts.target_free,
+        target_free,
         dry_run: opts.dry_run,
         ..Request::new(Trigger::Cli, opts.level)
     };
@@ -315,6 +464,61 @@ pub fn render_report(r: &Report) -> String {
 mod tests {
     use super::*;
     use crate::cleanup::policy::{Kept, LevelPlan};
+    use crate::collect::disk::Usage;
+
+    const GIB: u64 = 1 << 30;
+
+    fn root(avail: u64, size: u64, mountpoint: &str) -> DataRoot {
+        DataRoot {
+            path: "/var/lib/docker".into(),
+            mountpoint: mountpoint.into(),
+            usage: Usage {
+                size,
+                free: avail,
+                avail,
+                files: 1000,
+                files_free: 900,
+                readonly: false,
+            },
+        }
+    }
+
+    #[test]
+    fn a_min_free_cleanup_aims_for_the_larger_of_the_minimum_and_the_target() {
+        let (min, pct) = (FreeTarget::Bytes(10 * GIB), FreeTarget::Percent(15.0));
+        // 15 % of 100 GiB is more than 10 GiB; 15 % of 40 GiB is less.
+        assert_eq!(cleanup_target(min, pct, 100 * GIB), pct);
+        assert_eq!(cleanup_target(min, pct, 40 * GIB), min);
+        assert_eq!(cleanup_target(min, min, 40 * GIB), min);
+    }
+
+    #[test]
+    fn the_min_free_lines_say_what_was_found_before_and_after() {
+        let min = FreeTarget::Bytes(10 * GIB);
+        assert_eq!(
+            min_free_line(&root(12 * GIB, 100 * GIB, "/"), min, Check::Before),
+            "12.0GiB available on /var/lib/docker (filesystem /), at least --min-free 10.0GiB: nothing to clean"
+        );
+        assert_eq!(
+            min_free_line(&root(GIB, 100 * GIB, "/var/lib/docker"), min, Check::Before),
+            "1.00GiB available on /var/lib/docker, less than --min-free 10.0GiB"
+        );
+        let pct = FreeTarget::Percent(20.0);
+        assert_eq!(
+            min_free_line(&root(GIB, 10 * GIB, "/"), pct, Check::Cleaned),
+            "1.00GiB available on /var/lib/docker (filesystem /) after the cleanup, still less than --min-free 20% (2.00GiB)"
+        );
+        assert!(
+            min_free_line(&root(3 * GIB, 10 * GIB, "/"), pct, Check::Cleaned)
+                .ends_with("after the cleanup, at least --min-free 20% (2.00GiB)")
+        );
+        // A cleanup that could not run (the host lock) did not make the space.
+        assert!(
+            min_free_line(&root(GIB, 10 * GIB, "/"), pct, Check::NotCleaned)
+                .ends_with("(filesystem /) now, still less than --min-free 20% (2.00GiB)")
+        );
+        assert_eq!(described(min, GIB), "10.0GiB");
+    }
 
     #[test]
     fn the_plan_table_has_a_row_per_level_and_a_total() {
