@@ -155,7 +155,8 @@ validate() { # validate RENDERED-FILE
         echo "unexpected kubernetes-validate output (above): an object it could not check, or a failure"
         return 1
     fi
-    objects=$(grep -c '^kind: ' "$1")
+    objects=$(grep -c '^kind: ' "$1" || true)
+    [ "$objects" -gt 0 ] || { echo "$1 holds no object: did the render fail?"; return 1; }
     crds=$(grep -c '^apiVersion: monitoring\.coreos\.com/' "$1" || true)
     passed=$(printf '%s\n' "$out" | grep -c ' passed for resource ' || true)
     if [ "$passed" -ne $((objects - crds)) ]; then
