@@ -18,7 +18,13 @@ Modes (default: run every static check, one line per check, exit 1 if any fails)
   --promql-rules FILE     write every dashboard query (panels and annotations, variables
                           replaced) as recording rules to FILE, so `promtool check rules FILE`
                           checks their syntax
-  --sync-prometheusrule   rewrite deploy/kubernetes/prometheusrule.yaml from alerts/bilge.rules.yml
+  --sync-prometheusrule   rewrite deploy/kubernetes/base/prometheusrule.yaml from alerts/bilge.rules.yml
+  --rendered BASE OVERLAY check `kubectl kustomize` output: BASE rendered from deploy/kubernetes/base,
+                          OVERLAY from deploy/kubernetes/overlays/kube-prometheus-stack
+                          (scripts/check-bundle.sh renders both); the wiring, the DaemonSet's host
+                          view, state, tolerations and groups, the Service's traffic policy, and
+                          that the overlay only adds the `release` label to the ServiceMonitor and
+                          the PrometheusRule
 """
 
 import argparse
@@ -39,7 +45,10 @@ RULE_TESTS = "alerts/tests"
 DASHBOARD = "dashboards/bilge.json"
 RUNBOOK = "docs/runbook.md"
 RUNBOOK_URL = "https://github.com/bilge-dev/bilge/blob/main/docs/runbook.md#"
-K8S = "deploy/kubernetes"
+K8S = "deploy/kubernetes/base"
+K8S_OVERLAY = "deploy/kubernetes/overlays/kube-prometheus-stack"
+# The label kube-prometheus-stack's Prometheus selects ServiceMonitors and PrometheusRules by.
+RELEASE_LABEL = "release"
 
 # Grafana's variables and the values used when a query runs outside Grafana.
 SUBSTITUTIONS = [
@@ -517,17 +526,31 @@ def _first_difference(a, b, path="groups"):
 def _by_kind(root):
     objs = {}
     for f in sorted((root / K8S).glob("*.yaml")):
+        if f.name == "kustomization.yaml":
+            continue
         for d in load_yaml_all(f):
             objs.setdefault(d.get("kind"), []).append((f.name, d))
     return objs
 
 
-def check_kubernetes(root, report):
-    try:
-        objs = _by_kind(root)
-    except (OSError, yaml.YAMLError) as e:
-        report.check("kubernetes manifests parse", [str(e)])
-        return
+def _rendered_by_kind(path):
+    """The objects of one `kubectl kustomize` output, by kind, each named KIND/NAME."""
+    objs = {}
+    for d in load_yaml_all(path):
+        name = f"{d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
+        objs.setdefault(d.get("kind"), []).append((name, d))
+    return objs
+
+
+def check_kubernetes(root, report, objs=None, where=K8S):
+    """PrometheusRule drift and the ServiceMonitor -> Service -> DaemonSet wiring, on the base's
+    files (objs None) or on a rendered kustomization (objs from _rendered_by_kind)."""
+    if objs is None:
+        try:
+            objs = _by_kind(root)
+        except (OSError, yaml.YAMLError) as e:
+            report.check("kubernetes manifests parse", [str(e)])
+            return
 
     # PrometheusRule == alerts/bilge.rules.yml
     problems = []
@@ -546,7 +569,7 @@ def check_kubernetes(root, report):
         if diff:
             problems.append(f"{fname} drifted from {RULES} ({diff}); "
                             "run scripts/bundle_lint.py --sync-prometheusrule")
-    report.check("PrometheusRule groups equal alerts/bilge.rules.yml groups", problems)
+    report.check(f"{where}: PrometheusRule groups equal alerts/bilge.rules.yml groups", problems)
 
     # ServiceMonitor -> Service -> DaemonSet wiring (CRDs checked here, structurally; the core
     # objects are validated against the Kubernetes schema by check-bundle.sh).
@@ -613,9 +636,191 @@ def check_kubernetes(root, report):
             if sc.get("allowPrivilegeEscalation") is not False or sc.get("readOnlyRootFilesystem") is not True:
                 problems.append(f"{dsf}: bilge's securityContext must forbid privilege escalation "
                                 "and use a read-only root filesystem")
-    report.check("ServiceMonitor/Service/DaemonSet wiring and PrometheusRule structure "
+    report.check(f"{where}: ServiceMonitor/Service/DaemonSet wiring and PrometheusRule structure "
                  "(CRDs checked structurally here)", problems)
 
+
+
+def _one(objs, kind):
+    """(name, object) of the only object of KIND, or None."""
+    found = objs.get(kind, [])
+    return found[0] if len(found) == 1 else None
+
+
+def _flag(args, name):
+    """The value of `--name=value` (or `--name value`) in a container's args, else None."""
+    for n, a in enumerate(args):
+        a = str(a)
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+        if a == name and n + 1 < len(args):
+            return str(args[n + 1])
+    return None
+
+
+def check_kubernetes_node(objs, where, report):
+    """What the DaemonSet needs on a real node, on rendered output: it lands on tainted nodes,
+    sees the host through /host, keeps its state on the node, reaches the socket without a
+    hard-coded group, and runs with no capabilities; the Service keeps a client on its node."""
+    ds, svc = _one(objs, "DaemonSet"), _one(objs, "Service")
+    if not ds or not svc:
+        report.check(f"{where}: DaemonSet on tainted nodes, host view, state and groups",
+                     [f"expected one DaemonSet and one Service, found {len(objs.get('DaemonSet', []))} "
+                      f"and {len(objs.get('Service', []))}"])
+        return
+    (dsn, ds), (svcn, svc) = ds, svc
+    pod = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = pod.get("containers") or []
+    bilge = next((c for c in containers if c.get("name") == "bilge"), {})
+    args = [str(a) for a in bilge.get("args") or []]
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    mounts = {m.get("mountPath"): m for m in bilge.get("volumeMounts") or []}
+
+    def host_path_of(mount_path):
+        m = mounts.get(mount_path)
+        return (volumes.get(m.get("name")) or {}).get("hostPath") if m else None
+
+    # Tainted nodes: one toleration with operator Exists and no key tolerates every taint.
+    problems = []
+    tols = pod.get("tolerations") or []
+    if not any(t.get("operator") == "Exists" and not t.get("key") and not t.get("effect") for t in tols):
+        problems.append(f"{dsn}: no toleration of every taint ({{operator: Exists}} without key "
+                        f"or effect), so tainted CI nodes get no bilge; tolerations are {tols}")
+    report.check(f"{where}: DaemonSet tolerates every taint", problems)
+
+    # The host view: / read-only at /host, following the node's mounts, and --path.rootfs=/host.
+    problems = []
+    if _flag(args, "--path.rootfs") != "/host":
+        problems.append(f"{dsn}: bilge's args have no --path.rootfs=/host: {args}")
+    hp, m = host_path_of("/host"), mounts.get("/host") or {}
+    if not hp or hp.get("path") != "/":
+        problems.append(f"{dsn}: /host is not the node's / (hostPath path /): {hp}")
+    if m.get("readOnly") is not True or m.get("mountPropagation") != "HostToContainer":
+        problems.append(f"{dsn}: /host must be readOnly: true with mountPropagation: "
+                        f"HostToContainer, is {m}")
+    for path in mounts:
+        if path != "/host" and str(path).startswith("/var/lib/docker"):
+            problems.append(f"{dsn}: {path} is mounted apart: the data root is read under /host")
+    sock = _flag(args, "--docker.host") or ""
+    sock_path = sock[len("unix://"):] if sock.startswith("unix://") else None
+    shp = host_path_of(sock_path) if sock_path else None
+    if not shp or shp.get("type") != "Socket":
+        problems.append(f"{dsn}: --docker.host {sock!r} is not a mounted hostPath of type Socket")
+    report.check(f"{where}: DaemonSet sees the node through /host (--path.rootfs=/host, read-only, "
+                 "HostToContainer) and its Docker socket", problems)
+
+    # State on the node, not in an emptyDir: history and cooldown survive rollouts.
+    problems = []
+    state = _flag(args, "--state.path")
+    state_dir = str(Path(state).parent) if state else None
+    hp = host_path_of(state_dir) if state_dir else None
+    if not state:
+        problems.append(f"{dsn}: bilge's args have no --state.path")
+    elif not hp or hp.get("path") != "/var/lib/bilge" or hp.get("type") != "DirectoryOrCreate":
+        problems.append(f"{dsn}: --state.path {state}'s directory is not the hostPath "
+                        f"/var/lib/bilge (type DirectoryOrCreate): {hp}")
+    for name, v in volumes.items():
+        if "emptyDir" in v:
+            problems.append(f"{dsn}: volume {name} is an emptyDir: state there dies with the pod")
+    report.check(f"{where}: DaemonSet keeps its state in hostPath /var/lib/bilge, no emptyDir", problems)
+
+    # Groups and privileges: no group ID written down (nodes differ), no capabilities at all.
+    problems = []
+    psc = pod.get("securityContext") or {}
+    for key in ("supplementalGroups", "fsGroup"):
+        if key in psc:
+            problems.append(f"{dsn}: the pod's securityContext sets {key} {psc[key]}: a group ID "
+                            "written here is wrong on nodes whose docker group differs "
+                            "(and fsGroup does not apply to hostPath)")
+    for c in list(containers) + list(pod.get("initContainers") or []):
+        sc = c.get("securityContext") or {}
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []) or caps.get("add"):
+            problems.append(f"{dsn}: container {c.get('name')} must drop ALL capabilities and "
+                            f"add none (it runs as uid 0): {caps}")
+        if sc.get("privileged") or sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{dsn}: container {c.get('name')} must be unprivileged with "
+                            "allowPrivilegeEscalation: false")
+    report.check(f"{where}: no hard-coded supplementalGroups or fsGroup; every container drops "
+                 "ALL capabilities", problems)
+
+    # A client's connection to the Service stays on its node.
+    policy = (svc.get("spec") or {}).get("internalTrafficPolicy")
+    report.check(f"{where}: Service has internalTrafficPolicy Local",
+                 [] if policy == "Local" else
+                 [f"{svcn}: internalTrafficPolicy is {policy!r}: a build pod's --server would "
+                  "reach another node's bilge"])
+
+
+def _has_key(x, key):
+    """Whether KEY is a mapping key anywhere in X (labels, selectors, pod template)."""
+    if isinstance(x, dict):
+        return key in x or any(_has_key(v, key) for v in x.values())
+    if isinstance(x, list):
+        return any(_has_key(v, key) for v in x)
+    return False
+
+
+def _without_release(objs):
+    """Every object, the `release` label taken out of the ServiceMonitor and PrometheusRule."""
+    out = []
+    for kind in sorted(objs, key=str):
+        for name, d in objs[kind]:
+            d = json.loads(json.dumps(d))
+            if kind in ("ServiceMonitor", "PrometheusRule"):
+                labels = (d.get("metadata") or {}).get("labels") or {}
+                labels.pop(RELEASE_LABEL, None)
+            out.append((name, d))
+    return sorted(out, key=lambda x: x[0])
+
+
+def check_kubernetes_overlay(base, overlay, report):
+    """The kube-prometheus-stack overlay is the base plus the `release` label on the
+    ServiceMonitor and the PrometheusRule, and nothing else."""
+    problems = []
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        found = _one(overlay, kind)
+        value = (((found or (None, {}))[1].get("metadata") or {}).get("labels") or {}).get(RELEASE_LABEL)
+        if not value:
+            problems.append(f"{K8S_OVERLAY}: the {kind} has no {RELEASE_LABEL} label, so "
+                            "kube-prometheus-stack's Prometheus would not select it")
+    for kind, items in overlay.items():
+        if kind in ("ServiceMonitor", "PrometheusRule"):
+            continue
+        for name, d in items:
+            if _has_key(d, RELEASE_LABEL):
+                problems.append(f"{K8S_OVERLAY}: {name} carries the {RELEASE_LABEL} label too "
+                                "(commonLabels?): only the ServiceMonitor and PrometheusRule should")
+    b, o = _without_release(base), _without_release(overlay)
+    if [n for n, _ in b] != [n for n, _ in o]:
+        problems.append(f"{K8S_OVERLAY}: objects {[n for n, _ in o]} differ from the base's "
+                        f"{[n for n, _ in b]}")
+    else:
+        for (name, x), (_, y) in zip(b, o):
+            if x != y:
+                problems.append(f"{K8S_OVERLAY}: {name} differs from the base's beyond the "
+                                f"{RELEASE_LABEL} label")
+    for kind, items in base.items():
+        for name, d in items:
+            if RELEASE_LABEL in ((d.get("metadata") or {}).get("labels") or {}):
+                problems.append(f"{K8S}: {name} has a {RELEASE_LABEL} label: the base is for any "
+                                "Prometheus Operator; the overlay adds it")
+    report.check(f"{K8S_OVERLAY}: ServiceMonitor and PrometheusRule carry the {RELEASE_LABEL} label; "
+                 "nothing else differs from the base", problems)
+
+
+def rendered_checks(root, base_path, overlay_path):
+    report = Report()
+    try:
+        base, overlay = _rendered_by_kind(base_path), _rendered_by_kind(overlay_path)
+    except (OSError, yaml.YAMLError) as e:
+        report.check("rendered kustomizations parse", [str(e)])
+        return 1
+    for where, objs in ((f"{K8S} (rendered)", base), (f"{K8S_OVERLAY} (rendered)", overlay)):
+        check_kubernetes(root, report, objs, where)
+        check_kubernetes_node(objs, where, report)
+    check_kubernetes_overlay(base, overlay, report)
+    return 1 if report.failed else 0
 
 def check_alertmanager(root, report):
     problems = []
@@ -791,7 +996,8 @@ def sync_prometheusrule(root):
     header = (
         "# Generated from alerts/bilge.rules.yml by `scripts/bundle_lint.py --sync-prometheusrule`;\n"
         "# scripts/check-bundle.sh fails if the two drift apart. Edit the rules file, not this one.\n"
-        "# For the Prometheus Operator: its ruleSelector must match the labels below.\n"
+        "# For the Prometheus Operator: its ruleSelector must match the labels below (the\n"
+        "# kube-prometheus-stack overlay adds its `release` label).\n"
         "apiVersion: monitoring.coreos.com/v1\n"
         "kind: PrometheusRule\n"
         "metadata:\n"
@@ -817,6 +1023,7 @@ def main(argv=None):
     mode.add_argument("--dashboard-queries", action="store_true")
     mode.add_argument("--promql-rules", metavar="FILE")
     mode.add_argument("--sync-prometheusrule", action="store_true")
+    mode.add_argument("--rendered", nargs=2, metavar=("BASE", "OVERLAY"))
     ap.add_argument("--fresh", action="store_true", help="with --metrics: from a bilge that recorded nothing yet")
     args = ap.parse_args(argv)
     # Printing into `| head` is fine: die quietly on a closed pipe.
@@ -834,6 +1041,8 @@ def main(argv=None):
         return promql_rules(root, args.promql_rules)
     if args.sync_prometheusrule:
         return sync_prometheusrule(root)
+    if args.rendered:
+        return rendered_checks(root, *args.rendered)
     return static_checks(root)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks bilge's operational bundle (alerts/, dashboards/, deploy/, docs/runbook.md) with the
-# real tools: promtool, amtool, docker-compose, systemd-analyze, kubernetes-validate, and
-# scripts/bundle_lint.py for what no tool checks. Offline; changes nothing outside a temp dir.
+# real tools: promtool, amtool, docker-compose, systemd-analyze, kubectl kustomize,
+# kubernetes-validate, and scripts/bundle_lint.py for what no tool checks. Offline (no cluster);
+# changes nothing outside a temp dir.
 #
 #   scripts/check-bundle.sh [--bilge-bin PATH]
 #
@@ -10,7 +11,9 @@
 # without /usr/local/bin/bilge) against a stub — the output says which.
 #
 # Needs (Debian 12): prometheus (promtool), prometheus-alertmanager (amtool), docker-compose,
-# systemd (systemd-analyze), python3, python3-yaml; from PyPI: kubernetes-validate.
+# systemd (systemd-analyze), kubernetes-client (kubectl, for `kubectl kustomize`; 1.20's
+# kustomize v2.0.3 and today's both render the layout), python3, python3-yaml; from PyPI:
+# kubernetes-validate.
 # A missing tool is an error, never a skipped check.
 set -euo pipefail
 
@@ -37,6 +40,7 @@ need amtool "apt-get install prometheus-alertmanager"
 need docker-compose "apt-get install docker-compose"
 need systemd-analyze "apt-get install systemd"
 need python3 "apt-get install python3"
+need kubectl "apt-get install kubernetes-client"
 need kubernetes-validate "pip install kubernetes-validate"
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import yaml' 2>/dev/null; then
     missing+=("PyYAML not importable by $(command -v python3): install it (apt-get install python3-yaml, or pip install pyyaml)")
@@ -130,17 +134,54 @@ check "systemd-analyze security deploy/bilge.service: exposure at most 2.5" \
     systemd-analyze security --offline=yes --threshold=25 "$tmp/systemd/bilge.service"
 
 # --- Kubernetes ------------------------------------------------------------------------------
-core=()
-crds=()
-for f in deploy/kubernetes/*.yaml; do
-    if grep -q '^apiVersion: monitoring\.coreos\.com/' "$f"; then
-        crds+=("$(basename "$f")")
-    else
-        core+=("$f")
+# What `kubectl apply -k` would send, rendered without a cluster, then checked: every core object
+# against the Kubernetes schema, and the whole (CRDs included) by bundle_lint.py --rendered.
+kubectl_version=$(kubectl version --client 2>/dev/null | grep -o 'v[0-9][0-9.]*[^ ",]*' | head -1)
+render() { # render KUSTOMIZATION-DIR OUT (newer kustomize's deprecation notes go to stderr)
+    kubectl kustomize "$1" > "$2"
+}
+# kubernetes-validate only warns about an object it has no schema for, and exits 0: so a
+# DaemonSet with a mistyped apiVersion would pass unchecked. Here the only objects allowed
+# without a schema are the two Prometheus Operator CRDs (bundle_lint.py checks those), and every
+# other object of the file must be reported as passed.
+validate() { # validate RENDERED-FILE
+    local out objects crds passed
+    out=$(kubernetes-validate --strict "$1" 2>&1) || { printf '%s\n' "$out"; return 1; }
+    printf '%s\n' "$out"
+    if printf '%s\n' "$out" \
+        | grep -v -e ' passed for resource ' \
+            -e "Couldn't find schema for kind \(ServiceMonitor\|PrometheusRule\) with api version monitoring\.coreos\.com/v1 " \
+        | grep -q .; then
+        echo "unexpected kubernetes-validate output (above): an object it could not check, or a failure"
+        return 1
     fi
-done
-check "kubernetes-validate --strict on core objects: ${core[*]##*/} (CRDs ${crds[*]} are checked structurally by bundle_lint.py above)" \
-    kubernetes-validate --strict --quiet "${core[@]}"
+    objects=$(grep -c '^kind: ' "$1" || true)
+    [ "$objects" -gt 0 ] || { echo "$1 holds no object: did the render fail?"; return 1; }
+    crds=$(grep -c '^apiVersion: monitoring\.coreos\.com/' "$1" || true)
+    passed=$(printf '%s\n' "$out" | grep -c ' passed for resource ' || true)
+    if [ "$passed" -ne $((objects - crds)) ]; then
+        echo "$passed object(s) passed, expected $((objects - crds)) ($objects in the file, $crds CRDs)"
+        return 1
+    fi
+}
+k8s_base=deploy/kubernetes/base
+k8s_overlay=deploy/kubernetes/overlays/kube-prometheus-stack
+check "kubectl kustomize $k8s_base (kubectl $kubectl_version)" render "$k8s_base" "$tmp/k8s-base.yaml"
+check "kubectl kustomize $k8s_overlay (kubectl $kubectl_version)" render "$k8s_overlay" "$tmp/k8s-overlay.yaml"
+check "kubernetes-validate --strict on every core object of $k8s_base, rendered" \
+    validate "$tmp/k8s-base.yaml"
+check "kubernetes-validate --strict on every core object of $k8s_overlay, rendered" \
+    validate "$tmp/k8s-overlay.yaml"
+rendered() {
+    python3 scripts/bundle_lint.py --rendered "$tmp/k8s-base.yaml" "$tmp/k8s-overlay.yaml"
+}
+if out=$(rendered 2>&1); then
+    printf '%s\n' "$out"
+else
+    printf '%s\n' "$out"
+    echo "FAIL  scripts/bundle_lint.py --rendered (the two renders above)"
+    failures=$((failures + 1))
+fi
 
 # ---------------------------------------------------------------------------------------------
 if [ "$failures" -gt 0 ]; then

@@ -31,6 +31,7 @@ declare -A NEED=(
   [/usr/bin/chromium]=chromium
   [/usr/bin/docker-compose]=docker-compose
   [/usr/bin/systemd-analyze]=systemd
+  [/usr/bin/kubectl]=kubernetes-client
   [/usr/bin/curl]=curl
   [/usr/bin/jq]=jq
   [/usr/bin/groff]=groff-base
