@@ -54,6 +54,10 @@ RELEASE_LABEL = "release"
 SUBSTITUTIONS = [
     ("${instance}", ".*"),
     ("$instance", ".*"),
+    ("${job}", ".*"),
+    ("$job", ".*"),
+    ("${node}", ".*"),
+    ("$node", ".*"),
     ("${__rate_interval}", "5m"),
     ("$__rate_interval", "5m"),
     ("${__interval}", "1m"),
@@ -315,8 +319,9 @@ def _instance_filter_problems(expr, where):
     if not sels:
         problems.append(f"{where}: no series selector in {expr!r}")
     for sel in sels:
-        if not sel.has("instance", "=~", "$instance"):
-            problems.append(f'{where}: selector {sel.name or "{...}"} does not filter instance=~"$instance"')
+        for label in ("job", "instance"):
+            if not sel.has(label, "=~", f"${label}"):
+                problems.append(f'{where}: selector {sel.name or "{...}"} does not filter {label}=~"${label}"')
     return problems
 
 
@@ -337,15 +342,27 @@ def check_dashboard(root, report):
     ds = variables.get("datasource")
     if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
         problems.append("no variable 'datasource' of type datasource with query prometheus")
-    inst = variables.get("instance")
-    inst_query = inst.get("query") if inst else None
-    if isinstance(inst_query, dict):
-        inst_query = inst_query.get("query")
-    if not inst or inst.get("type") != "query" or \
-            (inst_query or "").replace(" ", "") != "label_values(bilge_exporter_build_info,instance)":
-        problems.append("no variable 'instance' = label_values(bilge_exporter_build_info, instance)")
-    elif (inst.get("datasource") or {}).get("uid") != "${datasource}":
-        problems.append("variable 'instance' does not use ${datasource}")
+    # job, then node (the DaemonSet's relabelled node name; empty elsewhere), then instance, each
+    # narrowed by the ones before it.
+    wanted = {
+        "job": "label_values(bilge_exporter_build_info,job)",
+        "node": 'label_values(bilge_exporter_build_info{job=~"$job"},node)',
+        "instance": 'label_values(bilge_exporter_build_info{job=~"$job",node=~"$node"},instance)',
+    }
+    names = [v.get("name") for v in d.get("templating", {}).get("list", [])]
+    if [n for n in names if n in wanted] != list(wanted):
+        problems.append(f"variables {names}: expected job, node, instance in that order")
+    for name, query in wanted.items():
+        var = variables.get(name)
+        q = var.get("query") if var else None
+        if isinstance(q, dict):
+            q = q.get("query")
+        if not var or var.get("type") != "query" or (q or "").replace(" ", "") != query:
+            problems.append(f"no variable {name!r} = {query}")
+        elif (var.get("datasource") or {}).get("uid") != "${datasource}":
+            problems.append(f"variable {name!r} does not use ${{datasource}}")
+        elif var.get("allValue") != ".*" or not var.get("includeAll"):
+            problems.append(f"variable {name!r} has no All value .* (a host without the label must still match)")
     report.check("dashboard uid, schemaVersion and variables", problems)
 
     ids = [p.get("id") for p in all_panels(d)]
@@ -392,8 +409,17 @@ def check_dashboard(root, report):
     for a in annotation_queries(d):
         n += 1
         problems += _instance_filter_problems(a["expr"], f"annotation {a.get('name')!r}")
-    report.check('dashboard queries filter every selector on instance=~"$instance"', problems,
+    report.check('dashboard queries filter every selector on job=~"$job" and instance=~"$instance"', problems,
                  note=f"{n} queries")
+
+    # A counter's first sample is invisible to rate() and increase(): a build counter that is
+    # born at 1 must be counted as the rules count it, `(x unless x offset R) or increase(x[R])`.
+    problems = []
+    for p, t in panel_targets(d):
+        e = t["expr"]
+        if re.search(r"(rate|increase)\(bilge_builds_total", e) and "unless bilge_builds_total" not in e:
+            problems.append(f"panel {p.get('id')} {p.get('title')!r}: {e} misses each series' first build")
+    report.check("dashboard build counts include each series' first build", problems)
 
     problems = []
     for p in all_panels(d):
@@ -875,7 +901,19 @@ def check_compose(root, report):
     for name, svc in services.items():
         if "mem_limit" not in svc or "cpus" not in svc:
             problems.append(f"service {name} has no mem_limit and cpus")
-    report.check("compose: bilge's HEALTHCHECK sees its port and web config; every service has limits", problems)
+    # The host's view: / at /host (read-only, rslave) and --path.rootfs=/host; no separate bind of
+    # the data root, whose read-only bind was reported as a read-only filesystem.
+    if "--path.rootfs=/host" not in [str(a) for a in bilge.get("command", [])]:
+        problems.append("bilge's command has no --path.rootfs=/host")
+    host = [v for v in bilge.get("volumes", []) if isinstance(v, dict) and v.get("target") == "/host"]
+    if not (host and host[0].get("source") == "/" and host[0].get("read_only") is True
+            and (host[0].get("bind") or {}).get("propagation") == "rslave"):
+        problems.append("bilge does not mount the host's / at /host read-only with rslave propagation")
+    for v in bilge.get("volumes", []):
+        target = v.get("target") if isinstance(v, dict) else str(v).split(":")[1:2]
+        if target in ("/var/lib/docker", ["/var/lib/docker"]):
+            problems.append(f"bilge mounts Docker's data root itself ({v}): it is found under /host")
+    report.check("compose: bilge's HEALTHCHECK sees its port and web config; it sees the host through /host; every service has limits", problems)
 
 
 def static_checks(root):

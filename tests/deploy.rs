@@ -214,6 +214,7 @@ fn the_image_users_build_runs_non_root_sees_the_host_and_is_healthy() {
         "--health-interval=2s",
         "bilge:test",
         "serve",
+        "--state.path=/var/lib/bilge/bilge.db",
         "--path.rootfs=/host",
         "--docker.refresh-interval=1s",
     ]);
@@ -330,13 +331,9 @@ fn the_image_users_build_runs_non_root_sees_the_host_and_is_healthy() {
         dr["size"].as_f64(),
         "data root size, container vs host:\n{text}"
     );
-    assert!(
-        text.contains("bilge_filesystem_readonly{")
-            && !text
-                .lines()
-                .any(|l| l.starts_with("bilge_filesystem_readonly{") && l.ends_with(" 1")),
-        "a read-only filesystem in the container's view (none is read-only on this host):\n{text}"
-    );
+    // The host's root filesystem, bind-mounted read-only at /host, is writable, as it is.
+    let root = metrics_filesystems(&text);
+    assert_eq!(root.get("/").map(|(_, ro)| *ro), Some(false), "{root:?}");
 
     // The image's HEALTHCHECK reports healthy.
     wait_for(
@@ -412,4 +409,80 @@ fn completions_and_man_pages_come_from_the_flags_and_render() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no command"));
+}
+
+/// The systemd unit's sandbox, as far as this machine allows: systemd is not PID 1 here, so
+/// `systemd-run` cannot start the unit's service. What its `ProtectSystem=strict` and
+/// `ProtectProc=invisible` do to bilge is made by hand instead: a private mount namespace where
+/// every mount is remounted read-only (a bind remount, the filesystems stay writable), a proc
+/// that hides other users' processes, and bilge run as an unprivileged user, so it cannot read
+/// PID 1's table and falls back to its own. Its filesystems and read-only flags must equal those
+/// bilge reports outside the sandbox.
+#[test]
+fn bilge_inside_a_read_only_sandbox_reports_the_filesystems_true_flags() {
+    require_root();
+    require("/usr/bin/unshare", "apt-get install util-linux");
+    require("/usr/bin/setpriv", "apt-get install util-linux");
+    let dir = temp_dir("sandbox");
+    let bin = dir.join("bilge");
+    // Outside /tmp's own mounts and readable by the unprivileged user.
+    std::fs::copy(BILGE, &bin).unwrap();
+    let script = format!(
+        r#"set -e
+awk '{{print $5}}' /proc/self/mountinfo | sed 's/\\040/ /g' | while read -r m; do
+  mount -o remount,bind,ro "$m" 2>/dev/null || true
+done
+mount -t proc -o hidepid=invisible proc /proc
+# The sandbox holds: / is a read-only mount, and PID 1 is hidden from the user bilge runs as.
+awk '$5 == "/" {{print "root-mount-options " $6}}' /proc/self/mountinfo
+setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'test -e /proc/1/mountinfo && echo pid1-visible || echo pid1-hidden'
+exec setpriv --reuid=65534 --regid=65534 --clear-groups {bin} --docker.host=unix:///nonexistent.sock df --json
+"#,
+        bin = bin.display()
+    );
+    let outside = || {
+        let out = run_ok(std::process::Command::new(BILGE).args([
+            "--docker.host=unix:///nonexistent.sock",
+            "df",
+            "--json",
+        ]));
+        df_filesystems(&serde_json::from_str(&out).unwrap())
+    };
+    let mut last = String::new();
+    let agreed = wait_for_opt(Duration::from_secs(60), || {
+        let before = outside();
+        let out = run_ok(std::process::Command::new("/usr/bin/unshare").args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]));
+        let after = outside();
+        let (head, json) = out
+            .split_once('{')
+            .expect("bilge df --json printed no JSON");
+        assert!(
+            head.contains("root-mount-options ro,"),
+            "the sandbox did not make / a read-only mount:\n{head}"
+        );
+        assert!(
+            head.contains("pid1-hidden"),
+            "PID 1 stayed visible:\n{head}"
+        );
+        let inside = df_filesystems(&serde_json::from_str(&format!("{{{json}")).unwrap());
+        last = format!("outside {before:?}\ninside {inside:?}");
+        (before == after && inside == before).then_some(inside)
+    });
+    let Some(inside) = agreed else {
+        panic!("bilge in the sandbox never reported the filesystems as outside it:\n{last}")
+    };
+    // The root filesystem, a read-only mount in the sandbox, is writable, as it is.
+    assert_eq!(
+        inside.get("/").map(|(_, ro)| *ro),
+        Some(false),
+        "{inside:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
