@@ -436,29 +436,40 @@ mount -t proc -o hidepid=invisible proc /proc
 # The sandbox holds: / is a read-only mount, and PID 1 is hidden from the user bilge runs as.
 awk '$5 == "/" {{print "root-mount-options " $6}}' /proc/self/mountinfo
 setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'test -e /proc/1/mountinfo && echo pid1-visible || echo pid1-hidden'
-exec setpriv --reuid=65534 --regid=65534 --clear-groups {bin} --docker.host=unix:///nonexistent.sock df --json
+setpriv --reuid=65534 --regid=65534 --clear-groups {bin} --docker.host=unix:///nonexistent.sock df --json \
+  || echo "bilge-exit $?" >&2
 "#,
         bin = bin.display()
     );
     let outside = || {
-        let out = run_ok(std::process::Command::new(BILGE).args([
-            "--docker.host=unix:///nonexistent.sock",
-            "df",
-            "--json",
-        ]));
-        df_filesystems(&serde_json::from_str(&out).unwrap())
+        let out = std::process::Command::new(BILGE)
+            .args(["--docker.host=unix:///nonexistent.sock", "df", "--json"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Without a daemon bilge df still prints the filesystems, then exits 1 saying why.
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("no socket at /nonexistent.sock"),
+            "{stderr}"
+        );
+        df_filesystems(&serde_json::from_slice(&out.stdout).unwrap())
     };
     let mut last = String::new();
     let agreed = wait_for_opt(Duration::from_secs(60), || {
         let before = outside();
-        let out = run_ok(std::process::Command::new("/usr/bin/unshare").args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ]));
+        let run = std::process::Command::new("/usr/bin/unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "the sandbox failed: {stderr}");
+        // The same exit as outside: 1, for the missing daemon, and nothing else.
+        assert!(
+            stderr.contains("bilge-exit 1") && stderr.contains("no socket at /nonexistent.sock"),
+            "bilge in the sandbox did not exit 1 for the missing daemon alone: {stderr}"
+        );
+        let out = String::from_utf8_lossy(&run.stdout).into_owned();
         let after = outside();
         let (head, json) = out
             .split_once('{')
