@@ -76,6 +76,9 @@ python3 scripts/check_imports.py
 # It never kills by a name pattern and never removes anything outside $TESTBED, so another
 # checkout's run on the same host is left alone.
 TESTBED=$(mktemp -d /tmp/bilge-testbed.XXXXXX)
+# Others may search it, not list it: the image test's bilge runs as uid 65532 in a container and
+# must reach the data roots' mount points under here, as it reaches /var/lib/docker on a host.
+chmod 0711 "$TESTBED"
 export BILGE_TEST_ARTIFACTS="${BILGE_TEST_ARTIFACTS:-$TESTBED/artifacts}"
 export BILGE_TEST_TMP="$TESTBED/tmp"
 mkdir -p "$BILGE_TEST_ARTIFACTS" "$BILGE_TEST_TMP"

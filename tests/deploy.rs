@@ -168,6 +168,21 @@ fn df_filesystems(json: &serde_json::Value) -> BTreeMap<String, (u64, bool)> {
 fn the_image_users_build_runs_non_root_sees_the_host_and_is_healthy() {
     require_root();
     let d = Daemon::start("image");
+    // The image runs bilge as uid 65532, which reaches the data root's mount point as it reaches
+    // /var/lib/docker on a host: by searching every folder above it. A test bed that others may
+    // not search would hide the mount from the container alone (scripts/test.sh makes its own
+    // 0711).
+    for dir in d.data_root.ancestors().skip(1) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        assert!(
+            mode & 0o001 != 0,
+            "{} (mode {:o}) may not be searched by others, so the container's bilge cannot reach \
+             the data root under it: chmod o+x it, or point BILGE_TEST_TMP elsewhere",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
     let bin = build_image(&d, "bilge:test");
     let inspect = d.docker(&[
         "image",
@@ -415,9 +430,9 @@ fn completions_and_man_pages_come_from_the_flags_and_render() {
 /// `systemd-run` cannot start the unit's service. What its `ProtectSystem=strict` and
 /// `ProtectProc=invisible` do to bilge is made by hand instead: a private mount namespace where
 /// every mount is remounted read-only (a bind remount, the filesystems stay writable), a proc
-/// that hides other users' processes, and bilge run as an unprivileged user, so it cannot read
-/// PID 1's table and falls back to its own. Its filesystems and read-only flags must equal those
-/// bilge reports outside the sandbox.
+/// that hides other users' processes, and bilge run as an unprivileged user holding only the
+/// unit's `CAP_DAC_READ_SEARCH`, so it cannot read PID 1's table and falls back to its own. Its
+/// filesystems and read-only flags must equal those bilge reports outside the sandbox.
 #[test]
 fn bilge_inside_a_read_only_sandbox_reports_the_filesystems_true_flags() {
     require_root();
@@ -433,10 +448,13 @@ awk '{{print $5}}' /proc/self/mountinfo | sed 's/\\040/ /g' | while read -r m; d
   mount -o remount,bind,ro "$m" 2>/dev/null || true
 done
 mount -t proc -o hidepid=invisible proc /proc
+# The unit's user: unprivileged, with CAP_DAC_READ_SEARCH alone (AmbientCapabilities=,
+# CapabilityBoundingSet=), which lets it stat mounts under folders it may not search.
+AS_SERVICE="setpriv --reuid=65534 --regid=65534 --clear-groups --bounding-set=-all,+dac_read_search --inh-caps=-all,+dac_read_search --ambient-caps=-all,+dac_read_search"
 # The sandbox holds: / is a read-only mount, and PID 1 is hidden from the user bilge runs as.
 awk '$5 == "/" {{print "root-mount-options " $6}}' /proc/self/mountinfo
-setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'test -e /proc/1/mountinfo && echo pid1-visible || echo pid1-hidden'
-setpriv --reuid=65534 --regid=65534 --clear-groups {bin} --docker.host=unix:///nonexistent.sock df --json \
+$AS_SERVICE sh -c 'test -e /proc/1/mountinfo && echo pid1-visible || echo pid1-hidden'
+$AS_SERVICE {bin} --docker.host=unix:///nonexistent.sock df --json \
   || echo "bilge-exit $?" >&2
 "#,
         bin = bin.display()
