@@ -116,6 +116,11 @@ cleanup() {
       kill_owned "$pid"
     fi
   done < <(find "$TESTBED" -name '*.pid' -print0 2>/dev/null)
+  # The package tests/package.rs installed, if a crash kept its guard from purging it: the test
+  # writes this marker before dpkg -i, and only when no bilge package was here before.
+  if [ -e "$BILGE_TEST_TMP/deb-installed" ]; then
+    dpkg --purge bilge >/dev/null 2>&1
+  fi
   grep -oE " $TESTBED[^ ]* " /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
   rm -rf "$TESTBED"
   exit $rc
@@ -141,6 +146,9 @@ say "cargo build (debug, and the dist binary that ships, for the image, containe
 cargo build --locked --all-targets
 cargo build --locked --profile dist
 export BILGE_DIST_BIN="$PWD/target/dist/bilge"
+say "the Debian package (scripts/deb.sh --no-build: cargo-deb around the dist binary)"
+BILGE_DEB=$(scripts/deb.sh --no-build)
+export BILGE_DEB
 say "cargo test"
 cargo test --locked -- --test-threads="${BILGE_TEST_THREADS:-4}"
 
