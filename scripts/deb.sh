@@ -76,4 +76,11 @@ cargo deb --no-build --profile dist --output target/debian/ >&2
 version=$(cargo metadata --no-deps --format-version 1 --locked | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "bilge"))')
 deb="target/debian/bilge_${version}-1_$(dpkg --print-architecture).deb"
 [ -f "$deb" ] || { echo "scripts/deb.sh: cargo deb made no $deb" >&2; exit 1; }
+# The maintainer scripts as dpkg will run them (cargo-deb's systemd steps spliced in) must parse.
+ctl=$(mktemp -d)
+trap 'rm -rf "$ctl"' EXIT
+dpkg-deb -e "$deb" "$ctl"
+for script in "$ctl"/postinst "$ctl"/prerm "$ctl"/postrm; do
+  sh -n "$script" || { echo "scripts/deb.sh: $(basename "$script") in $deb does not parse" >&2; exit 1; }
+done
 echo "$PWD/$deb"

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const UNIT: &str = "/lib/systemd/system/bilge.service";
+const UNIT: &str = "/usr/lib/systemd/system/bilge.service";
 
 /// Purges the package on drop, so that a failed assertion leaves the machine as it was.
 struct Installed;
