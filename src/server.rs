@@ -362,10 +362,18 @@ async fn alerts(
     body: Body,
 ) -> Response {
     let (outcome, resp) = match receive_alerts(&s, token, &headers, body).await {
-        Ok((payload, decisions)) => (
-            crate::webhook::outcome(&decisions),
-            Json(crate::webhook::answer(&payload, &decisions)).into_response(),
-        ),
+        Ok((payload, decisions)) => {
+            // A failed relay: 503, so that Alertmanager delivers again (see `retry_later`).
+            let status = if crate::webhook::retry_later(&decisions) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            (
+                crate::webhook::outcome(&decisions),
+                (status, Json(crate::webhook::answer(&payload, &decisions))).into_response(),
+            )
+        }
         Err((outcome, e)) => (outcome, e.into_response()),
     };
     s.metrics

@@ -286,6 +286,74 @@ fn an_alert_for_another_instance_is_relayed_once_and_prunes_there() {
     assert!(da.has_image(&dangling_a));
 }
 
+/// Host B's bilge is down when Alertmanager delivers B's alert to A. A's relay fails and A
+/// answers 503, so Alertmanager delivers again, with backoff; once B is back on the address the
+/// fleet knows it by, the relay goes through and B prunes, exactly once. A prunes nothing.
+#[test]
+fn an_alert_for_a_member_that_is_down_prunes_there_once_it_is_back_exactly_once() {
+    let da = Daemon::start("down-a");
+    let db = Daemon::start("down-b");
+    let dangling_a = da.make_dangling("dangle:1", 2);
+    let dangling_b = db.make_dangling("dangle:1", 2);
+    let policy = ["until = \"0s\"", "target_free = \"100%\""];
+    let b_port = free_port();
+    let b_addr = format!("127.0.0.1:{b_port}");
+    let a_targets = targets_file(&da.dir, &[("http", &b_addr)]);
+    let a = serve(&da, &policy, &relay_to(&a_targets));
+    let token = token_file(&da.dir, TOKEN);
+    let am = Alertmanager::start_for_bilge(&a.url("/api/v1/alerts"), &token);
+    am.post(&am_alert(&b_addr, "standard"));
+
+    // Alertmanager delivers, hears 503, and delivers again while B is still down.
+    let failed = |a: &Server| {
+        a.metric("bilge_webhook_requests_total{outcome=\"relay_failed\"}")
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "two failed relays (a delivery and Alertmanager's retry)",
+        Duration::from_secs(60),
+        || (failed(&a) >= 2.0).then_some(()),
+    );
+    let b_dir = temp_dir("hook");
+    let b_state = b_dir.join("bilge.db");
+    let b_token = token_file(&db.dir, TOKEN);
+    let b_cfg = policy_file(&db.dir, &policy);
+    let b = Server::start_on_port(
+        b_dir,
+        &b_state,
+        &db.host,
+        b_port,
+        &[
+            "--webhook.token-file",
+            b_token.to_str().unwrap(),
+            "--config",
+            b_cfg.to_str().unwrap(),
+        ],
+    );
+    let row = wait_for("B's cleanup", Duration::from_secs(90), || {
+        cleanups(&b)
+            .into_iter()
+            .find(|r| r["trigger"] == "webhook" && r["result"] == "success")
+    });
+    assert_eq!(row["level"], "dangling_images", "{row:#}");
+    // Alertmanager stops once a delivery succeeded; whatever it still had in flight is a
+    // duplicate at B. Exactly one run, on B only.
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = cleanups(&b);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(!db.has_image(&dangling_b));
+    assert!(da.has_image(&dangling_a));
+    assert!(cleanups(&a).is_empty(), "{:#?}", cleanups(&a));
+    assert!(
+        a.metric("bilge_webhook_requests_total{outcome=\"relayed\"}") >= Some(1.0),
+        "{}",
+        a.log_text()
+    );
+    let retries = failed(&a);
+    assert!(retries >= 2.0, "{retries}");
+    eprintln!("relay failed {retries} time(s) before B was back; B pruned once");
+}
+
 #[test]
 fn without_a_valid_token_the_webhook_refuses_and_prunes_nothing() {
     let d = Daemon::start("auth");
@@ -740,7 +808,12 @@ fn redirect(code: u16, location: &str) -> String {
 
 /// The answer's `(decision, reason)` per alert.
 fn decided(r: &Response) -> Vec<(String, String)> {
-    assert_eq!(r.status, 200, "{}", r.text());
+    decided_with(r, 200)
+}
+
+/// As [`decided`], for an answer of `status` (503 when a relay failed).
+fn decided_with(r: &Response, status: u16) -> Vec<(String, String)> {
+    assert_eq!(r.status, status, "{}", r.text());
     r.json()["alerts"]
         .as_array()
         .unwrap()
@@ -862,7 +935,11 @@ fn a_listed_member_that_redirects_is_not_followed_and_the_sender_hears_only_rela
         "relay_failed".to_string(),
         "relay failed (this bilge's log says why)".to_string(),
     );
-    assert_eq!(decided(&r), [failed.clone(), failed.clone(), failed]);
+    // A 503, so that Alertmanager delivers again; the same for every kind of failure.
+    assert_eq!(
+        decided_with(&r, 503),
+        [failed.clone(), failed.clone(), failed]
+    );
     let text = r.text();
     for leak in [
         "302",
@@ -1043,7 +1120,8 @@ fn an_https_member_verified_by_the_relay_ca_gets_the_alert_and_the_token_and_an_
     assert_eq!(relayed["alerts"].as_array().unwrap().len(), 1);
 
     let r = post_alerts(&s, Some(TOKEN), &alerts_for(&[&impostor.addr]));
-    assert_eq!(decisions(&r), ["relay_failed"]);
+    let failed = decided_with(&r, 503);
+    assert_eq!(failed[0].0, "relay_failed", "{failed:?}");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         impostor.requests().is_empty(),

@@ -468,10 +468,31 @@ pub fn outcome(decisions: &[Decision]) -> Outcome {
     .unwrap_or(Outcome::Ignored)
 }
 
+/// Whether the sender should deliver again: a relay failed (the member was down, slow, or
+/// answered anything but 2xx). The answer is then a 503, which Alertmanager retries with backoff
+/// and again at each `group_interval` until it succeeds; the alerts this host acted on come back
+/// as duplicates, and a member that already took its relay answers `duplicate` too, so a retry
+/// never starts a second run anywhere. One rule for every failure, so the status tells the
+/// sender no more than the body does.
+pub fn retry_later(decisions: &[Decision]) -> bool {
+    decisions.iter().any(|d| matches!(d, Decision::RelayFailed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::targets::Scheme;
     use super::*;
+
+    #[test]
+    fn only_a_failed_relay_asks_the_sender_to_deliver_again() {
+        assert!(!retry_later(&[]));
+        assert!(!retry_later(&[
+            Decision::Relayed,
+            Decision::Duplicate(Repeat::AlreadyActed),
+            Decision::Ignored("resolved".into()),
+        ]));
+        assert!(retry_later(&[Decision::Relayed, Decision::RelayFailed]));
+    }
 
     /// An alert with `status` and `labels`, started at a fixed time.
     fn alert(status: &str, labels: &[(&str, &str)]) -> Alert {

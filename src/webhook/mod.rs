@@ -23,7 +23,8 @@
 //!   the cooldown lasts, alerts are answered `cooldown` and recorded as skipped runs, and they
 //!   act again on Alertmanager's next repeat.
 //! - The answer is immediate: `{"alerts": [{"fingerprint", "decision", "level"?, "instance"?,
-//!   "reason"?}]}`; the cleanup runs in the background. Each delivery is logged in one summary
+//!   "reason"?}]}`; the cleanup runs in the background. It is a 200, or a 503 with the same body
+//!   when a relay failed, so that Alertmanager delivers again ([`retry_later`]). Each delivery is logged in one summary
 //!   line, whatever its size.
 
 pub mod decide;
@@ -44,7 +45,7 @@ use crate::sync::lock;
 
 pub use decide::{
     Answer, Availability, Decision, Outcome, Repeat, Route, Rules, Run, answer, decide, forwards,
-    outcome, route, run,
+    outcome, retry_later, route, run,
 };
 pub use dedup::{DEDUP_CAPACITY, Dedup, MIN_DEDUP_WINDOW};
 pub use identity::Identities;

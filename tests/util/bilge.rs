@@ -35,7 +35,19 @@ impl Server {
         docker_host: &str,
         args: &[&str],
     ) -> Server {
-        let s = Self::spawn(dir, state, docker_host, args);
+        Self::start_on_port(dir, state, docker_host, free_port(), args)
+    }
+
+    /// As [`Server::start_with_state`], listening on `port` (a member that comes back on the
+    /// address the fleet knows it by).
+    pub fn start_on_port(
+        dir: PathBuf,
+        state: &Path,
+        docker_host: &str,
+        port: u16,
+        args: &[&str],
+    ) -> Server {
+        let s = Self::spawn_on_port(dir, state, docker_host, port, args);
         wait_for("bilge to listen", Duration::from_secs(30), || {
             http("GET", &s.url("/-/healthy"), &[], b"")
                 .ok()
@@ -47,7 +59,17 @@ impl Server {
     /// Starts `bilge serve` like [`Server::start_with_state`] without waiting for it (a server
     /// that speaks TLS cannot be asked over plain HTTP).
     pub fn spawn(dir: PathBuf, state: &Path, docker_host: &str, args: &[&str]) -> Server {
-        let port = free_port();
+        Self::spawn_on_port(dir, state, docker_host, free_port(), args)
+    }
+
+    /// As [`Server::spawn`], listening on `port`.
+    pub fn spawn_on_port(
+        dir: PathBuf,
+        state: &Path,
+        docker_host: &str,
+        port: u16,
+        args: &[&str],
+    ) -> Server {
         let addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("bilge-{port}.log"));
         let mut cmd = Command::new(BILGE);
