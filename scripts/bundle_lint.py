@@ -466,8 +466,10 @@ def check_rules(root, report):
         if action is not None:
             if action not in CLEANUP_LEVELS:
                 problems.append(f"{name}: bilge_action {action!r} is not a cleanup level")
-            # The webhook acts on the alert's instance label: aggregations must keep it.
-            for m in re.finditer(r"\b(by|without)\s*\(([^)]*)\)", a["expr"]):
+            # The webhook acts on the alert's instance label: aggregations must keep it, unless
+            # the expression takes it from the host's own bilge (bilge_host_info) in a join.
+            joined = re.search(r"group_left\s*\(\s*instance\s*\)\s*topk\s+by\s*\(\s*job\s*,\s*host\s*\)\s*\(\s*1\s*,\s*bilge_host_info\s*\)", a["expr"])
+            for m in [] if joined else re.finditer(r"\b(by|without)\s*\(([^)]*)\)", a["expr"]):
                 labels_in = {x.strip() for x in m.group(2).split(",")}
                 if (m.group(1) == "by") != ("instance" in labels_in):
                     problems.append(f"{name}: carries bilge_action but '{m.group(0)}' drops instance")
@@ -975,10 +977,11 @@ def exposed_metrics(text):
     return declared, sampled
 
 
-# Families labelled by what was recorded (the project of a build): no sample can exist before the
-# first build, so a fresh bilge is allowed to lack them.
+# Families labelled by what was recorded (the project or host of a build): no sample can exist
+# before the first build, so a fresh bilge is allowed to lack them.
 LABELLED_BY_EVENTS = {
     "bilge_builds_total",
+    "bilge_builds_by_host_total",
     "bilge_build_duration_seconds_bucket",
     "bilge_build_last_timestamp_seconds",
 }
@@ -991,7 +994,7 @@ def check_metrics(root, path, fresh=False):
         # A fresh bilge must sample every other family: a counter at 0 is a sample.
         missing = sorted(n for n in used if n not in sampled and n not in LABELLED_BY_EVENTS)
         for n in sorted(LABELLED_BY_EVENTS & set(used) - sampled):
-            print(f"note  {n} has no sample before the first build (its project label)")
+            print(f"note  {n} has no sample before the first build (its project or host label)")
     else:
         missing = sorted(n for n in used if n not in declared and n not in sampled)
     empty = sorted(n for n in used if n in declared and n not in sampled)

@@ -197,6 +197,17 @@ pub struct GlobalArgs {
         global = true
     )]
     pub max_projects: usize,
+    /// Largest number of distinct host label values in bilge_builds_by_host_total; the rest are counted as `other`.
+    #[arg(
+        long = "builds.max-hosts",
+        env = "BILGE_BUILDS_MAX_HOSTS",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_hosts: usize,
+    /// This host's name: the `host` of the builds it runs or records and of bilge_host_info. Default: the hostname.
+    #[arg(long = "host.name", env = "BILGE_HOST_NAME", global = true)]
+    pub host_name: Option<String>,
 }
 
 /// Flags of `bilge serve`.

@@ -53,6 +53,10 @@ pub struct Config {
     pub engine: EngineSettings,
     /// Cap on distinct project label values.
     pub max_projects: usize,
+    /// Cap on distinct host label values (`--builds.max-hosts`).
+    pub max_hosts: usize,
+    /// This host's name (`--host.name`, else the hostname).
+    pub host_name: String,
 }
 
 /// The TOML policy file, as written by the user. Unknown keys are refused so typos surface.
@@ -183,6 +187,17 @@ impl Config {
         if g.max_projects == 0 {
             return Err(Error::config("--builds.max-projects", "must be at least 1"));
         }
+        if g.max_hosts == 0 {
+            return Err(Error::config("--builds.max-hosts", "must be at least 1"));
+        }
+        let host_name = match g.host_name.as_deref().map(str::trim) {
+            Some(h) if !h.is_empty() => {
+                crate::builds::record::check_host(h)
+                    .map_err(|m| Error::config("--host.name", m))?;
+                h.to_string()
+            }
+            _ => own_host_name(),
+        };
         let lock_timeout = flag("--lock-timeout", parse_duration(&g.lock_timeout))?;
         let shutdown_grace = flag(
             "--cleanup.shutdown-grace",
@@ -230,6 +245,8 @@ impl Config {
             policy,
             engine,
             max_projects: g.max_projects,
+            max_hosts: g.max_hosts,
+            host_name,
         })
     }
 
@@ -296,6 +313,8 @@ impl Config {
             engine: self.engine,
             retention,
             max_projects: self.max_projects,
+            max_hosts: self.max_hosts,
+            host_name: self.host_name,
             web: ServeConfig {
                 listen,
                 telemetry_path: s.telemetry_path.clone(),
@@ -501,6 +520,7 @@ impl Config {
             command: b.command.clone(),
             docker: self.docker.clone(),
             state_path: self.state_path.clone(),
+            host_name: self.host_name.clone(),
         })
     }
 }
@@ -530,6 +550,13 @@ pub fn parse_server(s: &str) -> Result<String> {
         return Err(bad("names no host; example: http://127.0.0.1:9830"));
     }
     Ok(full.trim_end_matches('/').to_string())
+}
+
+/// The hostname when it is a usable host name, else `localhost` (`--host.name` overrides it).
+fn own_host_name() -> String {
+    crate::host::hostname()
+        .filter(|h| crate::builds::record::check_host(h).is_ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Parses `host:port`, `:port` (every interface) or `[v6]:port`.

@@ -25,6 +25,8 @@ use crate::model::{CleanupResult, Level, Trigger};
 use crate::sync::{lock, read, write};
 use crate::tally::{BUILD_DURATION_BUCKETS, Tally};
 
+/// The default cap on distinct `host` label values (`--builds.max-hosts`).
+pub const DEFAULT_MAX_HOSTS: usize = 64;
 /// The default cap on distinct `project` label values (`--builds.max-projects`).
 pub const DEFAULT_MAX_PROJECTS: usize = 50;
 
@@ -142,6 +144,10 @@ pub struct History {
     next: AtomicU64,
     /// `--builds.max-projects`.
     max_projects: AtomicUsize,
+    /// `--builds.max-hosts`.
+    max_hosts: AtomicUsize,
+    /// This host's name (`--host.name`): `bilge_host_info`'s, and the builds recorded without one.
+    host_name: RwLock<String>,
 }
 
 impl Default for History {
@@ -151,6 +157,8 @@ impl Default for History {
             refreshing: Mutex::new(()),
             next: AtomicU64::new(1),
             max_projects: AtomicUsize::new(DEFAULT_MAX_PROJECTS),
+            max_hosts: AtomicUsize::new(DEFAULT_MAX_HOSTS),
+            host_name: RwLock::new("localhost".into()),
         }
     }
 }
@@ -192,7 +200,19 @@ impl History {
         self.max_projects.store(max.max(1), Ordering::Relaxed);
     }
 
-    /// Everything counted: stored and unstored, projects capped.
+    /// Sets this host's name and the cap on distinct `host` label values.
+    pub fn set_host(&self, name: &str, max_hosts: usize) {
+        *write(&self.host_name) = name.to_string();
+        self.max_hosts.store(max_hosts.max(1), Ordering::Relaxed);
+    }
+
+    /// This host's name.
+    pub fn host_name(&self) -> String {
+        read(&self.host_name).clone()
+    }
+
+    /// Everything counted: stored and unstored, projects and hosts capped, this host's builds
+    /// under its name.
     pub fn total(&self) -> Tally {
         let state = read(&self.state);
         let mut t = state.0.clone();
@@ -200,7 +220,11 @@ impl History {
             t.merge(u);
         }
         drop(state);
-        t.capped(self.max_projects.load(Ordering::Relaxed))
+        t.capped(
+            self.max_projects.load(Ordering::Relaxed),
+            self.max_hosts.load(Ordering::Relaxed),
+            &self.host_name(),
+        )
     }
 }
 
@@ -213,7 +237,7 @@ type FamilySpec = (
 );
 
 /// The history families, in the order [`history_families`] fills them.
-const HISTORY_FAMILIES: [FamilySpec; 6] = [
+const HISTORY_FAMILIES: [FamilySpec; 8] = [
     (
         "bilge_builds_total",
         "Recorded builds by project, result and failure reason.",
@@ -249,6 +273,18 @@ const HISTORY_FAMILIES: [FamilySpec; 6] = [
         "When the last cleanup run finished, as a Unix timestamp.",
         MetricType::GAUGE,
         &[],
+    ),
+    (
+        "bilge_host_info",
+        "This bilge's host name (--host.name), the host label of the builds it runs; always 1. The rules join on it to find the instance of a build's host.",
+        MetricType::GAUGE,
+        &["host"],
+    ),
+    (
+        "bilge_builds_by_host_total",
+        "Recorded builds by the host that ran them (this host's own under its --host.name), result and failure reason.",
+        MetricType::COUNTER,
+        &["host", "result", "reason"],
     ),
 ];
 
@@ -314,8 +350,9 @@ fn gauge(labels: &[(&str, &str)], value: f64) -> proto::Metric {
 }
 
 /// The families of `t` (pure): every cleanup series whose labels are known in advance, at 0
-/// until counted; a build series for each project and result seen.
-fn history_families(t: &Tally) -> Vec<MetricFamily> {
+/// until counted; a build series for each project and result seen, and for each host; this
+/// host's `bilge_host_info` under `host`.
+fn history_families(t: &Tally, host: &str) -> Vec<MetricFamily> {
     let mut out: Vec<MetricFamily> = HISTORY_FAMILIES
         .iter()
         .map(|(name, help, kind, _)| {
@@ -373,6 +410,15 @@ fn history_families(t: &Tally) -> Vec<MetricFamily> {
         push(4, counter(&[("action", level.as_str())], n as f64));
     }
     push(5, gauge(&[], t.cleanup_last_run.unwrap_or(0.0)));
+    push(6, gauge(&[("host", host)], 1.0));
+    for ((h, result, reason), n) in &t.host_builds {
+        let labels = [
+            ("host", h.as_str()),
+            ("result", result.as_str()),
+            ("reason", reason.as_str()),
+        ];
+        push(7, counter(&labels, *n as f64));
+    }
     out
 }
 
@@ -382,7 +428,7 @@ impl Collector for HistoryFamilies {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        history_families(&self.history.total())
+        history_families(&self.history.total(), &self.history.host_name())
     }
 }
 
@@ -562,9 +608,10 @@ mod tests {
             panic!("metrics")
         };
         m.history.set_max_projects(1);
+        m.history.set_host("ci-1", 64);
         let mut stored = Tally::default();
-        stored.observe_build("a", BuildResult::Success, Reason::None, 4.0, 100.0);
-        stored.observe_build("b", BuildResult::Success, Reason::None, 20.0, 200.0);
+        stored.observe_build("", "a", BuildResult::Success, Reason::None, 4.0, 100.0);
+        stored.observe_build("ci-7", "b", BuildResult::Success, Reason::None, 20.0, 200.0);
         m.history.set_stored(stored);
         let mut lost = Tally::default();
         lost.observe_cleanup(
@@ -587,6 +634,9 @@ mod tests {
             "bilge_cleanup_runs_total{result=\"success\",trigger=\"webhook\"} 1",
             "bilge_cleanup_reclaimed_bytes_total{action=\"build_cache\"} 5",
             "bilge_cleanup_last_run_timestamp_seconds 300",
+            "bilge_host_info{host=\"ci-1\"} 1",
+            "bilge_builds_by_host_total{host=\"ci-1\",reason=\"none\",result=\"success\"} 1",
+            "bilge_builds_by_host_total{host=\"ci-7\",reason=\"none\",result=\"success\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -67,6 +67,10 @@ pub struct ServeSettings {
     pub retention: Duration,
     /// Cap on distinct project label values.
     pub max_projects: usize,
+    /// Cap on distinct host label values.
+    pub max_hosts: usize,
+    /// This host's name (`--host.name`).
+    pub host_name: String,
     /// The HTTP server.
     pub web: ServeConfig,
     /// The Alertmanager webhook (and the API tokens it shares with the build API).
@@ -82,6 +86,7 @@ pub fn state(s: ServeSettings) -> Result<AppState> {
     let web = Arc::new(Live::new(s.http.config_file.clone(), s.http.loaded.clone()));
     let metrics = Metrics::new().map_err(|e| Error::Other(format!("metrics: {e}")))?;
     metrics.history.set_max_projects(s.max_projects);
+    metrics.history.set_host(&s.host_name, s.max_hosts);
     let store = Store::new(&s.state_path, metrics.store_errors.clone());
     let webhook_on = s.webhook.tokens.is_some();
     let webhook = Arc::new(crate::webhook::Webhook::new(s.webhook));

@@ -137,6 +137,7 @@ impl BuildRecord {
     fn contribution(&self) -> Tally {
         let mut t = Tally::default();
         t.observe_build(
+            self.host.as_deref().unwrap_or_default(),
             &self.project,
             self.result,
             self.reason,
@@ -153,8 +154,9 @@ fn unix_seconds(t: &DateTime<Utc>) -> f64 {
 }
 
 /// The schema version this bilge writes (`PRAGMA user_version`). Version 0 is the schema before
-/// the summary tables; it is upgraded in place.
-const SCHEMA_VERSION: i64 = 1;
+/// the summary tables, version 1 the one before the per-host build totals; both are upgraded in
+/// place.
+const SCHEMA_VERSION: i64 = 2;
 
 /// The history tables, as every version has had them.
 const HISTORY_TABLES: &str = "
@@ -224,6 +226,22 @@ CREATE TABLE IF NOT EXISTS summary_cleanup_bytes (
 CREATE TABLE IF NOT EXISTS summary_meta (
     key TEXT PRIMARY KEY,
     value REAL NOT NULL
+) WITHOUT ROWID;
+";
+
+/// What version 2 adds: builds by the host that ran them (`""`: this host), and the order hosts
+/// were first seen in (the `--builds.max-hosts` cap keeps the first ones).
+const HOST_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS summary_hosts (
+    seq INTEGER PRIMARY KEY,
+    host TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS summary_host_builds (
+    host TEXT NOT NULL,
+    result TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    builds INTEGER NOT NULL,
+    PRIMARY KEY (host, result, reason)
 ) WITHOUT ROWID;
 ";
 
@@ -720,6 +738,21 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     if version == SCHEMA_VERSION {
         return Ok(tx.commit()?);
     }
+    if version == 1 {
+        // The per-host totals start from the build rows still kept (older ones were counted
+        // per project only, and stay so).
+        tx.execute_batch(HOST_TABLES)?;
+        let mut total = Tally::default();
+        {
+            let mut st = tx.prepare(&format!("SELECT {BUILD_COLUMNS} FROM builds ORDER BY id"))?;
+            for b in st.query_map([], build_row)? {
+                total.merge(&b?.contribution());
+            }
+        }
+        add_host_summary(&tx, &total)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+        return Ok(tx.commit()?);
+    }
     tx.execute_batch(HISTORY_TABLES)?;
     let has_count = tx
         .prepare("SELECT 1 FROM pragma_table_info('cleanups') WHERE name = 'count'")?
@@ -728,6 +761,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.execute_batch("ALTER TABLE cleanups ADD COLUMN count INTEGER NOT NULL DEFAULT 1")?;
     }
     tx.execute_batch(SUMMARY_TABLES)?;
+    tx.execute_batch(HOST_TABLES)?;
     let mut total = Tally::default();
     {
         let mut st = tx.prepare(&format!("SELECT {BUILD_COLUMNS} FROM builds ORDER BY id"))?;
@@ -807,6 +841,7 @@ fn add_summary(tx: &Transaction<'_>, t: &Tally) -> Result<()> {
             params![project, result.as_str(), sum.count as i64, sum.sum, buckets, sum.last_finished],
         )?;
     }
+    add_host_summary(tx, t)?;
     for ((trigger, result), n) in &t.cleanup_runs {
         tx.execute(
             "INSERT INTO summary_cleanup_runs (trigger, result, runs) VALUES (?1, ?2, ?3)
@@ -826,6 +861,24 @@ fn add_summary(tx: &Transaction<'_>, t: &Tally) -> Result<()> {
             "INSERT INTO summary_meta (key, value) VALUES ('cleanup_last_run', ?1)
              ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
             [at],
+        )?;
+    }
+    Ok(())
+}
+
+/// Adds `t`'s per-host build totals to the summary tables.
+fn add_host_summary(tx: &Transaction<'_>, t: &Tally) -> Result<()> {
+    for h in &t.hosts {
+        tx.execute(
+            "INSERT OR IGNORE INTO summary_hosts (host) VALUES (?1)",
+            [h],
+        )?;
+    }
+    for ((host, result, reason), n) in &t.host_builds {
+        tx.execute(
+            "INSERT INTO summary_host_builds (host, result, reason, builds) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (host, result, reason) DO UPDATE SET builds = builds + excluded.builds",
+            params![host, result.as_str(), reason.as_str(), *n as i64],
         )?;
     }
     Ok(())
@@ -854,6 +907,25 @@ fn read_summary(c: &Connection) -> Result<Tally> {
     t.projects = st
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    let mut st = c.prepare("SELECT host FROM summary_hosts ORDER BY seq")?;
+    t.hosts = st
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut st = c.prepare("SELECT host, result, reason, builds FROM summary_host_builds")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (h, result, reason, n) = row?;
+        if let (Ok(result), Ok(reason)) = (result.parse(), reason.parse()) {
+            *t.host_builds.entry((h, result, reason)).or_default() += n.max(0) as u64;
+        }
+    }
     let mut st = c.prepare("SELECT project, result, reason, builds FROM summary_builds")?;
     let rows = st.query_map([], |r| {
         Ok((
@@ -1156,6 +1228,53 @@ mod tests {
             CleanupResult::Running
         );
         assert_eq!(s.summary().unwrap(), before);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_of_schema_one_gains_per_host_totals_from_its_kept_rows() {
+        let (s, dir, _) = temp_store("upgrade-hosts");
+        std::fs::create_dir_all(s.path().parent().unwrap()).unwrap();
+        {
+            let c = Connection::open(s.path()).unwrap();
+            c.execute_batch(HISTORY_TABLES).unwrap();
+            c.execute_batch("ALTER TABLE cleanups ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+                .unwrap();
+            c.execute_batch(SUMMARY_TABLES).unwrap();
+            c.execute(
+                "INSERT INTO builds (project, result, reason, exit_code, started_at, finished_at, duration_seconds, host)
+                 VALUES ('web', 'failure', 'no_space', 1, '2025-06-01T10:00:00.000Z', '2025-06-01T10:00:07.000Z', 7.0, 'ci-7')",
+                [],
+            )
+            .unwrap();
+            // Counted per project by version 1, its row since deleted by retention.
+            c.execute(
+                "INSERT INTO summary_builds (project, result, reason, builds) VALUES ('web', 'failure', 'no_space', 3)",
+                [],
+            )
+            .unwrap();
+            c.execute_batch("PRAGMA user_version = 1").unwrap();
+        }
+        let t = s.summary().unwrap();
+        assert_eq!(
+            t.builds[&("web".to_string(), BuildResult::Failure, Reason::NoSpace)],
+            3
+        );
+        assert_eq!(t.hosts, ["ci-7"]);
+        assert_eq!(
+            t.host_builds[&("ci-7".to_string(), BuildResult::Failure, Reason::NoSpace)],
+            1
+        );
+        // And from now on each build is counted for its host too.
+        let mut b = s.list_builds(1).unwrap().remove(0);
+        b.id = None;
+        b.host = None;
+        s.insert_build(&b).unwrap();
+        let t = s.summary().unwrap();
+        assert_eq!(
+            t.host_builds[&(String::new(), BuildResult::Failure, Reason::NoSpace)],
+            1
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -82,6 +82,10 @@ pub struct Tally {
     pub durations: BTreeMap<(String, BuildResult), Durations>,
     /// Every project name, in the order the first build of each was recorded.
     pub projects: Vec<String>,
+    /// Builds by (host, result, reason); the host "" is this host (a build recorded without one).
+    pub host_builds: BTreeMap<(String, BuildResult, Reason), u64>,
+    /// Every host name, in the order the first build of each was recorded.
+    pub hosts: Vec<String>,
     /// Cleanup runs by (trigger, result); `Running` is never a key.
     pub cleanup_runs: BTreeMap<(Trigger, CleanupResult), u64>,
     /// Bytes freed by action (the level that freed them).
@@ -91,9 +95,10 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts one build.
+    /// Counts one build, run on `host` ("" for this host).
     pub fn observe_build(
         &mut self,
+        host: &str,
         project: &str,
         result: BuildResult,
         reason: Reason,
@@ -103,6 +108,13 @@ impl Tally {
         if !self.projects.iter().any(|p| p == project) {
             self.projects.push(project.to_string());
         }
+        if !self.hosts.iter().any(|h| h == host) {
+            self.hosts.push(host.to_string());
+        }
+        *self
+            .host_builds
+            .entry((host.to_string(), result, reason))
+            .or_default() += 1;
         *self
             .builds
             .entry((project.to_string(), result, reason))
@@ -142,8 +154,16 @@ impl Tally {
                 self.projects.push(p.clone());
             }
         }
+        for h in &other.hosts {
+            if !self.hosts.contains(h) {
+                self.hosts.push(h.clone());
+            }
+        }
         for (k, n) in &other.builds {
             *self.builds.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &other.host_builds {
+            *self.host_builds.entry(k.clone()).or_default() += n;
         }
         for (k, d) in &other.durations {
             self.durations.entry(k.clone()).or_default().merge(d);
@@ -159,10 +179,34 @@ impl Tally {
         }
     }
 
-    /// The build totals with at most `max` project names: the first `max` projects seen keep
-    /// theirs, the rest are added up under [`OTHER_PROJECT`] (cleanup totals are copied as they
-    /// are).
-    pub fn capped(&self, max: usize) -> Tally {
+    /// The build totals with at most `max` project names and `max_hosts` host names: the first
+    /// ones seen keep theirs, the rest are added up under [`OTHER_PROJECT`] (cleanup totals are
+    /// copied as they are). The host "" becomes `own`, this host's name.
+    pub fn capped(&self, max: usize, max_hosts: usize, own: &str) -> Tally {
+        let named = |h: &str| -> String {
+            if h.is_empty() {
+                own.to_string()
+            } else {
+                h.to_string()
+            }
+        };
+        let mut hosts: Vec<String> = Vec::new();
+        for h in &self.hosts {
+            let h = named(h);
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        let keep_hosts: std::collections::HashSet<&str> =
+            hosts.iter().take(max_hosts).map(String::as_str).collect();
+        let host_label = |h: &str| -> String {
+            let h = named(h);
+            if keep_hosts.contains(h.as_str()) {
+                h
+            } else {
+                OTHER_PROJECT.to_string()
+            }
+        };
         let keep: std::collections::HashSet<&str> =
             self.projects.iter().take(max).map(String::as_str).collect();
         let label = |p: &str| -> String {
@@ -190,6 +234,17 @@ impl Tally {
         for ((p, r), d) in &self.durations {
             out.durations.entry((label(p), *r)).or_default().merge(d);
         }
+        for h in &self.hosts {
+            let l = host_label(h);
+            if !out.hosts.contains(&l) {
+                out.hosts.push(l);
+            }
+        }
+        for ((h, r, why), n) in &self.host_builds {
+            *out.host_builds
+                .entry((host_label(h), *r, *why))
+                .or_default() += n;
+        }
         out
     }
 }
@@ -216,9 +271,9 @@ mod tests {
     fn projects_beyond_the_cap_are_added_up_as_other() {
         let mut t = Tally::default();
         for (p, at) in [("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 4.0), ("a", 5.0)] {
-            t.observe_build(p, BuildResult::Success, Reason::None, 5.0, at);
+            t.observe_build("", p, BuildResult::Success, Reason::None, 5.0, at);
         }
-        let c = t.capped(2);
+        let c = t.capped(2, 64, "me");
         assert_eq!(c.projects, ["a", "b", "other"]);
         let key = |p: &str| (p.to_string(), BuildResult::Success, Reason::None);
         assert_eq!(c.builds.get(&key("a")), Some(&2));
@@ -226,6 +281,29 @@ mod tests {
         assert_eq!(c.builds.get(&key("c")), None);
         let other = &c.durations[&("other".to_string(), BuildResult::Success)];
         assert_eq!((other.count, other.last_finished), (2, 4.0));
+    }
+
+    #[test]
+    fn builds_count_for_the_host_that_ran_them_this_host_by_its_name_and_the_rest_as_other() {
+        let mut t = Tally::default();
+        let no_space = Reason::NoSpace;
+        for h in ["", "ci-7", "ci-8", "ci-9", "ci-7"] {
+            t.observe_build(h, "p", BuildResult::Failure, no_space, 5.0, 1.0);
+        }
+        // Recorded for this host without a name, and under its name by another's bilge: one host.
+        t.observe_build("ci-1", "p", BuildResult::Failure, no_space, 5.0, 1.0);
+        let c = t.capped(50, 3, "ci-1");
+        assert_eq!(c.hosts, ["ci-1", "ci-7", "ci-8", "other"]);
+        let key = |h: &str| (h.to_string(), BuildResult::Failure, no_space);
+        assert_eq!(c.host_builds.get(&key("ci-1")), Some(&2));
+        assert_eq!(c.host_builds.get(&key("ci-7")), Some(&2));
+        assert_eq!(c.host_builds.get(&key("other")), Some(&1));
+        assert_eq!(c.host_builds.get(&key("")), None);
+        // The per-project totals are the same builds.
+        assert_eq!(
+            c.builds[&("p".to_string(), BuildResult::Failure, no_space)],
+            6
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod deploy;
 mod e2e;
 mod exporter;
 mod faults;
+mod fleet;
 mod package;
 mod router;
 mod runners;

@@ -97,6 +97,22 @@ pub fn check_project(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a host name (a record's `host`, `--host.name`): 1 to 253 bytes of letters, digits and
+/// `. - _ :`.
+pub fn check_host(h: &str) -> Result<(), String> {
+    if h.is_empty()
+        || h.len() > MAX_HOST_LEN
+        || !h
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        return Err(format!(
+            "host {h:?} is not a host name (letters, digits, . - _ :, at most {MAX_HOST_LEN} bytes)"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `c` may appear in a project name.
 fn project_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@' | '+')
@@ -288,15 +304,8 @@ pub fn validate(input: BuildInput, now: DateTime<Utc>) -> Result<BuildRecord, St
     }
     let evidence = evidence.map(|e| masked_evidence(&e));
     let host = input.host.filter(|h| !h.is_empty());
-    if let Some(h) = &host
-        && (h.len() > MAX_HOST_LEN
-            || !h
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')))
-    {
-        return Err(format!(
-            "host {h:?} is not a host name (letters, digits, . - _ :, at most {MAX_HOST_LEN} bytes)"
-        ));
+    if let Some(h) = &host {
+        check_host(h)?;
     }
     let attempt = input.attempt.unwrap_or(1);
     if attempt == 0 {

@@ -44,6 +44,9 @@ pub struct BuildConfig {
     pub docker: DockerConfig,
     /// The store outcomes go to without `--server`.
     pub state_path: PathBuf,
+    /// This host's name (`--host.name`, else the hostname): the `host` of an outcome sent to
+    /// `--server`, so that the bilge there counts it for this host.
+    pub host_name: String,
 }
 
 /// Where Docker keeps its data when the daemon cannot be asked.
@@ -557,7 +560,10 @@ pub async fn run(b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
         docker: b.docker.clone(),
         root: Arc::new(OnceCell::new()),
         recorder: Recorder::new(b.server.clone(), store),
-        host: crate::host::hostname(),
+        // Sent to another bilge, the outcome names this host; written to this host's own state
+        // file it names none, which its `bilge serve` counts as its own (whatever name that
+        // serve was given).
+        host: b.server.as_ref().map(|_| b.host_name.clone()),
     };
     // Look for the data root while the build runs, so a failure does not wait for it.
     let root = build.root.clone();

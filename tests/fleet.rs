@@ -1,0 +1,149 @@
+//! A fleet behind one Alertmanager, through the real engines: each host's bilge names itself
+//! (`--host.name`), builds count for the host that ran them whichever bilge recorded them, the
+//! bundled rules in Debian's Prometheus name that host's bilge, and Debian's Alertmanager
+//! delivers to one receiver, which relays to it.
+
+use std::time::Duration;
+
+use crate::stack::*;
+use crate::util::*;
+
+const TOKEN: &str = "fleet-token-for-tests";
+
+/// One fleet member: its daemon, its bilge on a port chosen first, and a dangling image there.
+struct Member {
+    daemon: Daemon,
+    server: Server,
+    dangling: String,
+}
+
+/// Starts `name`'s bilge on `port`, relaying to the members of `targets`.
+fn member(name: &str, port: u16, targets: &std::path::Path) -> Member {
+    let daemon = Daemon::start(name);
+    let dangling = daemon.make_dangling("dangle:1", 2);
+    let dir = temp_dir(name);
+    let state = dir.join("bilge.db");
+    let token = token_file(&daemon.dir, TOKEN);
+    let cfg = policy_file(&daemon.dir, &["until = \"0s\"", "target_free = \"100%\""]);
+    let host = format!("--host.name={name}");
+    let server = Server::start_on_port(
+        dir,
+        &state,
+        &daemon.host,
+        port,
+        &[
+            &host,
+            "--webhook.token-file",
+            token.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--webhook.relay",
+            "--webhook.relay-targets",
+            targets.to_str().unwrap(),
+            "--docker.refresh-interval",
+            "1s",
+        ],
+    );
+    Member {
+        daemon,
+        server,
+        dangling,
+    }
+}
+
+#[test]
+fn a_build_that_failed_on_one_host_and_was_recorded_by_another_prunes_the_host_that_ran_it() {
+    let dir = temp_dir("fleet");
+    let (p1, p7) = (free_port(), free_port());
+    let (a1, a7) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p7}"));
+    // The one file Prometheus scrapes the fleet from and every bilge relays through.
+    let targets = dir.join("fleet.json");
+    std::fs::write(
+        &targets,
+        serde_json::json!([{"targets": [a1, a7], "labels": {}}]).to_string(),
+    )
+    .unwrap();
+    let m1 = member("build-1", p1, &targets);
+    let m7 = member("build-7", p7, &targets);
+    let rules = shorten_for(
+        &std::fs::read_to_string(repo().join("alerts/bilge.rules.yml")).unwrap(),
+        "1s",
+    );
+    // The one receiver: build-1's bilge.
+    let token = token_file(&dir, TOKEN);
+    let am = Alertmanager::start_for_bilge(&m1.server.url("/api/v1/alerts"), &token);
+    let prom = Prometheus::start(&[&a1, &a7], "1s", &rules, Some(&am.addr));
+    prom.wait_targets_up();
+    wait_for(
+        "both bilges' bilge_host_info",
+        Duration::from_secs(60),
+        || (prom.value("count(bilge_host_info)") == Some(2.0)).then_some(()),
+    );
+
+    // build-7's build ran out of space; a CI system recorded it through build-1's bilge.
+    let record = serde_json::json!({
+        "project": "app",
+        "result": "failure",
+        "reason": "no_space",
+        "duration_seconds": 3,
+        "evidence": "write /var/lib/docker/tmp: no space left on device",
+        "host": "build-7",
+    });
+    let r = http(
+        "POST",
+        &m1.server.url("/api/v1/builds"),
+        &[
+            ("Authorization", &format!("Bearer {TOKEN}")),
+            ("Content-Type", "application/json"),
+        ],
+        record.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // The alert names build-7's bilge, not the recorder.
+    let alert = wait_for(
+        "BilgeBuildsFailingOutOfDisk firing",
+        Duration::from_secs(90),
+        || {
+            prom.alerts().into_iter().find(|a| {
+                a["labels"]["alertname"] == "BilgeBuildsFailingOutOfDisk" && a["state"] == "firing"
+            })
+        },
+    );
+    assert_eq!(alert["labels"]["instance"], a7.as_str(), "{alert:#}");
+    assert_eq!(alert["labels"]["host"], "build-7", "{alert:#}");
+    assert_eq!(alert["labels"]["bilge_action"], "standard", "{alert:#}");
+
+    let row = wait_for("build-7's cleanup", Duration::from_secs(90), || {
+        cleanups(&m7.server)
+            .into_iter()
+            .find(|r| r["trigger"] == "webhook" && r["result"] == "success")
+    });
+    assert_eq!(row["level"], "dangling_images", "{row:#}");
+    assert!(!m7.daemon.has_image(&m7.dangling));
+    // The recorder relayed and pruned nothing of its own.
+    assert!(m1.daemon.has_image(&m1.dangling));
+    assert!(
+        cleanups(&m1.server)
+            .iter()
+            .all(|r| r["trigger"] != "webhook" || r["result"] == "skipped"),
+        "{:#?}",
+        cleanups(&m1.server)
+    );
+    assert!(
+        m1.server
+            .metric("bilge_webhook_requests_total{outcome=\"relayed\"}")
+            >= Some(1.0),
+        "{}",
+        m1.server.log_text()
+    );
+    // No page for an unwatched host: build-7's bilge names itself.
+    assert!(
+        prom.alerts()
+            .iter()
+            .all(|a| a["labels"]["alertname"] != "BilgeBuildsFailingOutOfDiskUnwatched"),
+        "{:#?}",
+        prom.alerts()
+    );
+}
