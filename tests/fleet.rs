@@ -10,6 +10,14 @@ use crate::util::*;
 
 const TOKEN: &str = "fleet-token-for-tests";
 
+/// The panels of the dashboard's Fleet row.
+const FLEET_PANELS: [&str; 4] = [
+    "Hosts by data root free space",
+    "Fleet reclaimable by type",
+    "Top hosts by disk build failures",
+    "Cleanups by host",
+];
+
 /// One fleet member: its daemon, its bilge on a port chosen first, and a dangling image there.
 struct Member {
     daemon: Daemon,
@@ -138,6 +146,43 @@ fn a_build_that_failed_on_one_host_and_was_recorded_by_another_prunes_the_host_t
         "{}",
         m1.server.log_text()
     );
+    // The dashboard's fleet row and the fleet recording rules have data in this Prometheus.
+    let out = std::process::Command::new("python3")
+        .arg(repo().join("scripts/bundle_lint.py"))
+        .arg("--dashboard-queries")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut fleet = vec![
+        "job_type:bilge_docker_reclaimable_bytes:sum".to_string(),
+        "job_host:bilge_builds_disk_failures:increase1h{host=\"build-7\"}".to_string(),
+    ];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let q: serde_json::Value = serde_json::from_str(line).unwrap();
+        if FLEET_PANELS.contains(&q["title"].as_str().unwrap_or_default()) {
+            fleet.push(q["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(fleet.len(), 2 + FLEET_PANELS.len(), "{fleet:?}");
+    for expr in &fleet {
+        let got = wait_for_opt(Duration::from_secs(30), || {
+            let r = prom.query(expr);
+            (!r.is_empty()).then_some(r)
+        });
+        assert!(got.is_some(), "no data for {expr}");
+    }
+    let top = prom.query(
+        &fleet[2 + FLEET_PANELS
+            .iter()
+            .position(|t| *t == "Top hosts by disk build failures")
+            .unwrap()],
+    );
+    assert_eq!(top[0]["metric"]["host"], "build-7", "{top:?}");
+
     // No page for an unwatched host: build-7's bilge names itself.
     assert!(
         prom.alerts()
