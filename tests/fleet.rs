@@ -192,3 +192,76 @@ fn a_build_that_failed_on_one_host_and_was_recorded_by_another_prunes_the_host_t
         prom.alerts()
     );
 }
+
+/// Alertmanager in HA: two peers gossiping on loopback, each given the alert as Prometheus gives
+/// it to every Alertmanager. With no wait between peers (`--cluster.peer-timeout=0s`) both
+/// deliver it; bilge's de-duplication (fingerprint and `startsAt`) starts exactly one prune.
+#[test]
+fn two_alertmanager_peers_that_both_deliver_an_alert_start_exactly_one_prune() {
+    let dir = temp_dir("fleet-ha");
+    let port = free_port();
+    let targets = dir.join("fleet.json");
+    std::fs::write(
+        &targets,
+        serde_json::json!([{"targets": [format!("127.0.0.1:{port}")]}]).to_string(),
+    )
+    .unwrap();
+    let m = member("build-3", port, &targets);
+    let token = token_file(&dir, TOKEN);
+    let url = m.server.url("/api/v1/alerts");
+    let (c1, c2) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let am1 = Alertmanager::start_peer_for_bilge(&url, &token, &c1, &[&c2], &["0s"]);
+    let am2 = Alertmanager::start_peer_for_bilge(&url, &token, &c2, &[&c1], &["0s"]);
+    wait_for(
+        "the two peers to see each other",
+        Duration::from_secs(60),
+        || {
+            let peers = |am: &Alertmanager| {
+                http("GET", &am.url("/api/v2/status"), &[], b"")
+                    .ok()
+                    .map(|r| r.json()["cluster"]["peers"].as_array().map_or(0, Vec::len))
+            };
+            (peers(&am1) == Some(2) && peers(&am2) == Some(2)).then_some(())
+        },
+    );
+    let alert = serde_json::json!([{
+        "labels": {
+            "alertname": "BilgeDockerDataRootAlmostFull",
+            "instance": m.server.addr,
+            "job": "bilge",
+            "mountpoint": "/var/lib/docker",
+            "severity": "warning",
+            "bilge_action": "standard"
+        },
+        "annotations": {"summary": "Docker's data root is almost full."},
+        "startsAt": chrono::Utc::now().to_rfc3339()
+    }]);
+    am1.post(&alert);
+    am2.post(&alert);
+    wait_for("the prune", Duration::from_secs(60), || {
+        cleanups(&m.server)
+            .into_iter()
+            .find(|r| r["trigger"] == "webhook" && r["result"] == "success")
+    });
+    // Both peers' deliveries have arrived (or never will) well within this.
+    std::thread::sleep(Duration::from_secs(5));
+    let rows = cleanups(&m.server);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(!m.daemon.has_image(&m.dangling));
+    let count = |outcome: &str| {
+        m.server
+            .metric(&format!(
+                "bilge_webhook_requests_total{{outcome=\"{outcome}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count("accepted"), 1.0, "{}", m.server.log_text());
+    eprintln!(
+        "two peers: {} delivery accepted, {} duplicate(s), one prune",
+        count("accepted"),
+        count("duplicate")
+    );
+}

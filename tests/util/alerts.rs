@@ -72,18 +72,40 @@ impl Alertmanager {
         token_file: &Path,
         ca_file: Option<&Path>,
     ) -> Alertmanager {
-        let config: Vec<String> = bundled_alertmanager_config_tls(webhook_url, token_file, ca_file)
-            .lines()
-            .map(|l| match l.trim_start().strip_prefix("group_wait:") {
-                Some(_) => format!("{}group_wait: 1s", &l[..l.len() - l.trim_start().len()]),
-                None => l.to_string(),
-            })
-            .collect();
-        Self::start(&config.join("\n"))
+        Self::start(&bundled_for_tests(webhook_url, token_file, ca_file))
     }
 
-    /// Starts Alertmanager with `config` (YAML).
+    /// As [`Alertmanager::start_for_bilge`], one peer of a cluster: it gossips on
+    /// `cluster_addr` and joins `peers` (`--cluster.*` on loopback); `peer_timeout`, if given, is
+    /// how long each peer waits for the ones before it (Alertmanager's default is 15s).
+    pub fn start_peer_for_bilge(
+        webhook_url: &str,
+        token_file: &Path,
+        cluster_addr: &str,
+        peers: &[&str],
+        peer_timeout: &[&str],
+    ) -> Alertmanager {
+        let mut args = vec![format!("--cluster.listen-address={cluster_addr}")];
+        args.extend(
+            peer_timeout
+                .iter()
+                .map(|t| format!("--cluster.peer-timeout={t}")),
+        );
+        args.extend(peers.iter().map(|p| format!("--cluster.peer={p}")));
+        // Loopback peers settle quickly; the defaults are meant for real networks.
+        args.push("--cluster.settle-timeout=2s".into());
+        args.push("--cluster.pushpull-interval=2s".into());
+        args.push("--cluster.gossip-interval=200ms".into());
+        Self::start_with(&bundled_for_tests(webhook_url, token_file, None), &args)
+    }
+
+    /// Starts Alertmanager with `config` (YAML), alone (no cluster).
     pub fn start(config: &str) -> Alertmanager {
+        Self::start_with(config, &["--cluster.listen-address=".to_string()])
+    }
+
+    /// Starts Alertmanager with `config` (YAML) and more flags.
+    pub fn start_with(config: &str, extra: &[String]) -> Alertmanager {
         require(
             "/usr/bin/prometheus-alertmanager",
             "apt-get install prometheus-alertmanager",
@@ -100,7 +122,7 @@ impl Alertmanager {
             ))
             .arg(format!("--storage.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
-            .arg("--cluster.listen-address=")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -170,6 +192,18 @@ impl Drop for Alertmanager {
         stop_child(&mut self.child, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The bundled config for a test: the webhook's URL, token and CA file set, `group_wait` 1s.
+fn bundled_for_tests(webhook_url: &str, token_file: &Path, ca_file: Option<&Path>) -> String {
+    bundled_alertmanager_config_tls(webhook_url, token_file, ca_file)
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("group_wait:") {
+            Some(_) => format!("{}group_wait: 1s", &l[..l.len() - l.trim_start().len()]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The bundled Alertmanager config with only the bilge webhook's URL and token file changed,
