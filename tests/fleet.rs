@@ -130,6 +130,15 @@ fn a_build_that_failed_on_one_host_and_was_recorded_by_another_prunes_the_host_t
     });
     assert_eq!(row["level"], "dangling_images", "{row:#}");
     assert!(!m7.daemon.has_image(&m7.dangling));
+    // What the relay costs: Alertmanager's own delivery latency to the receiver, which answers
+    // once build-7's bilge took the relay and started its prune (an upper bound of both).
+    eprintln!(
+        "Alertmanager -> build-1 -> relay -> build-7 prune started: {:.1} ms (Alertmanager's notification latency); scrape duration, max of 2 targets: {:.1} ms",
+        notification_ms(&am),
+        prom.value("max(scrape_duration_seconds{job=\"bilge\"})")
+            .unwrap_or(f64::NAN)
+            * 1000.0
+    );
     // The recorder relayed and pruned nothing of its own.
     assert!(m1.daemon.has_image(&m1.dangling));
     assert!(
@@ -260,8 +269,25 @@ fn two_alertmanager_peers_that_both_deliver_an_alert_start_exactly_one_prune() {
     };
     assert_eq!(count("accepted"), 1.0, "{}", m.server.log_text());
     eprintln!(
-        "two peers: {} delivery accepted, {} duplicate(s), one prune",
+        "two peers: {} delivery accepted, {} duplicate(s), one prune; direct delivery latency {:.1} / {:.1} ms",
         count("accepted"),
-        count("duplicate")
+        count("duplicate"),
+        notification_ms(&am1),
+        notification_ms(&am2)
     );
+}
+
+/// Alertmanager's mean webhook delivery latency so far, in milliseconds (its own histogram).
+fn notification_ms(am: &Alertmanager) -> f64 {
+    let text = http("GET", &am.url("/metrics"), &[], b"").unwrap().text();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("integration=\"webhook\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    value("alertmanager_notification_latency_seconds_sum")
+        / value("alertmanager_notification_latency_seconds_count")
+        * 1000.0
 }
