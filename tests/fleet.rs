@@ -133,11 +133,13 @@ fn a_build_that_failed_on_one_host_and_was_recorded_by_another_prunes_the_host_t
     // What the relay costs: Alertmanager's own delivery latency to the receiver, which answers
     // once build-7's bilge took the relay and started its prune (an upper bound of both).
     eprintln!(
-        "Alertmanager -> build-1 -> relay -> build-7 prune started: {:.1} ms (Alertmanager's notification latency); scrape duration, max of 2 targets: {:.1} ms",
+        "Alertmanager -> build-1 -> relay -> build-7 prune started: {:.1} ms (Alertmanager's notification latency); scrape duration, max of 2 targets: {:.1} ms; series per host: {}",
         notification_ms(&am),
         prom.value("max(scrape_duration_seconds{job=\"bilge\"})")
             .unwrap_or(f64::NAN)
-            * 1000.0
+            * 1000.0,
+        prom.value(&format!("count({{instance=\"{a7}\"}})"))
+            .unwrap_or(f64::NAN)
     );
     // The recorder relayed and pruned nothing of its own.
     assert!(m1.daemon.has_image(&m1.dangling));
