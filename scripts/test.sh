@@ -142,6 +142,14 @@ done
 /usr/bin/docker version --format 'dockerd {{.Server.Version}} (API {{.Server.APIVersion}}) is up'
 
 # ---- 4. tests -----------------------------------------------------------------------------
+# BILGE_TEST_ONLY=FILTER runs only the integration tests matching FILTER, with their output, on
+# this same test bed: how scripts/fleet.sh runs the twenty-host fleet in full.
+if [ -n "${BILGE_TEST_ONLY:-}" ]; then
+  say "cargo test --test tests $BILGE_TEST_ONLY (BILGE_TEST_ONLY)"
+  cargo test --locked --test tests "$BILGE_TEST_ONLY" -- --nocapture --test-threads=1
+  say "done: $BILGE_TEST_ONLY"
+  exit 0
+fi
 say "cargo build (debug, and the dist binary that ships, for the image, container and package tests)"
 cargo build --locked --all-targets
 cargo build --locked --profile dist

@@ -293,3 +293,247 @@ fn notification_ms(am: &Alertmanager) -> f64 {
         / value("alertmanager_notification_latency_seconds_count")
         * 1000.0
 }
+
+/// The fleet's roles by host number (1-based): the receiver, the three hosts whose data root
+/// fills, the host whose bilge is down when its alert is delivered, and the host whose build is
+/// recorded by another's bilge. The twenty-host bed uses the issue's numbers; a smaller one packs
+/// the same roles into its hosts.
+struct Roles {
+    filled: [usize; 3],
+    down: usize,
+    build: usize,
+}
+
+fn roles(n: usize) -> Roles {
+    if n >= 20 {
+        Roles {
+            filled: [3, 9, 15],
+            down: 12,
+            build: 7,
+        }
+    } else {
+        Roles {
+            filled: [2, 3, 4],
+            down: 5,
+            build: 6,
+        }
+    }
+}
+
+/// A daemon's objects: image and container ids.
+fn objects(d: &Daemon) -> (usize, usize) {
+    let count = |args: &[&str]| d.docker(args).lines().filter(|l| !l.is_empty()).count();
+    (
+        count(&["images", "-aq", "--no-trunc"]),
+        count(&["ps", "-aq", "--no-trunc"]),
+    )
+}
+
+/// The webhook runs that pruned on a member.
+fn prunes(s: &Server) -> Vec<serde_json::Value> {
+    cleanups(s)
+        .into_iter()
+        .filter(|r| r["trigger"] == "webhook" && r["result"] == "success")
+        .collect()
+}
+
+/// The fleet test bed: `BILGE_FLEET_HOSTS` hosts (6 in the suite; `scripts/fleet.sh` runs 20),
+/// each a Docker daemon and a bilge on its own loopback address (127.0.0.2, …), one Debian
+/// Prometheus scraping them all through one `file_sd` file with the bundled rules (its `for:`
+/// shortened), one Debian Alertmanager with one bilge receiver (host 1), and the same file as
+/// every bilge's relay list.
+///
+/// - Three hosts' data roots (small loop filesystems) fill: each fires the bundled alert, which
+///   is delivered to host 1, relayed to that host, which prunes once.
+/// - A `no_space` build of the build host, recorded through host 2's bilge, prunes the build host.
+/// - The down host's bilge is SIGKILLed the moment Alertmanager holds its alert and started again
+///   after its delivery failed twice: it still prunes, exactly once.
+/// - Every other daemon keeps every object.
+#[test]
+fn a_fleet_prunes_each_host_for_its_own_alerts_only_and_loses_none_while_a_host_is_down() {
+    let n: usize = std::env::var("BILGE_FLEET_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6)
+        .max(6);
+    let r = roles(n);
+    let started = std::time::Instant::now();
+    let dir = temp_dir("fleet-bed");
+    let targets = dir.join("fleet.json");
+    let addrs: Vec<String> = (1..=n)
+        .map(|k| format!("127.0.0.{}:{}", k + 1, free_port()))
+        .collect();
+    std::fs::write(
+        &targets,
+        serde_json::json!([{"targets": addrs, "labels": {}}]).to_string(),
+    )
+    .unwrap();
+    let on_loop = |k: usize| r.filled.contains(&k) || k == r.down;
+    let mut daemons = Vec::new();
+    let mut servers = Vec::new();
+    let mut states = Vec::new();
+    for k in 1..=n {
+        let name = format!("host{k:02}");
+        let d = if on_loop(k) {
+            Daemon::start_on_loop_fs(&name, 320)
+        } else {
+            Daemon::start(&name)
+        };
+        d.make_dangling("dangle:1", 1);
+        let sdir = temp_dir(&name);
+        let state = sdir.join("bilge.db");
+        let s = start_member(&d, &name, &addrs[k - 1], &targets, sdir.clone(), &state);
+        daemons.push(d);
+        servers.push(s);
+        states.push((sdir, state));
+    }
+    let before: Vec<(usize, usize)> = daemons.iter().map(objects).collect();
+    let rules = shorten_for(
+        &std::fs::read_to_string(repo().join("alerts/bilge.rules.yml")).unwrap(),
+        "1s",
+    );
+    let token = token_file(&dir, TOKEN);
+    let am = Alertmanager::start_for_bilge(&servers[0].url("/api/v1/alerts"), &token);
+    let prom = Prometheus::start_file_sd(&targets, "1s", &rules, Some(&am.addr));
+    wait_for("every host scraped", Duration::from_secs(120), || {
+        (prom.value("count(up == 1)") == Some(n as f64)).then_some(())
+    });
+    let bed_up = started.elapsed();
+
+    // Three data roots fill up.
+    for k in r.filled {
+        daemons[k - 1].make_dangling("fill:1", 250);
+    }
+    for k in r.filled {
+        wait_for(
+            &format!("host{k:02}'s prune"),
+            Duration::from_secs(180),
+            || (!prunes(&servers[k - 1]).is_empty()).then_some(()),
+        );
+    }
+
+    // The build host's no_space build, recorded through host 2's bilge.
+    let record = serde_json::json!({
+        "project": "app", "result": "failure", "reason": "no_space", "duration_seconds": 3,
+        "host": format!("host{:02}", r.build),
+    });
+    let resp = http(
+        "POST",
+        &servers[1].url("/api/v1/builds"),
+        &[
+            ("Authorization", &format!("Bearer {TOKEN}")),
+            ("Content-Type", "application/json"),
+        ],
+        record.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    wait_for("the build host's prune", Duration::from_secs(120), || {
+        (!prunes(&servers[r.build - 1]).is_empty()).then_some(())
+    });
+
+    // The down host: killed the moment Alertmanager holds its alert, back after two failed
+    // deliveries.
+    let down_addr = addrs[r.down - 1].clone();
+    let failed = |s: &Server| {
+        s.metric("bilge_webhook_requests_total{outcome=\"relay_failed\"}")
+            .unwrap_or(0.0)
+    };
+    let failed_before = failed(&servers[0]);
+    daemons[r.down - 1].make_dangling("fill:1", 250);
+    wait_for(
+        "Alertmanager to hold the down host's alert",
+        Duration::from_secs(120),
+        || {
+            am.alerts()
+                .iter()
+                .any(|a| a["labels"]["instance"] == down_addr.as_str())
+                .then_some(())
+        },
+    );
+    servers[r.down - 1].kill();
+    wait_for(
+        "two failed relays to the down host",
+        Duration::from_secs(60),
+        || (failed(&servers[0]) >= failed_before + 2.0).then_some(()),
+    );
+    let name = format!("host{:02}", r.down);
+    let (sdir, state) = states[r.down - 1].clone();
+    servers[r.down - 1] = start_member(
+        &daemons[r.down - 1],
+        &name,
+        &down_addr,
+        &targets,
+        sdir,
+        &state,
+    );
+    wait_for("the down host's prune", Duration::from_secs(120), || {
+        (!prunes(&servers[r.down - 1]).is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Each acted-on host pruned exactly once; every other daemon kept every object.
+    let acted: Vec<usize> = r.filled.iter().copied().chain([r.build, r.down]).collect();
+    for k in 1..=n {
+        let p = prunes(&servers[k - 1]);
+        if acted.contains(&k) {
+            assert_eq!(p.len(), 1, "host{k:02}: {p:#?}");
+        } else {
+            assert!(p.is_empty(), "host{k:02} pruned: {p:#?}");
+            assert_eq!(
+                objects(&daemons[k - 1]),
+                before[k - 1],
+                "host{k:02} lost objects"
+            );
+        }
+    }
+    eprintln!(
+        "fleet bed of {n}: up in {:.1} s; Alertmanager's mean webhook latency {:.1} ms (relays \
+         included); scrape duration max {:.1} ms, mean {:.1} ms; relay failures while the down \
+         host was down: {}; whole test {:.1} s",
+        bed_up.as_secs_f64(),
+        notification_ms(&am),
+        prom.value("max(scrape_duration_seconds{job=\"bilge\"})")
+            .unwrap_or(f64::NAN)
+            * 1000.0,
+        prom.value("avg(scrape_duration_seconds{job=\"bilge\"})")
+            .unwrap_or(f64::NAN)
+            * 1000.0,
+        failed(&servers[0]) - failed_before,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Starts host `name`'s bilge on `addr` with the fleet's relay list and state at `state`.
+fn start_member(
+    d: &Daemon,
+    name: &str,
+    addr: &str,
+    targets: &std::path::Path,
+    dir: std::path::PathBuf,
+    state: &std::path::Path,
+) -> Server {
+    let token = token_file(&d.dir, TOKEN);
+    let cfg = policy_file(&d.dir, &["until = \"0s\"", "target_free = \"100%\""]);
+    let host = format!("--host.name={name}");
+    let instance = format!("--webhook.instance={addr}");
+    Server::start_on_addr(
+        dir,
+        state,
+        &d.host,
+        addr,
+        &[
+            &host,
+            &instance,
+            "--webhook.token-file",
+            token.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--webhook.relay",
+            "--webhook.relay-targets",
+            targets.to_str().unwrap(),
+            "--docker.refresh-interval",
+            "1s",
+        ],
+    )
+}

@@ -40,6 +40,26 @@ impl Prometheus {
         rules: &str,
         alertmanager: Option<&str>,
     ) -> Self {
+        Self::start_scraping(targets, None, interval, rules, alertmanager)
+    }
+
+    /// As [`Prometheus::start`], scraping the members of a `file_sd` targets file (the fleet's).
+    pub fn start_file_sd(
+        file: &Path,
+        interval: &str,
+        rules: &str,
+        alertmanager: Option<&str>,
+    ) -> Self {
+        Self::start_scraping(&[], Some(file), interval, rules, alertmanager)
+    }
+
+    fn start_scraping(
+        targets: &[&str],
+        file_sd: Option<&Path>,
+        interval: &str,
+        rules: &str,
+        alertmanager: Option<&str>,
+    ) -> Self {
         require("/usr/bin/prometheus", "apt-get install prometheus");
         let dir = temp_dir("prom");
         std::fs::write(dir.join("rules.yml"), rules).unwrap();
@@ -55,8 +75,15 @@ impl Prometheus {
             .unwrap_or_default();
         let config = format!(
             "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n\
-rule_files:\n  - {}\n{alerting}scrape_configs:\n  - job_name: bilge\n    static_configs:\n      - targets: [{targets}]\n",
-            dir.join("rules.yml").display()
+rule_files:\n  - {}\n{alerting}scrape_configs:\n  - job_name: bilge\n    {}\n",
+            dir.join("rules.yml").display(),
+            match file_sd {
+                Some(f) => format!(
+                    "file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s",
+                    f.display()
+                ),
+                None => format!("static_configs:\n      - targets: [{targets}]"),
+            }
         );
         std::fs::write(dir.join("prometheus.yml"), &config).unwrap();
         let port = free_port();

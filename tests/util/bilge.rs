@@ -70,7 +70,37 @@ impl Server {
         port: u16,
         args: &[&str],
     ) -> Server {
-        let addr = format!("127.0.0.1:{port}");
+        Self::spawn_on_addr(dir, state, docker_host, &format!("127.0.0.1:{port}"), args)
+    }
+
+    /// As [`Server::start_with_state`], listening on `addr` (`127.0.0.N:PORT`: a fleet member's
+    /// own loopback address).
+    pub fn start_on_addr(
+        dir: PathBuf,
+        state: &Path,
+        docker_host: &str,
+        addr: &str,
+        args: &[&str],
+    ) -> Server {
+        let s = Self::spawn_on_addr(dir, state, docker_host, addr, args);
+        wait_for("bilge to listen", Duration::from_secs(30), || {
+            http("GET", &s.url("/-/healthy"), &[], b"")
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        s
+    }
+
+    /// As [`Server::spawn`], listening on `addr`.
+    pub fn spawn_on_addr(
+        dir: PathBuf,
+        state: &Path,
+        docker_host: &str,
+        addr: &str,
+        args: &[&str],
+    ) -> Server {
+        let addr = addr.to_string();
+        let port = addr.rsplit(':').next().unwrap_or_default().to_string();
         let log = dir.join(format!("bilge-{port}.log"));
         let mut cmd = Command::new(BILGE);
         cmd.arg("serve")
@@ -141,6 +171,14 @@ impl Server {
     pub fn terminate(mut self) -> std::process::ExitStatus {
         stop_child(&mut self.child, Duration::from_secs(15))
             .expect("bilge did not stop within 15s of SIGTERM")
+    }
+}
+
+impl Server {
+    /// SIGKILLs it, as a host that goes down does, and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
