@@ -810,19 +810,7 @@ fn insert_cleanup(tx: &Transaction<'_>, r: &CleanupRecord) -> Result<i64> {
 
 /// Adds `t` to the summary tables (inside the caller's transaction).
 fn add_summary(tx: &Transaction<'_>, t: &Tally) -> Result<()> {
-    for p in &t.projects {
-        tx.execute(
-            "INSERT OR IGNORE INTO summary_projects (project) VALUES (?1)",
-            [p],
-        )?;
-    }
-    for ((project, result, reason), n) in &t.builds {
-        tx.execute(
-            "INSERT INTO summary_builds (project, result, reason, builds) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (project, result, reason) DO UPDATE SET builds = builds + excluded.builds",
-            params![project, result.as_str(), reason.as_str(), *n as i64],
-        )?;
-    }
+    add_named(tx, &PROJECTS, &t.projects, &t.builds)?;
     for ((project, result), d) in &t.durations {
         let mut sum = tx
             .query_row(
@@ -868,20 +856,86 @@ fn add_summary(tx: &Transaction<'_>, t: &Tally) -> Result<()> {
 
 /// Adds `t`'s per-host build totals to the summary tables.
 fn add_host_summary(tx: &Transaction<'_>, t: &Tally) -> Result<()> {
-    for h in &t.hosts {
+    add_named(tx, &HOSTS, &t.hosts, &t.host_builds)
+}
+
+/// The summary tables of one capped build label: its names in first-seen order, and builds by
+/// (name, result, reason).
+#[derive(Debug)]
+struct Named {
+    /// The table of names (`seq`, the name column).
+    names: &'static str,
+    /// The name column in both tables.
+    column: &'static str,
+    /// The table of counts.
+    counts: &'static str,
+}
+
+/// Builds by project.
+const PROJECTS: Named = Named {
+    names: "summary_projects",
+    column: "project",
+    counts: "summary_builds",
+};
+
+/// Builds by the host that ran them.
+const HOSTS: Named = Named {
+    names: "summary_hosts",
+    column: "host",
+    counts: "summary_host_builds",
+};
+
+/// Build totals by name, result and reason, as [`Tally`] keeps them.
+type Counts = std::collections::BTreeMap<(String, BuildResult, Reason), u64>;
+
+/// Adds `names` (in order) and `counts` to `n`'s tables.
+fn add_named(tx: &Transaction<'_>, n: &Named, names: &[String], counts: &Counts) -> Result<()> {
+    let (names_table, column, counts_table) = (n.names, n.column, n.counts);
+    for name in names {
         tx.execute(
-            "INSERT OR IGNORE INTO summary_hosts (host) VALUES (?1)",
-            [h],
+            &format!("INSERT OR IGNORE INTO {names_table} ({column}) VALUES (?1)"),
+            [name],
         )?;
     }
-    for ((host, result, reason), n) in &t.host_builds {
+    for ((name, result, reason), k) in counts {
         tx.execute(
-            "INSERT INTO summary_host_builds (host, result, reason, builds) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (host, result, reason) DO UPDATE SET builds = builds + excluded.builds",
-            params![host, result.as_str(), reason.as_str(), *n as i64],
+            &format!(
+                "INSERT INTO {counts_table} ({column}, result, reason, builds) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT ({column}, result, reason) DO UPDATE SET builds = builds + excluded.builds"
+            ),
+            params![name, result.as_str(), reason.as_str(), *k as i64],
         )?;
     }
     Ok(())
+}
+
+/// Reads `n`'s tables: the names in first-seen order and the counts (rows naming a result or
+/// reason this version does not know are left out).
+fn read_named(c: &Connection, n: &Named) -> Result<(Vec<String>, Counts)> {
+    let (names_table, column, counts_table) = (n.names, n.column, n.counts);
+    let mut st = c.prepare(&format!("SELECT {column} FROM {names_table} ORDER BY seq"))?;
+    let names = st
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut st = c.prepare(&format!(
+        "SELECT {column}, result, reason, builds FROM {counts_table}"
+    ))?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut counts = Counts::new();
+    for row in rows {
+        let (name, result, reason, k) = row?;
+        if let (Ok(result), Ok(reason)) = (result.parse(), reason.parse()) {
+            *counts.entry((name, result, reason)).or_default() += k.max(0) as u64;
+        }
+    }
+    Ok((names, counts))
 }
 
 /// One `summary_durations` row (count, sum, buckets, last_finished).
@@ -903,44 +957,8 @@ fn durations_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Durations> {
 /// Reads the summary tables. Rows naming a value this version does not know are left out.
 fn read_summary(c: &Connection) -> Result<Tally> {
     let mut t = Tally::default();
-    let mut st = c.prepare("SELECT project FROM summary_projects ORDER BY seq")?;
-    t.projects = st
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut st = c.prepare("SELECT host FROM summary_hosts ORDER BY seq")?;
-    t.hosts = st
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut st = c.prepare("SELECT host, result, reason, builds FROM summary_host_builds")?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (h, result, reason, n) = row?;
-        if let (Ok(result), Ok(reason)) = (result.parse(), reason.parse()) {
-            *t.host_builds.entry((h, result, reason)).or_default() += n.max(0) as u64;
-        }
-    }
-    let mut st = c.prepare("SELECT project, result, reason, builds FROM summary_builds")?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (p, result, reason, n) = row?;
-        if let (Ok(result), Ok(reason)) = (result.parse(), reason.parse()) {
-            *t.builds.entry((p, result, reason)).or_default() += n.max(0) as u64;
-        }
-    }
+    (t.projects, t.builds) = read_named(c, &PROJECTS)?;
+    (t.hosts, t.host_builds) = read_named(c, &HOSTS)?;
     let mut st = c.prepare(
         "SELECT count, sum, buckets, last_finished, project, result FROM summary_durations",
     )?;

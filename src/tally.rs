@@ -183,62 +183,23 @@ impl Tally {
     /// ones seen keep theirs, the rest are added up under [`OTHER_PROJECT`] (cleanup totals are
     /// copied as they are). The host "" becomes `own`, this host's name.
     pub fn capped(&self, max: usize, max_hosts: usize, own: &str) -> Tally {
-        let named = |h: &str| -> String {
-            if h.is_empty() {
-                own.to_string()
-            } else {
-                h.to_string()
-            }
-        };
-        let mut hosts: Vec<String> = Vec::new();
-        for h in &self.hosts {
-            let h = named(h);
-            if !hosts.contains(&h) {
-                hosts.push(h);
-            }
-        }
-        let keep_hosts: std::collections::HashSet<&str> =
-            hosts.iter().take(max_hosts).map(String::as_str).collect();
-        let host_label = |h: &str| -> String {
-            let h = named(h);
-            if keep_hosts.contains(h.as_str()) {
-                h
-            } else {
-                OTHER_PROJECT.to_string()
-            }
-        };
-        let keep: std::collections::HashSet<&str> =
-            self.projects.iter().take(max).map(String::as_str).collect();
-        let label = |p: &str| -> String {
-            if keep.contains(p) {
-                p.to_string()
-            } else {
-                OTHER_PROJECT.to_string()
-            }
-        };
+        let (projects, label) = cap(&self.projects, max, str::to_string);
+        let (hosts, host_label) = cap(&self.hosts, max_hosts, |h: &str| {
+            if h.is_empty() { own } else { h }.to_string()
+        });
         let mut out = Tally {
             cleanup_runs: self.cleanup_runs.clone(),
             cleanup_bytes: self.cleanup_bytes.clone(),
             cleanup_last_run: self.cleanup_last_run,
             ..Tally::default()
         };
-        for p in &self.projects {
-            let l = label(p);
-            if !out.projects.contains(&l) {
-                out.projects.push(l);
-            }
-        }
+        out.projects = projects;
+        out.hosts = hosts;
         for ((p, r, why), n) in &self.builds {
             *out.builds.entry((label(p), *r, *why)).or_default() += n;
         }
         for ((p, r), d) in &self.durations {
             out.durations.entry((label(p), *r)).or_default().merge(d);
-        }
-        for h in &self.hosts {
-            let l = host_label(h);
-            if !out.hosts.contains(&l) {
-                out.hosts.push(l);
-            }
         }
         for ((h, r, why), n) in &self.host_builds {
             *out.host_builds
@@ -247,6 +208,44 @@ impl Tally {
         }
         out
     }
+}
+
+/// A cap of `max` label values over `names` (in first-seen order, each taken through `rename`):
+/// the first `max` distinct ones keep their name, the rest become [`OTHER_PROJECT`]. Returns the
+/// labels in first-seen order and the label of any name.
+fn cap<'a>(
+    names: &[String],
+    max: usize,
+    rename: impl Fn(&str) -> String + 'a,
+) -> (Vec<String>, impl Fn(&str) -> String + 'a) {
+    let mut seen: Vec<String> = Vec::new();
+    for n in names {
+        let n = rename(n);
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    let keep: std::collections::HashSet<String> = seen.iter().take(max).cloned().collect();
+    let mut labels: Vec<String> = Vec::new();
+    for n in seen {
+        let l = if keep.contains(&n) {
+            n
+        } else {
+            OTHER_PROJECT.to_string()
+        };
+        if !labels.contains(&l) {
+            labels.push(l);
+        }
+    }
+    let label = move |n: &str| {
+        let n = rename(n);
+        if keep.contains(&n) {
+            n
+        } else {
+            OTHER_PROJECT.to_string()
+        }
+    };
+    (labels, label)
 }
 
 #[cfg(test)]

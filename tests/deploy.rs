@@ -394,27 +394,7 @@ fn completions_and_man_pages_come_from_the_flags_and_render() {
         (vec!["man", "serve"], "bilge-serve", "--web.listen-address"),
         (vec!["man", "clean"], "bilge-clean", "--docker.host"),
     ] {
-        let roff = run(&args);
-        let mut groff = std::process::Command::new("/usr/bin/groff")
-            .args(["-man", "-Tascii", "-P-cbu", "-ww"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        groff
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(roff.as_bytes())
-            .unwrap();
-        let out = groff.wait_with_output().unwrap();
-        let (text, warnings) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        assert!(out.status.success() && warnings.is_empty(), "{warnings}");
+        let text = groff(&run(&args), name);
         assert!(text.contains(&format!("{name}(1)")), "{text}");
         assert!(text.contains(flag), "{name}: no {flag}: {text}");
     }

@@ -31,27 +31,8 @@ fn member(name: &str, port: u16, targets: &std::path::Path) -> Member {
     let dangling = daemon.make_dangling("dangle:1", 2);
     let dir = temp_dir(name);
     let state = dir.join("bilge.db");
-    let token = token_file(&daemon.dir, TOKEN);
-    let cfg = policy_file(&daemon.dir, &["until = \"0s\"", "target_free = \"100%\""]);
-    let host = format!("--host.name={name}");
-    let server = Server::start_on_port(
-        dir,
-        &state,
-        &daemon.host,
-        port,
-        &[
-            &host,
-            "--webhook.token-file",
-            token.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--webhook.relay",
-            "--webhook.relay-targets",
-            targets.to_str().unwrap(),
-            "--docker.refresh-interval",
-            "1s",
-        ],
-    );
+    let addr = format!("127.0.0.1:{port}");
+    let server = start_member(&daemon, name, &addr, targets, dir, &state);
     Member {
         daemon,
         server,
@@ -205,18 +186,7 @@ fn two_alertmanager_peers_that_both_deliver_an_alert_start_exactly_one_prune() {
             (peers(&am1) == Some(2) && peers(&am2) == Some(2)).then_some(())
         },
     );
-    let alert = serde_json::json!([{
-        "labels": {
-            "alertname": "BilgeDockerDataRootAlmostFull",
-            "instance": m.server.addr,
-            "job": "bilge",
-            "mountpoint": "/var/lib/docker",
-            "severity": "warning",
-            "bilge_action": "standard"
-        },
-        "annotations": {"summary": "Docker's data root is almost full."},
-        "startsAt": chrono::Utc::now().to_rfc3339()
-    }]);
+    let alert = almost_full_alert(&m.server.addr, "/var/lib/docker", "standard");
     am1.post(&alert);
     am2.post(&alert);
     wait_for("the prune", Duration::from_secs(60), || {
@@ -250,11 +220,7 @@ fn two_alertmanager_peers_that_both_deliver_an_alert_start_exactly_one_prune() {
 fn notification_ms(am: &Alertmanager) -> f64 {
     let text = http("GET", &am.url("/metrics"), &[], b"").unwrap().text();
     let value = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name) && l.contains("integration=\"webhook\""))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
+        sample(&text, &format!("{name}{{integration=\"webhook\"}}")).unwrap_or(f64::NAN)
     };
     value("alertmanager_notification_latency_seconds_sum")
         / value("alertmanager_notification_latency_seconds_count")
@@ -410,18 +376,11 @@ fn a_fleet_prunes_each_host_for_its_own_alerts_only_and_loses_none_while_a_host_
     };
     let failed_before = failed(&servers[0]);
     servers[r.down - 1].kill();
-    am.post(&serde_json::json!([{
-        "labels": {
-            "alertname": "BilgeDockerDataRootAlmostFull",
-            "instance": down_addr,
-            "job": "bilge",
-            "mountpoint": daemons[r.down - 1].data_root.display().to_string(),
-            "severity": "warning",
-            "bilge_action": "standard"
-        },
-        "annotations": {"summary": "Docker's data root is almost full."},
-        "startsAt": chrono::Utc::now().to_rfc3339()
-    }]));
+    am.post(&almost_full_alert(
+        &down_addr,
+        &daemons[r.down - 1].data_root.display().to_string(),
+        "standard",
+    ));
     wait_for(
         "two failed relays to the down host",
         Duration::from_secs(120),
@@ -519,24 +478,13 @@ fn start_member(
 /// Evaluates the dashboard's Fleet row and the fleet recording rules in `prom`, each until it
 /// returns data; returns the answer of "Top hosts by disk build failures".
 fn fleet_row_has_data(prom: &Prometheus, failing_host: &str) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new("python3")
-        .arg(repo().join("scripts/bundle_lint.py"))
-        .arg("--dashboard-queries")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mut fleet = vec![
         "job_type:bilge_docker_reclaimable_bytes:sum".to_string(),
         format!("job_host:bilge_builds_disk_failures:increase1h{{host=\"{failing_host}\"}}"),
     ];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let q: serde_json::Value = serde_json::from_str(line).unwrap();
-        if FLEET_PANELS.contains(&q["title"].as_str().unwrap_or_default()) {
-            fleet.push(q["expr"].as_str().unwrap().to_string());
+    for q in dashboard_queries() {
+        if FLEET_PANELS.contains(&q.title.as_str()) {
+            fleet.push(q.expr);
         }
     }
     assert_eq!(fleet.len(), 2 + FLEET_PANELS.len(), "{fleet:?}");

@@ -79,28 +79,7 @@ fn exec_start(unit: &str) -> Vec<String> {
 }
 
 fn render_man(gz: &str) -> String {
-    let roff = run_ok(Command::new("/bin/zcat").arg(gz));
-    let mut groff = Command::new("/usr/bin/groff")
-        .args(["-man", "-Tascii", "-P-cbu", "-ww"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    groff
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(roff.as_bytes())
-        .unwrap();
-    let out = groff.wait_with_output().unwrap();
-    let warnings = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && warnings.is_empty(),
-        "{gz}: {warnings}"
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    groff(&run_ok(Command::new("/bin/zcat").arg(gz)), gz)
 }
 
 #[test]

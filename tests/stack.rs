@@ -230,3 +230,39 @@ fn prometheus_scrapes_bilge_and_loads_the_bundled_rules() {
         },
     );
 }
+
+/// One query of the bundled dashboard, its variables replaced so that Prometheus can evaluate it.
+#[derive(Debug)]
+pub struct DashboardQuery {
+    /// The panel's id.
+    pub panel: u64,
+    /// The panel's title.
+    pub title: String,
+    /// The query.
+    pub expr: String,
+}
+
+/// Every query of `dashboards/bilge.json` (`scripts/bundle_lint.py --dashboard-queries`).
+pub fn dashboard_queries() -> Vec<DashboardQuery> {
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/bundle_lint.py"))
+        .arg("--dashboard-queries")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let q: serde_json::Value = serde_json::from_str(line).unwrap();
+            DashboardQuery {
+                panel: q["panel"].as_u64().unwrap_or_default(),
+                title: q["title"].as_str().unwrap_or_default().to_string(),
+                expr: q["expr"].as_str().unwrap().to_string(),
+            }
+        })
+        .collect()
+}

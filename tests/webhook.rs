@@ -51,18 +51,7 @@ fn decisions(r: &Response) -> Vec<String> {
 
 /// Alerts as Prometheus would post them to Alertmanager's v2 API.
 fn am_alert(instance: &str, action: &str) -> serde_json::Value {
-    serde_json::json!([{
-        "labels": {
-            "alertname": "BilgeDockerDataRootAlmostFull",
-            "instance": instance,
-            "job": "bilge",
-            "mountpoint": "/var/lib/docker",
-            "severity": "warning",
-            "bilge_action": action
-        },
-        "annotations": {"summary": "Docker's data root is almost full."},
-        "startsAt": chrono::Utc::now().to_rfc3339()
-    }])
+    almost_full_alert(instance, "/var/lib/docker", action)
 }
 
 #[test]

@@ -256,3 +256,20 @@ pub fn bundled_alertmanager_config_tls(
     );
     out.join("\n") + "\n"
 }
+
+/// A firing `BilgeDockerDataRootAlmostFull` as the bundled rule makes it and Prometheus posts it
+/// to Alertmanager's v2 API, for `instance`, its data root's `mountpoint`, asking `action`.
+pub fn almost_full_alert(instance: &str, mountpoint: &str, action: &str) -> serde_json::Value {
+    serde_json::json!([{
+        "labels": {
+            "alertname": "BilgeDockerDataRootAlmostFull",
+            "instance": instance,
+            "job": "bilge",
+            "mountpoint": mountpoint,
+            "severity": "warning",
+            "bilge_action": action
+        },
+        "annotations": {"summary": "Docker's data root is almost full."},
+        "startsAt": chrono::Utc::now().to_rfc3339()
+    }])
+}

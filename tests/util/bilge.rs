@@ -47,13 +47,7 @@ impl Server {
         port: u16,
         args: &[&str],
     ) -> Server {
-        let s = Self::spawn_on_port(dir, state, docker_host, port, args);
-        wait_for("bilge to listen", Duration::from_secs(30), || {
-            http("GET", &s.url("/-/healthy"), &[], b"")
-                .ok()
-                .filter(|r| r.status == 200)
-        });
-        s
+        Self::start_on_addr(dir, state, docker_host, &format!("127.0.0.1:{port}"), args)
     }
 
     /// Starts `bilge serve` like [`Server::start_with_state`] without waiting for it (a server

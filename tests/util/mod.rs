@@ -220,3 +220,28 @@ pub fn token_file(dir: &Path, token: &str) -> PathBuf {
     std::fs::write(&p, format!("{token}\n")).unwrap();
     p
 }
+
+/// Renders a man page (roff) with groff as `man` would, failing on any warning; the text.
+pub fn groff(roff: &str, what: &str) -> String {
+    require("/usr/bin/groff", "apt-get install groff-base");
+    let mut groff = Command::new("/usr/bin/groff")
+        .args(["-man", "-Tascii", "-P-cbu", "-ww"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    groff
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(roff.as_bytes())
+        .unwrap();
+    let out = groff.wait_with_output().unwrap();
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && warnings.is_empty(),
+        "{what}: {warnings}"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
