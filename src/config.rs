@@ -885,6 +885,20 @@ mod tests {
     }
 
     #[test]
+    fn a_host_name_that_is_no_host_name_or_a_zero_host_cap_stops_start_up_naming_the_flag() {
+        for bad in ["a host", "x/y", "ci-1;rm", &"h".repeat(254)] {
+            let e = serve(&[&format!("--host.name={bad}")]).unwrap_err();
+            assert!(e.to_string().contains("--host.name"), "{bad:?}: {e}");
+        }
+        let e = serve(&["--builds.max-hosts=0"]).unwrap_err();
+        assert!(e.to_string().contains("--builds.max-hosts"), "{e}");
+        let ok = serve(&["--host.name=ci-7.example:1"]).unwrap();
+        assert_eq!(ok.host_name, "ci-7.example:1");
+        // Without the flag, the hostname (or localhost when it is no usable name).
+        assert!(!serve(&[]).unwrap().host_name.is_empty());
+    }
+
+    #[test]
     fn an_empty_token_file_stops_start_up_and_a_file_of_two_tokens_is_taken() {
         let empty = file("empty-token", "\n \n");
         let e = serve(&["--webhook.token-file", &empty]).unwrap_err();
