@@ -4,8 +4,9 @@
 #   2. checks formatting and lints;
 #   3. starts a private dockerd on temporary paths and exports its socket;
 #   4. runs every Rust test (unit + integration against real Docker, Prometheus, Alertmanager,
-#      Chromium), a short pass of every fuzz target (scripts/fuzz.sh) and the bundle checks
-#      (rules, dashboard, deploy files);
+#      Chromium), the engine matrix (the Docker-facing tests again on Debian's newest packaged
+#      engine, unpacked by scripts/engines.sh, with each image store), a short pass of every
+#      fuzz target (scripts/fuzz.sh) and the bundle checks (rules, dashboard, deploy files);
 #   5. stops the daemon and removes its files, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,6 +84,7 @@ export BILGE_TEST_ARTIFACTS="${BILGE_TEST_ARTIFACTS:-$TESTBED/artifacts}"
 export BILGE_TEST_TMP="$TESTBED/tmp"
 mkdir -p "$BILGE_TEST_ARTIFACTS" "$BILGE_TEST_TMP"
 DOCKERD_PID=""
+DOCKERD_DIR=""
 # kill_owned PID: SIGKILL PID if its command line names $TESTBED.
 kill_owned() {
   local pid=$1
@@ -91,16 +93,53 @@ kill_owned() {
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$TESTBED" && kill -9 "$pid" 2>/dev/null
   return 0
 }
+# start_dockerd DIR [dockerd args…]: a shared test daemon on DIR's paths (socket, data root, exec
+# root, pid file), exported as DOCKER_HOST; the engine is the one in BILGE_TEST_ENGINE_DIR (the
+# matrix below) or bookworm's. Waits until it answers.
+start_dockerd() {
+  local dir=$1 dockerd=/usr/sbin/dockerd
+  shift
+  mkdir -p "$dir"
+  local env=()
+  if [ -n "${BILGE_TEST_ENGINE_DIR:-}" ]; then
+    dockerd="$BILGE_TEST_ENGINE_DIR/usr/sbin/dockerd"
+    env=(PATH="$BILGE_TEST_ENGINE_DIR/usr/bin:$BILGE_TEST_ENGINE_DIR/usr/sbin:$PATH")
+    local snapshotter=false
+    [ "${BILGE_TEST_ENGINE_STORE:-classic}" = containerd ] && snapshotter=true
+    echo "{\"features\": {\"containerd-snapshotter\": $snapshotter}}" >"$dir/daemon.json"
+    set -- --config-file "$dir/daemon.json" --ip6tables=false "$@"
+  fi
+  say "starting a private dockerd in $dir ($dockerd)"
+  env "${env[@]}" "$dockerd" --host "unix://$dir/docker.sock" --data-root "$dir/data" \
+    --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
+    --iptables=false --bridge=none --ip-masq=false "$@" >"$dir/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  DOCKERD_DIR=$dir
+  export DOCKER_HOST="unix://$dir/docker.sock"
+  for _ in $(seq 300); do
+    /usr/bin/docker version >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || { cat "$dir/dockerd.log"; echo "dockerd died" >&2; exit 1; }
+    sleep 0.1
+  done
+  /usr/bin/docker version --format 'dockerd {{.Server.Version}} (API {{.Server.APIVersion}}) is up'
+}
+# stop_dockerd: removes the shared daemon's containers and stops it.
+stop_dockerd() {
+  [ -n "$DOCKERD_PID" ] || return 0
+  local ids
+  ids=$(DOCKER_HOST="unix://$DOCKERD_DIR/docker.sock" /usr/bin/docker ps -aq 2>/dev/null)
+  # shellcheck disable=SC2086
+  [ -n "$ids" ] && DOCKER_HOST="unix://$DOCKERD_DIR/docker.sock" /usr/bin/docker rm -f $ids >/dev/null 2>&1
+  kill "$DOCKERD_PID" 2>/dev/null
+  for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$DOCKERD_PID" 2>/dev/null
+  DOCKERD_PID=""
+  return 0
+}
 cleanup() {
   local rc=$?
   set +e
-  if [ -n "$DOCKERD_PID" ]; then
-    ids=$(DOCKER_HOST="unix://$TESTBED/docker.sock" /usr/bin/docker ps -aq 2>/dev/null)
-    [ -n "$ids" ] && DOCKER_HOST="unix://$TESTBED/docker.sock" /usr/bin/docker rm -f $ids >/dev/null 2>&1
-    kill "$DOCKERD_PID" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$DOCKERD_PID" 2>/dev/null
-  fi
+  stop_dockerd
   # What a crashed test left: the processes it recorded (dockerd's docker.pid, containerd.pid,
   # the servers' .pid files), and each container's shim and first process (init.pid; the shim
   # is its parent), all under $TESTBED.
@@ -127,19 +166,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-say "starting a private dockerd in $TESTBED"
-/usr/sbin/dockerd --host "unix://$TESTBED/docker.sock" --data-root "$TESTBED/data" \
-  --exec-root "$TESTBED/exec" --pidfile "$TESTBED/docker.pid" \
-  --iptables=false --bridge=none --ip-masq=false >"$TESTBED/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
-export DOCKER_HOST="unix://$TESTBED/docker.sock"
-export BILGE_TEST_DOCKER_HOST="$DOCKER_HOST"
-for _ in $(seq 300); do
-  /usr/bin/docker version >/dev/null 2>&1 && break
-  kill -0 "$DOCKERD_PID" 2>/dev/null || { cat "$TESTBED/dockerd.log"; echo "dockerd died" >&2; exit 1; }
-  sleep 0.1
-done
-/usr/bin/docker version --format 'dockerd {{.Server.Version}} (API {{.Server.APIVersion}}) is up'
+start_dockerd "$TESTBED"
 
 # ---- 4. tests -----------------------------------------------------------------------------
 # BILGE_TEST_ONLY=FILTER runs only the integration tests matching FILTER, with their output, on
@@ -159,6 +186,29 @@ BILGE_DEB=$(scripts/deb.sh --no-build)
 export BILGE_DEB
 say "cargo test"
 cargo test --locked -- --test-threads="${BILGE_TEST_THREADS:-4}"
+
+# The engine matrix: the Docker-facing tests again on Debian's newest packaged engine (unpacked
+# by scripts/engines.sh into target/engines, not installed), once with the classic image store and
+# once with the containerd image store, each on its own shared daemon. The tests picked are those
+# whose figures or actions depend on the engine: the exporter's agreement with `docker system df
+# -v`, every cleanup level and the watermarks, the webhook's prunes, and a real BuildKit ENOSPC
+# classified (the rest of the suite exercises bilge's own code and runs once, above).
+MATRIX_TESTS=(exporter:: cleanup:: webhook:: builds::real_builds builds::the_seed_scenario
+  builds::clean_and_retry builds::min_free)
+say "the engine matrix: fetching Debian's newest packaged Docker Engine (scripts/engines.sh)"
+ENGINE_DIR=$(scripts/engines.sh)
+stop_dockerd
+for store in classic containerd; do
+  export BILGE_TEST_ENGINE_DIR="$ENGINE_DIR" BILGE_TEST_ENGINE_STORE="$store"
+  start_dockerd "$TESTBED/engine-$store"
+  say "cargo test on $(basename "$ENGINE_DIR"), $store image store: ${MATRIX_TESTS[*]}"
+  cargo test --locked --test tests -- --test-threads="${BILGE_TEST_THREADS:-4}" "${MATRIX_TESTS[@]}"
+  say "smoke: bilge df on the $store store"
+  ./target/debug/bilge df
+  stop_dockerd
+done
+unset BILGE_TEST_ENGINE_DIR BILGE_TEST_ENGINE_STORE
+start_dockerd "$TESTBED"
 
 say "fuzz: a short pass of every target (scripts/fuzz.sh, ${BILGE_FUZZ_SECONDS:-15} s each)"
 FUZZ_SECONDS="${BILGE_FUZZ_SECONDS:-15}" scripts/fuzz.sh

@@ -194,6 +194,19 @@ pub struct DockerInfo {
     pub storage_driver: String,
     /// `DockerRootDir`, e.g. `/var/lib/docker`.
     pub data_root: String,
+    /// Whether images live in the containerd image store (the daemon's `DriverStatus` names
+    /// `io.containerd.snapshotter.v1`): the default for fresh installs from Docker 29 on.
+    pub containerd_store: bool,
+    /// The containerd socket the daemon uses (`Containerd.Address`, API 1.46 and later).
+    pub containerd_address: Option<String>,
+}
+
+/// Whether a daemon's `DriverStatus` says its images live in the containerd image store.
+pub fn is_containerd_store(driver_status: &[Vec<String>]) -> bool {
+    driver_status.iter().any(|kv| {
+        kv.first().map(String::as_str) == Some("driver-type")
+            && kv.get(1).map(String::as_str) == Some("io.containerd.snapshotter.v1")
+    })
 }
 
 /// One image as `/system/df` reports it.
@@ -673,6 +686,11 @@ pub trait PruneEdge: Send + Sync {
         dangling: bool,
     ) -> impl Future<Output = Result<Reclaimed>> + Send;
 
+    /// Whether `POST /images/prune` honours a `label!` filter. The containerd image store
+    /// (Docker 28 with it on, 29 by default) prunes nothing when one is given (moby#52334), so
+    /// the engine then removes images one by one.
+    fn image_prune_honours_label_filter(&self) -> impl Future<Output = Result<bool>> + Send;
+
     /// `DELETE /containers/{id}`, neither forced nor taking its volumes.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<Removal>> + Send;
 
@@ -748,6 +766,13 @@ impl PruneEdge for DockerApi {
                 .filter_map(|d| d.deleted)
                 .collect(),
         })
+    }
+
+    async fn image_prune_honours_label_filter(&self) -> Result<bool> {
+        let info = self.call(self.client.info()).await?;
+        Ok(!is_containerd_store(
+            &info.driver_status.unwrap_or_default(),
+        ))
     }
 
     async fn remove_container(&self, id: &str) -> Result<Removal> {
@@ -939,6 +964,11 @@ impl DockerApi {
             api_version: self.version.clone(),
             storage_driver: info.driver.unwrap_or_default(),
             data_root: info.docker_root_dir.unwrap_or_default(),
+            containerd_store: is_containerd_store(&info.driver_status.unwrap_or_default()),
+            containerd_address: info
+                .containerd
+                .and_then(|c| c.address)
+                .filter(|a| !a.is_empty()),
         })
     }
 

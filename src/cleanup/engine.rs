@@ -881,6 +881,22 @@ impl Executor<'_> {
         self.policy.protect_labels.len() <= 1
     }
 
+    /// Whether an image prune with [`Self::filters`] removes what the plan says: always without
+    /// a protect label; with one, unless the image store ignores `label!` (then, and when the
+    /// daemon cannot say, images are removed one by one, which never removes a protected one).
+    async fn image_filters_hold(&self, edge: &impl PruneEdge) -> bool {
+        if self.policy.protect_labels.is_empty() {
+            return true;
+        }
+        match edge.image_prune_honours_label_filter().await {
+            Ok(holds) => holds,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask the daemon about its image store; removing images one by one");
+                false
+            }
+        }
+    }
+
     /// Executes one level.
     async fn level(
         &self,
@@ -895,7 +911,9 @@ impl Executor<'_> {
             Level::StoppedContainers if exact => {
                 Done::pruned(edge.prune_containers(&self.filters(until)).await, |_| true)
             }
-            Level::DanglingImages | Level::UnusedImages if exact => {
+            Level::DanglingImages | Level::UnusedImages
+                if exact && self.image_filters_hold(edge).await =>
+            {
                 let dangling = level == Level::DanglingImages;
                 let r = edge.prune_images(&self.filters(until), dangling).await;
                 Done::pruned(r, |id| image_ids.contains(id))
@@ -1097,6 +1115,8 @@ mod tests {
         gone: HashSet<String>,
         /// A call after which the run is asked to stop.
         stop_after: Option<(Call, CancellationToken)>,
+        /// Images in the containerd image store, whose prune ignores `label!`.
+        containerd_store: bool,
     }
 
     impl Fake {
@@ -1108,6 +1128,7 @@ mod tests {
                 frees: Mutex::new(Vec::new()),
                 avail: Mutex::new(Some(avail_gib * GIB)),
                 failing: Vec::new(),
+                containerd_store: false,
                 in_use: HashSet::new(),
                 gone: HashSet::new(),
                 stop_after: None,
@@ -1230,6 +1251,10 @@ mod tests {
                 .collect();
             deleted.push("sha256:some-layer".into());
             Ok(Reclaimed { bytes, deleted })
+        }
+
+        async fn image_prune_honours_label_filter(&self) -> Result<bool> {
+            Ok(!self.containerd_store)
         }
 
         async fn remove_container(&self, id: &str) -> Result<Removal> {
@@ -1564,6 +1589,35 @@ mod tests {
         assert_eq!(run.levels[1].reclaimed_bytes, GIB);
         assert_eq!(run.levels[1].removed, 1);
         assert!(run.errors.is_empty(), "{:?}", run.errors);
+    }
+
+    #[tokio::test]
+    async fn on_the_containerd_image_store_images_are_removed_one_by_one_and_protected_ones_stay() {
+        // Its image prune ignores `label!` and removes nothing (moby#52334): a prune would
+        // report success and free nothing.
+        let mut fake = Fake::new(host(), 1);
+        fake.containerd_store = true;
+        let done = run(&policy(&["keep"]), &fake, &request(Level::UnusedImages, 99)).await;
+        let calls = fake.calls();
+        assert!(!calls.iter().any(|c| matches!(c, Call::PruneImages { .. })));
+        // Containers still go through their prune, whose label filter works.
+        assert!(calls.contains(&Call::PruneContainers));
+        assert!(calls.contains(&Call::RemoveImage("sha256:dangling".into(), vec![])));
+        assert!(calls.contains(&Call::RemoveImage(
+            "sha256:app".into(),
+            vec!["app:1".into()]
+        )));
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::RemoveImage(id, _) if id == "sha256:web"))
+        );
+        assert!(done.errors.is_empty(), "{:?}", done.errors);
+        // Without a protect label no filter is sent, and the prune is used.
+        let mut fake = Fake::new(host(), 1);
+        fake.containerd_store = true;
+        run(&policy(&[]), &fake, &request(Level::DanglingImages, 99)).await;
+        assert!(fake.calls().contains(&Call::PruneImages { dangling: true }));
     }
 
     #[tokio::test]

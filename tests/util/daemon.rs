@@ -3,6 +3,89 @@
 
 use super::*;
 
+/// The Docker Engine every test daemon runs: Debian bookworm's (`/usr/sbin/dockerd`, 20.10) by
+/// default; with `BILGE_TEST_ENGINE_DIR`, the newer engine that `scripts/engines.sh` unpacked
+/// there (its dockerd, and its containerd first on dockerd's PATH); with
+/// `BILGE_TEST_ENGINE_STORE=containerd`, that engine with the containerd image store.
+/// `scripts/test.sh` runs the Docker-facing tests once per set-up.
+#[derive(Debug)]
+pub struct Engine {
+    /// The dockerd binary.
+    pub dockerd: PathBuf,
+    /// The unpacked packages' root, for a newer engine.
+    pub dir: Option<PathBuf>,
+    /// Whether images live in the containerd image store.
+    pub containerd_store: bool,
+}
+
+/// The engine of this run, read once from the environment.
+pub fn engine() -> &'static Engine {
+    static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let dir = std::env::var_os("BILGE_TEST_ENGINE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let store = std::env::var("BILGE_TEST_ENGINE_STORE").unwrap_or_default();
+        let containerd_store = match store.as_str() {
+            "" | "classic" => false,
+            "containerd" => true,
+            other => panic!("BILGE_TEST_ENGINE_STORE={other:?}: use classic or containerd"),
+        };
+        let dockerd = match &dir {
+            Some(d) => {
+                let bin = d.join("usr/sbin/dockerd");
+                assert!(
+                    bin.exists(),
+                    "BILGE_TEST_ENGINE_DIR={} has no usr/sbin/dockerd: run scripts/engines.sh and pass the folder it prints",
+                    d.display()
+                );
+                bin
+            }
+            None => PathBuf::from("/usr/sbin/dockerd"),
+        };
+        assert!(
+            !containerd_store || dir.is_some(),
+            "BILGE_TEST_ENGINE_STORE=containerd needs a newer engine in BILGE_TEST_ENGINE_DIR (scripts/engines.sh)"
+        );
+        Engine {
+            dockerd,
+            dir,
+            containerd_store,
+        }
+    })
+}
+
+impl Engine {
+    /// The arguments and environment this engine's dockerd needs beyond the tests' own flags:
+    /// a config file enabling the containerd image store, no IPv6 firewall rules (newer
+    /// engines add them by default, and a test daemon must leave the host's firewall alone),
+    /// and the unpacked containerd first on its PATH.
+    fn apply(&self, cmd: &mut Command, dir: &Path) {
+        let Some(root) = &self.dir else {
+            return;
+        };
+        let config = dir.join("daemon.json");
+        let features = if self.containerd_store {
+            r#"{"features": {"containerd-snapshotter": true}}"#
+        } else {
+            r#"{"features": {"containerd-snapshotter": false}}"#
+        };
+        std::fs::write(&config, features).unwrap();
+        cmd.arg("--config-file")
+            .arg(&config)
+            .arg("--ip6tables=false");
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env(
+            "PATH",
+            format!(
+                "{}:{}:{path}",
+                root.join("usr/bin").display(),
+                root.join("usr/sbin").display()
+            ),
+        );
+    }
+}
+
 /// A private dockerd on temporary paths, torn down (containers, shims, mounts, files) on drop.
 #[derive(Debug)]
 pub struct Daemon {
@@ -55,6 +138,7 @@ impl Daemon {
     fn prepare(dir: PathBuf, data_root: PathBuf, loop_mount: Option<PathBuf>) -> Daemon {
         require_root();
         require("/usr/sbin/dockerd", "apt-get install docker.io");
+        let _ = engine();
         require(DOCKER, "apt-get install docker.io");
         std::fs::create_dir_all(&data_root).unwrap();
         Daemon {
@@ -69,7 +153,9 @@ impl Daemon {
 
     fn launch(&mut self) {
         let log = std::fs::File::create(self.dir.join("dockerd.log")).unwrap();
-        let child = Command::new("/usr/sbin/dockerd")
+        let mut cmd = Command::new(&engine().dockerd);
+        engine().apply(&mut cmd, &self.dir);
+        let child = cmd
             .arg("--host")
             .arg(&self.host)
             .arg("--data-root")
@@ -450,12 +536,16 @@ impl Daemon {
         ids
     }
 
-    /// Builds `tag` twice with different content: the first build becomes a dangling image of
-    /// about `mib` MiB, more than a second old on return (Docker's `until` filter counts whole
-    /// seconds, so even `until=0s` keeps an image from the current second). Returns its id.
+    /// Makes a dangling image of about `mib` MiB, more than a second old on return (Docker's
+    /// `until` filter counts whole seconds, so even `until=0s` keeps an image from the current
+    /// second), and builds `tag` with other content. Returns the dangling image's id.
+    ///
+    /// The dangling image is an untagged build: with the classic store a tag moved by a
+    /// rebuild leaves the old image dangling, but the containerd image store deletes it, and
+    /// an untagged build is dangling in both.
     pub fn make_dangling(&self, tag: &str, mib: u32) -> String {
         let first = self.build(
-            Some(tag),
+            None,
             &[&format!(
                 "RUN dd if=/dev/zero of=/dangling bs=1M count={mib} 2>/dev/null"
             )],
