@@ -110,6 +110,14 @@ pub struct GlobalArgs {
         global = true
     )]
     pub docker_top_n: usize,
+    /// containerd's root folder, measured beside Docker's data root when images live in the containerd image store of a containerd that runs on its own (dockerd --containerd): an absolute path, "auto" (/var/lib/containerd when the daemon uses /run/containerd/containerd.sock) or "none".
+    #[arg(
+        long = "docker.containerd-root",
+        env = "BILGE_DOCKER_CONTAINERD_ROOT",
+        default_value = "auto",
+        global = true
+    )]
+    pub docker_containerd_root: String,
     /// Regexp of mount points to leave out. Default: node_exporter's (/dev, /proc, /sys, /run/credentials, Docker's and Podman's own mounts).
     #[arg(
         long = "collector.filesystem.mount-points-exclude",

@@ -181,6 +181,8 @@ impl Config {
             Some(path) => load_policy(path)?,
             None => Policy::default(),
         };
+        let containerd_root = crate::docker::ContainerdRoot::parse(&g.docker_containerd_root)
+            .map_err(|m| Error::config("--docker.containerd-root", m))?;
         if g.docker_top_n == 0 {
             return Err(Error::config("--docker.top-n", "must be at least 1"));
         }
@@ -220,6 +222,7 @@ impl Config {
                 refresh_interval: Duration::from_secs(60),
                 top_n: g.docker_top_n,
                 tls,
+                containerd_root,
             },
             filesystem: FilesystemConfig {
                 mount_points_exclude: regex(

@@ -44,9 +44,8 @@ pub fn render_text(s: &Snapshot) -> String {
     ]];
     for f in &s.filesystems {
         let root = s
-            .data_root
-            .as_ref()
-            .is_some_and(|d| d.mountpoint == f.mount.mountpoint);
+            .storage_roots()
+            .any(|d| d.mountpoint == f.mount.mountpoint);
         rows.push(vec![
             format!("{}{}", f.mount.mountpoint, if root { " *" } else { "" }),
             f.mount.device.clone(),
@@ -63,6 +62,13 @@ pub fn render_text(s: &Snapshot) -> String {
             "* holds Docker's data root {} ({} available)\n",
             d.path,
             human_bytes(d.usage.avail)
+        ));
+    }
+    if let Some(c) = &s.containerd_root {
+        out.push_str(&format!(
+            "* holds containerd's root {}, where the containerd image store keeps the images ({} available)\n",
+            c.path,
+            human_bytes(c.usage.avail)
         ));
     }
     out.push('\n');

@@ -85,6 +85,8 @@ pub struct DockerConfig {
     /// TLS to a `tcp://` daemon: the folder with `ca.pem`, `cert.pem` and `key.pem`, as the
     /// docker CLI's `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH` give it. `None`: plain.
     pub tls: Option<std::path::PathBuf>,
+    /// The containerd root measured beside the data root (containerd image store only).
+    pub containerd_root: ContainerdRoot,
 }
 
 /// The files of a TLS-verified `tcp://` daemon in `DOCKER_CERT_PATH`, as the docker CLI names them.
@@ -199,6 +201,58 @@ pub struct DockerInfo {
     pub containerd_store: bool,
     /// The containerd socket the daemon uses (`Containerd.Address`, API 1.46 and later).
     pub containerd_address: Option<String>,
+}
+
+/// Where containerd keeps its data when it runs on its own (its `root` default).
+pub const SYSTEM_CONTAINERD_ROOT: &str = "/var/lib/containerd";
+/// The sockets of a containerd that runs on its own (a system service), as the daemon's
+/// `Containerd.Address` names them. A dockerd that starts its own containerd names a socket
+/// under its exec root instead, and that containerd's root is under the data root.
+pub const SYSTEM_CONTAINERD_SOCKETS: [&str; 2] = [
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+];
+
+/// `--docker.containerd-root`: which containerd root holds the daemon's images when they live
+/// in the containerd image store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ContainerdRoot {
+    /// [`SYSTEM_CONTAINERD_ROOT`] when the daemon uses a system containerd's socket.
+    #[default]
+    Auto,
+    /// Never measure one.
+    Off,
+    /// This folder, whenever the daemon uses the containerd image store.
+    At(std::path::PathBuf),
+}
+
+impl ContainerdRoot {
+    /// Parses the flag: `auto`, `none`, or an absolute path.
+    pub fn parse(s: &str) -> std::result::Result<ContainerdRoot, String> {
+        match s.trim() {
+            "" | "auto" => Ok(ContainerdRoot::Auto),
+            "none" => Ok(ContainerdRoot::Off),
+            p if p.starts_with('/') => Ok(ContainerdRoot::At(p.into())),
+            p => Err(format!("{p:?} is not an absolute path (or auto, or none)")),
+        }
+    }
+
+    /// The containerd root to measure beside the data root of a daemon that says `info`
+    /// (pure): none with the classic image store, whose images are under the data root.
+    pub fn resolve(&self, info: &DockerInfo) -> Option<std::path::PathBuf> {
+        if !info.containerd_store {
+            return None;
+        }
+        match self {
+            ContainerdRoot::Off => None,
+            ContainerdRoot::At(p) => Some(p.clone()),
+            ContainerdRoot::Auto => info
+                .containerd_address
+                .as_deref()
+                .filter(|a| SYSTEM_CONTAINERD_SOCKETS.contains(a))
+                .map(|_| SYSTEM_CONTAINERD_ROOT.into()),
+        }
+    }
 }
 
 /// Whether a daemon's `DriverStatus` says its images live in the containerd image store.
@@ -1310,5 +1364,48 @@ mod tests {
             ..Image::default()
         };
         assert_eq!(i.display_name(), "<none>@0123456789ab");
+    }
+
+    #[test]
+    fn the_containerd_root_is_measured_only_for_the_containerd_store_of_a_system_containerd() {
+        let info = |store: bool, addr: Option<&str>| DockerInfo {
+            containerd_store: store,
+            containerd_address: addr.map(String::from),
+            ..DockerInfo::default()
+        };
+        let system = Some("/run/containerd/containerd.sock");
+        let own = Some("/var/run/docker/containerd/containerd.sock");
+        let auto = ContainerdRoot::Auto;
+        assert_eq!(
+            auto.resolve(&info(true, system)),
+            Some("/var/lib/containerd".into())
+        );
+        // dockerd's own containerd keeps its root under the data root.
+        assert_eq!(auto.resolve(&info(true, own)), None);
+        assert_eq!(auto.resolve(&info(true, None)), None);
+        // The classic store keeps images under the data root, whatever the flag says.
+        assert_eq!(auto.resolve(&info(false, system)), None);
+        let at = ContainerdRoot::parse("/srv/containerd").unwrap();
+        assert_eq!(at.resolve(&info(true, own)), Some("/srv/containerd".into()));
+        assert_eq!(at.resolve(&info(false, own)), None);
+        assert_eq!(
+            ContainerdRoot::parse("none")
+                .unwrap()
+                .resolve(&info(true, system)),
+            None
+        );
+        assert!(ContainerdRoot::parse("var/lib/containerd").is_err());
+        assert_eq!(ContainerdRoot::parse("auto"), Ok(ContainerdRoot::Auto));
+    }
+
+    #[test]
+    fn the_containerd_store_is_told_by_the_driver_status() {
+        let st = |k: &str, v: &str| vec![vec![k.to_string(), v.to_string()]];
+        assert!(is_containerd_store(&st(
+            "driver-type",
+            "io.containerd.snapshotter.v1"
+        )));
+        assert!(!is_containerd_store(&st("Backing Filesystem", "extfs")));
+        assert!(!is_containerd_store(&[]));
     }
 }

@@ -126,13 +126,26 @@ pub fn render(
         );
     }
 
+    if let Some(c) = &s.containerd_root {
+        let _ = write!(
+            h,
+            "<h2 id=\"containerd-root\">containerd root</h2><p>The containerd image store keeps the images in <code>{}</code> on <code>{}</code>: {} available of {} · {} · inodes {} free of {}</p>",
+            esc(&c.path),
+            esc(&c.mountpoint),
+            human_bytes(c.usage.avail),
+            human_bytes(c.usage.size),
+            bar(c.usage.used_ratio()),
+            c.usage.files_free,
+            c.usage.files
+        );
+    }
+
     // Filesystems.
     h.push_str("<h2 id=\"filesystems\">Filesystems</h2><table><tr><th>mount point</th><th>device</th><th>type</th><th class=\"n\">size</th><th class=\"n\">available</th><th>used</th><th class=\"n\">inodes free</th></tr>");
     for f in &s.filesystems {
         let is_root = s
-            .data_root
-            .as_ref()
-            .is_some_and(|d| d.mountpoint == f.mount.mountpoint);
+            .storage_roots()
+            .any(|d| d.mountpoint == f.mount.mountpoint);
         let _ = write!(
             h,
             "<tr><td>{}{}{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"u\">{}</td><td class=\"n\">{}</td></tr>",

@@ -341,7 +341,7 @@ fn the_image_users_build_runs_non_root_sees_the_host_and_is_healthy() {
     assert_eq!(
         sample(
             &text,
-            &format!("bilge_docker_data_root_size_bytes{{mountpoint=\"{mp}\"}}")
+            &format!("bilge_docker_data_root_size_bytes{{mountpoint=\"{mp}\",role=\"data_root\"}}")
         ),
         dr["size"].as_f64(),
         "data root size, container vs host:\n{text}"

@@ -188,7 +188,7 @@ fn metrics_match_the_df_figures_and_name_the_data_root() {
     let mp = d.data_root.display().to_string();
     let size = sample(
         &m,
-        &format!("bilge_docker_data_root_size_bytes{{mountpoint=\"{mp}\"}}"),
+        &format!("bilge_docker_data_root_size_bytes{{mountpoint=\"{mp}\",role=\"data_root\"}}"),
     )
     .unwrap_or_else(|| panic!("no data root size for {mp} in\n{m}"));
     assert!(

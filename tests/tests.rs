@@ -18,4 +18,5 @@ mod router;
 mod runners;
 mod security;
 mod stack;
+mod storage;
 mod webhook;

@@ -182,13 +182,35 @@ async fn find_data_root(docker: DockerConfig) -> Option<PathBuf> {
     })
     .await;
     match asked {
-        Ok(Ok(info)) if !info.data_root.is_empty() => Some(PathBuf::from(info.data_root)),
+        Ok(Ok(info)) if !info.data_root.is_empty() => {
+            // With the containerd image store on a containerd of its own, builds write their
+            // snapshots under containerd's root: watch whichever of the two has less room.
+            let data_root = PathBuf::from(&info.data_root);
+            match d.containerd_root.resolve(&info) {
+                Some(c) => Some(tighter(data_root, c).await),
+                None => Some(data_root),
+            }
+        }
         other => {
             tracing::debug!(answer = ?other.map(|r| r.map(|i| i.data_root)), "could not ask Docker for its data root");
             Path::new(DEFAULT_DATA_ROOT)
                 .exists()
                 .then(|| PathBuf::from(DEFAULT_DATA_ROOT))
         }
+    }
+}
+
+/// Of two storage roots, the one with the smaller share available (`a` when `b` cannot be
+/// measured or on a tie).
+async fn tighter(a: PathBuf, b: PathBuf) -> PathBuf {
+    let share = |u: Option<Usage>| {
+        u.filter(|u| u.size > 0)
+            .map(|u| u.avail as f64 / u.size as f64)
+    };
+    match (share(stat(&a).await), share(stat(&b).await)) {
+        (Some(sa), Some(sb)) if sb < sa => b,
+        (None, Some(_)) => b,
+        _ => a,
     }
 }
 

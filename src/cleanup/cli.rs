@@ -470,6 +470,7 @@ mod tests {
 
     fn root(avail: u64, size: u64, mountpoint: &str) -> DataRoot {
         DataRoot {
+            role: crate::collect::Role::DataRoot,
             path: "/var/lib/docker".into(),
             mountpoint: mountpoint.into(),
             usage: Usage {

@@ -1278,6 +1278,7 @@ mod tests {
         async fn data_root_now(&self) -> Option<DataRoot> {
             let avail = (*lock(&self.avail))?;
             Some(DataRoot {
+                role: crate::collect::Role::DataRoot,
                 path: "/var/lib/docker".into(),
                 mountpoint: "/".into(),
                 usage: Usage {
@@ -1769,6 +1770,7 @@ mod tests {
             refresh_interval: Duration::from_secs(60),
             top_n: 10,
             tls: None,
+            containerd_root: crate::docker::ContainerdRoot::Auto,
         };
         let filesystem = FilesystemConfig {
             mount_points_exclude: regex::Regex::new("^$").unwrap_or_else(|e| panic!("{e}")),

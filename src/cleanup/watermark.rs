@@ -155,6 +155,7 @@ mod tests {
 
     fn root(size: u64, avail: u64) -> DataRoot {
         DataRoot {
+            role: crate::collect::Role::DataRoot,
             path: "/var/lib/docker".into(),
             mountpoint: "/".into(),
             usage: Usage {

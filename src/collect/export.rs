@@ -16,7 +16,7 @@ use super::{Snapshot, SnapshotCell};
 /// Labels of the `bilge_filesystem_*` families, as node_exporter names them.
 const FS: &[&str] = &["device", "mountpoint", "fstype"];
 /// The label of the data-root families.
-const ROOT: &[&str] = &["mountpoint"];
+const ROOT: &[&str] = &["mountpoint", "role"];
 /// The label of the collector-health families.
 const COLLECTOR: &[&str] = &["collector"];
 
@@ -65,22 +65,22 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ),
     (
         "bilge_docker_data_root_size_bytes",
-        "Size of the filesystem holding Docker's data root.",
+        "Size of the filesystem holding Docker's data root (role data_root) or containerd's root (role containerd_root).",
         ROOT,
     ),
     (
         "bilge_docker_data_root_avail_bytes",
-        "Space available on the filesystem holding Docker's data root.",
+        "Space available on the filesystem holding Docker's data root (role data_root) or containerd's root (role containerd_root).",
         ROOT,
     ),
     (
         "bilge_docker_data_root_files",
-        "File nodes of the filesystem holding Docker's data root.",
+        "File nodes of the filesystem holding Docker's data root (role data_root) or containerd's root (role containerd_root).",
         ROOT,
     ),
     (
         "bilge_docker_data_root_files_free",
-        "Free file nodes of the filesystem holding Docker's data root.",
+        "Free file nodes of the filesystem holding Docker's data root (role data_root) or containerd's root (role containerd_root).",
         ROOT,
     ),
     (
@@ -311,8 +311,8 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         out.push(F::FsReadonly, &l, bool_value(u.readonly));
     }
 
-    if let Some(dr) = &s.data_root {
-        let l = [dr.mountpoint.as_str()];
+    for dr in s.storage_roots() {
+        let l = [dr.mountpoint.as_str(), dr.role.as_str()];
         out.push(F::RootSize, &l, dr.usage.size as f64);
         out.push(F::RootAvail, &l, dr.usage.avail as f64);
         out.push(F::RootFiles, &l, dr.usage.files as f64);
@@ -401,6 +401,7 @@ mod tests {
                 usage,
             }],
             data_root: Some(DataRoot {
+                role: crate::collect::Role::DataRoot,
                 path: "/var/lib/docker".into(),
                 mountpoint: "/".into(),
                 usage,

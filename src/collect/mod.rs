@@ -36,10 +36,34 @@ const OFFLOAD_OBJECTS: usize = 200;
 /// 20.10, which runs `runc --version` to answer; BENCHMARKS.md, section 2).
 const INFO_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The filesystem that holds Docker's data root.
+/// What a storage root of Docker's holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Docker's data root (`DockerRootDir`).
+    #[default]
+    DataRoot,
+    /// The root of a containerd that runs on its own and holds the containerd image store's
+    /// images (content and snapshots), on another filesystem than the data root.
+    ContainerdRoot,
+}
+
+impl Role {
+    /// The `role` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::DataRoot => "data_root",
+            Role::ContainerdRoot => "containerd_root",
+        }
+    }
+}
+
+/// The filesystem that holds one of Docker's storage roots: the data root, or containerd's root.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DataRoot {
-    /// Docker's `DockerRootDir`.
+    /// Which root this is.
+    pub role: Role,
+    /// Docker's `DockerRootDir`, or containerd's root.
     pub path: String,
     /// The mount point of the filesystem holding it.
     pub mountpoint: String,
@@ -64,6 +88,9 @@ pub struct Snapshot {
     pub filesystems: Vec<Filesystem>,
     /// Docker's data root filesystem, once the daemon told us where it is.
     pub data_root: Option<DataRoot>,
+    /// containerd's root filesystem, when the containerd image store keeps the images there on
+    /// another filesystem than the data root (see [`crate::docker::ContainerdRoot`]).
+    pub containerd_root: Option<DataRoot>,
     /// The last good Docker summary (kept while the daemon is away).
     pub docker: Option<DockerSummary>,
     /// The last good raw disk usage, for the cleanup planner.
@@ -89,6 +116,35 @@ pub struct Snapshot {
 /// was current when they asked and keep it as long as they need, without holding a lock.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotCell(Arc<RwLock<Arc<Snapshot>>>);
+
+impl Snapshot {
+    /// Docker's storage filesystems: the data root, then containerd's root when separate.
+    pub fn storage_roots(&self) -> impl Iterator<Item = &DataRoot> {
+        self.data_root.iter().chain(self.containerd_root.iter())
+    }
+
+    /// The storage filesystem with the least room ([`tightest`]).
+    pub fn tightest_root(&self) -> Option<&DataRoot> {
+        tightest(self.storage_roots())
+    }
+}
+
+/// Of Docker's storage filesystems, the one with the smallest share available (pure): the one
+/// that fills first, which the watermarks, `target_free` and `--min-free` measure. On a tie,
+/// the first (the data root).
+pub fn tightest<'a>(roots: impl Iterator<Item = &'a DataRoot>) -> Option<&'a DataRoot> {
+    let share = |d: &DataRoot| {
+        if d.usage.size == 0 {
+            1.0
+        } else {
+            d.usage.avail as f64 / d.usage.size as f64
+        }
+    };
+    roots.fold(None, |best: Option<&DataRoot>, d| match best {
+        Some(b) if share(b) <= share(d) => Some(b),
+        _ => Some(d),
+    })
+}
 
 impl SnapshotCell {
     /// The current snapshot.
@@ -117,6 +173,8 @@ pub struct Collector {
     info: tokio::sync::Mutex<Option<(Instant, DockerInfo)>>,
     log_paths: Mutex<HashMap<String, Option<String>>>,
     data_root_path: RwLock<Option<String>>,
+    /// containerd's root, when the daemon's images are there ([`crate::docker::ContainerdRoot`]).
+    containerd_root_path: RwLock<Option<String>>,
     fs_done: AtomicBool,
     docker_done: AtomicBool,
     data_root_tx: tokio::sync::watch::Sender<Option<DataRoot>>,
@@ -134,6 +192,7 @@ impl Collector {
             info: tokio::sync::Mutex::new(None),
             log_paths: Mutex::new(HashMap::new()),
             data_root_path: RwLock::new(None),
+            containerd_root_path: RwLock::new(None),
             fs_done: AtomicBool::new(false),
             docker_done: AtomicBool::new(false),
             data_root_tx: tokio::sync::watch::channel(None).0,
@@ -195,9 +254,38 @@ impl Collector {
         Ok(info)
     }
 
-    /// Stats the data root (if known) now, updating the snapshot.
+    /// Stats Docker's storage filesystems (the data root, and containerd's root when the daemon
+    /// keeps its images there) now, updating the snapshot. Returns the tightest
+    /// ([`tightest`]), which is also sent to [`Collector::watch_data_root`].
     pub async fn measure_data_root(&self) -> Option<DataRoot> {
         let path = read(&self.data_root_path).clone()?;
+        let data_root = self.measure_root(Role::DataRoot, path).await;
+        let containerd_path = read(&self.containerd_root_path).clone();
+        let containerd = match containerd_path {
+            Some(p) => self.measure_root(Role::ContainerdRoot, p).await,
+            None => None,
+        };
+        // containerd's root counts as its own only on another filesystem than the data root.
+        let containerd = containerd.filter(|c| {
+            data_root
+                .as_ref()
+                .is_none_or(|d| d.mountpoint != c.mountpoint)
+        });
+        let tightest = tightest(data_root.iter().chain(containerd.iter())).cloned();
+        self.snapshot.update(|s| {
+            if data_root.is_some() {
+                s.data_root = data_root.clone();
+            }
+            s.containerd_root = containerd.clone();
+        });
+        if tightest.is_some() {
+            self.data_root_tx.send_replace(tightest.clone());
+        }
+        tightest
+    }
+
+    /// Stats one storage root: its filesystem's figures and mount point.
+    async fn measure_root(&self, role: Role, path: String) -> Option<DataRoot> {
         let host = &self.fs_cfg.host;
         let usage = match self
             .statter
@@ -206,7 +294,7 @@ impl Collector {
         {
             Ok(u) => u,
             Err(e) => {
-                tracing::warn!(path = %path, error = %e, "cannot stat Docker's data root");
+                tracing::warn!(path = %path, role = role.as_str(), error = %e, "cannot stat a Docker storage root");
                 return None;
             }
         };
@@ -223,14 +311,12 @@ impl Collector {
         let mountpoint = mount
             .map(|m| m.mountpoint.clone())
             .unwrap_or_else(|| path.clone());
-        let dr = DataRoot {
+        Some(DataRoot {
+            role,
             path,
             mountpoint,
             usage,
-        };
-        self.snapshot.update(|s| s.data_root = Some(dr.clone()));
-        self.data_root_tx.send_replace(Some(dr.clone()));
-        Some(dr)
+        })
     }
 
     /// Measures the data root now, first asking the daemon where it is when that is not known
@@ -243,7 +329,7 @@ impl Collector {
             };
             match info {
                 Ok(info) if !info.data_root.is_empty() => {
-                    *write(&self.data_root_path) = Some(info.data_root);
+                    self.learn_roots(&info);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot ask Docker for its data root"),
@@ -369,12 +455,7 @@ impl Collector {
     async fn collect_docker_inner(&self) -> Result<(DockerSummary, Arc<DiskUsage>)> {
         let api = self.docker().await?;
         let info: DockerInfo = self.cached_info(&api).await?;
-        let first_root = {
-            let mut p = write(&self.data_root_path);
-            let first = p.as_deref() != Some(info.data_root.as_str());
-            *p = Some(info.data_root.clone());
-            first
-        };
+        let first_root = self.learn_roots(&info);
         if first_root {
             self.measure_data_root().await;
         }
@@ -449,6 +530,22 @@ impl Collector {
         tokio::join!(fs, dk);
     }
 
+    /// Notes where the daemon keeps its data (the data root, and containerd's root when the
+    /// images are there); true when that changed.
+    fn learn_roots(&self, info: &DockerInfo) -> bool {
+        let containerd = self
+            .docker_cfg
+            .containerd_root
+            .resolve(info)
+            .map(|p| p.display().to_string());
+        let mut p = write(&self.data_root_path);
+        let mut c = write(&self.containerd_root_path);
+        let changed = p.as_deref() != Some(info.data_root.as_str()) || *c != containerd;
+        *p = Some(info.data_root.clone());
+        *c = containerd;
+        changed
+    }
+
     /// The path of Docker's data root, once known.
     pub fn data_root_path(&self) -> Option<PathBuf> {
         read(&self.data_root_path).clone().map(PathBuf::from)
@@ -471,4 +568,43 @@ async fn log_sizes(host: &disk::HostPaths, paths: Vec<(String, String)>) -> Hash
     })
     .await
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(role: Role, avail: u64, size: u64) -> DataRoot {
+        DataRoot {
+            role,
+            path: format!("/{}", role.as_str()),
+            mountpoint: format!("/mnt/{}", role.as_str()),
+            usage: Usage {
+                size,
+                avail,
+                ..Usage::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_tightest_root_is_the_one_with_the_smallest_share_available() {
+        let data = root(Role::DataRoot, 50, 100);
+        let containerd = root(Role::ContainerdRoot, 20, 1000);
+        let roots = [data.clone(), containerd.clone()];
+        assert_eq!(tightest(roots.iter()), Some(&containerd));
+        // A tie keeps the data root; an unmeasurable size counts as roomy.
+        let even = root(Role::ContainerdRoot, 500, 1000);
+        assert_eq!(tightest([data.clone(), even].iter()), Some(&data));
+        let unknown = root(Role::ContainerdRoot, 0, 0);
+        assert_eq!(tightest([data.clone(), unknown].iter()), Some(&data));
+        assert_eq!(tightest(std::iter::empty()), None);
+        let snapshot = Snapshot {
+            data_root: Some(data.clone()),
+            containerd_root: Some(containerd.clone()),
+            ..Snapshot::default()
+        };
+        assert_eq!(snapshot.storage_roots().count(), 2);
+        assert_eq!(snapshot.tightest_root(), Some(&containerd));
+    }
 }

@@ -8,7 +8,7 @@ use super::*;
 /// there (its dockerd, and its containerd first on dockerd's PATH); with
 /// `BILGE_TEST_ENGINE_STORE=containerd`, that engine with the containerd image store.
 /// `scripts/test.sh` runs the Docker-facing tests once per set-up.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Engine {
     /// The dockerd binary.
     pub dockerd: PathBuf,
@@ -53,6 +53,29 @@ pub fn engine() -> &'static Engine {
             containerd_store,
         }
     })
+}
+
+/// Debian's newest packaged engine, for the tests that need it whatever engine the run
+/// tests (a containerd of its own): `BILGE_TEST_ENGINE_DIR` when the run tests it, else
+/// `BILGE_TEST_NEWEST_ENGINE_DIR`, which scripts/test.sh sets from scripts/engines.sh.
+pub fn newest_engine(containerd_store: bool) -> Engine {
+    let dir = [std::env::var_os("BILGE_TEST_ENGINE_DIR"), std::env::var_os("BILGE_TEST_NEWEST_ENGINE_DIR")]
+        .into_iter()
+        .flatten()
+        .find(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .expect("this test needs Debian's newest packaged Docker Engine: set BILGE_TEST_NEWEST_ENGINE_DIR=$(scripts/engines.sh) (scripts/test.sh does)");
+    let dockerd = dir.join("usr/sbin/dockerd");
+    assert!(
+        dockerd.exists(),
+        "{} has no usr/sbin/dockerd: run scripts/engines.sh",
+        dir.display()
+    );
+    Engine {
+        dockerd,
+        dir: Some(dir),
+        containerd_store,
+    }
 }
 
 impl Engine {
@@ -100,6 +123,8 @@ pub struct Daemon {
     loop_mount: Option<PathBuf>,
     /// More dockerd arguments (another `--host`, TLS).
     extra_args: Vec<String>,
+    /// The engine it runs.
+    engine: Engine,
 }
 
 impl Daemon {
@@ -129,6 +154,22 @@ impl Daemon {
         Self::start_with(dir, mnt.clone(), Some(mnt))
     }
 
+    /// Starts Debian's newest engine with the containerd image store on `containerd`, a
+    /// containerd of its own (`dockerd --containerd`), as a host whose system containerd keeps
+    /// the images under its own root.
+    pub fn start_on_containerd(name: &str, containerd: &Containerd) -> Daemon {
+        let dir = temp_dir(name);
+        let data_root = dir.join("data");
+        let mut d = Self::prepare(dir, data_root, None);
+        d.engine = newest_engine(true);
+        d.extra_args = vec![
+            "--containerd".into(),
+            containerd.socket.display().to_string(),
+        ];
+        d.launch();
+        d
+    }
+
     fn start_with(dir: PathBuf, data_root: PathBuf, loop_mount: Option<PathBuf>) -> Daemon {
         let mut d = Self::prepare(dir, data_root, loop_mount);
         d.launch();
@@ -147,14 +188,15 @@ impl Daemon {
             child: None,
             loop_mount,
             extra_args: Vec::new(),
+            engine: engine().clone(),
             dir,
         }
     }
 
     fn launch(&mut self) {
         let log = std::fs::File::create(self.dir.join("dockerd.log")).unwrap();
-        let mut cmd = Command::new(&engine().dockerd);
-        engine().apply(&mut cmd, &self.dir);
+        let mut cmd = Command::new(&self.engine.dockerd);
+        self.engine.apply(&mut cmd, &self.dir);
         let child = cmd
             .arg("--host")
             .arg(&self.host)
@@ -332,6 +374,72 @@ impl Daemon {
     pub fn system_df_verbose(&self) -> serde_json::Value {
         serde_json::from_str(&self.docker(&["system", "df", "-v", "--format", "{{json .}}"]))
             .unwrap()
+    }
+}
+
+/// A containerd of its own (from Debian's newest packages), as a system containerd runs beside
+/// dockerd, with its root in a folder the test chose; stopped on drop. Its process id is in
+/// `containerd.pid` in its folder, where scripts/test.sh finds it after a crash.
+#[derive(Debug)]
+pub struct Containerd {
+    /// Its gRPC socket, for `dockerd --containerd`.
+    pub socket: PathBuf,
+    /// Its root.
+    pub root: PathBuf,
+    child: Child,
+}
+
+impl Containerd {
+    /// Starts containerd with its root at `root` and the rest of its files in a new folder.
+    pub fn start(name: &str, root: &Path) -> Containerd {
+        require_root();
+        let engine = newest_engine(true);
+        let bin = engine.dir.as_ref().unwrap().join("usr/bin/containerd");
+        let dir = temp_dir(name);
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 3\nroot = {:?}\nstate = {:?}\n\n[grpc]\n  address = {:?}\n\n[ttrpc]\n  address = {:?}\n",
+                root.display().to_string(),
+                dir.join("state").display().to_string(),
+                socket.display().to_string(),
+                dir.join("ttrpc.sock").display().to_string(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let path = std::env::var("PATH").unwrap_or_default();
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "PATH",
+                format!("{}:{path}", bin.parent().unwrap().display()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd did not start");
+        std::fs::write(dir.join("containerd.pid"), child.id().to_string()).unwrap();
+        let up = wait_for_opt(Duration::from_secs(30), || socket.exists().then_some(()));
+        if up.is_none() {
+            let log = std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+            panic!("containerd did not make its socket within 30s; its log:\n{log}");
+        }
+        Containerd {
+            socket,
+            root: root.to_path_buf(),
+            child,
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
