@@ -639,6 +639,16 @@ pub const PRUNE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The status an engine before 23.0 answers a second concurrent `/system/df` with.
 const DF_BUSY_STATUS: u16 = 500;
 
+/// The status `/system/df` answers when an object it was measuring went away mid-walk (on the
+/// containerd store, a build's snapshot that BuildKit removed: "snapshot … does not exist").
+const DF_VANISHED_STATUS: u16 = 404;
+
+/// Whether a failed `/system/df` is worth asking again: the daemon was busy with another one,
+/// or an object vanished while it walked. Both pass; a lasting one is returned at the timeout.
+fn df_retryable(status: Option<u16>) -> bool {
+    matches!(status, Some(DF_BUSY_STATUS | DF_VANISHED_STATUS))
+}
+
 /// Runs a Docker call, giving up after `timeout`: every call but the event stream (which stays
 /// open while the daemon is up) goes through here.
 async fn within<T, E>(
@@ -1033,6 +1043,9 @@ impl DockerApi {
     /// from this process wait for each other, and a call that meets another process's (a
     /// `bilge clean` next to `bilge serve`) retries within the timeout. The refusal has no status
     /// of its own, so any 500 is retried: a lasting one is returned once the timeout has passed.
+    /// A 404 is retried the same way: the endpoint exists on every engine, so it means that an
+    /// object being measured was removed meanwhile (seen on 28.5 with the containerd store while a
+    /// failed build's snapshots went).
     pub async fn disk_usage(&self) -> Result<DiskUsage> {
         let mut conn = self.df_conn.lock().await;
         let start = std::time::Instant::now();
@@ -1043,11 +1056,8 @@ impl DockerApi {
                     return offload(large, "parsing /system/df", move || parse_disk_usage(&body))
                         .await?;
                 }
-                Err(e)
-                    if e.docker_status() == Some(DF_BUSY_STATUS)
-                        && start.elapsed() < self.timeout =>
-                {
-                    tracing::debug!(error = %e, "another disk usage operation may be running; retrying");
+                Err(e) if df_retryable(e.docker_status()) && start.elapsed() < self.timeout => {
+                    tracing::debug!(error = %e, "disk usage busy or an object vanished; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => return Err(e),
@@ -1299,6 +1309,15 @@ mod tests {
             status_code: status,
             message: message.into(),
         })
+    }
+
+    #[test]
+    fn a_busy_daemon_or_a_vanished_object_is_asked_again_and_nothing_else_is() {
+        assert!(df_retryable(Some(500)));
+        assert!(df_retryable(Some(404)));
+        for other in [None, Some(400), Some(403), Some(409), Some(503)] {
+            assert!(!df_retryable(other), "{other:?}");
+        }
     }
 
     #[test]
