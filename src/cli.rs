@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the exporter, the status page, the build API and the Alertmanager webhook.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a build command, stream its output, classify a failure and record the outcome.
     Build(BuildArgs),
     /// Run the cleanup engine by hand: print the plan, then what each level freed.
@@ -242,6 +242,13 @@ pub struct ServeArgs {
         default_value = "60s"
     )]
     pub docker_refresh_interval: String,
+    /// How often the bytes under Docker's data root (and containerd's root) are walked to find what Docker's accounting does not explain (e.g. 1h; 0 turns it off). The walk runs at idle I/O priority.
+    #[arg(
+        long = "docker.footprint-interval",
+        env = "BILGE_DOCKER_FOOTPRINT_INTERVAL",
+        default_value = "1h"
+    )]
+    pub docker_footprint_interval: String,
     /// How often filesystems are stat'ed and watermarks checked (e.g. 2s).
     #[arg(
         long = "collector.filesystem.interval",
@@ -381,6 +388,9 @@ pub struct DfArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also walk Docker's data root (and containerd's root), at idle I/O priority, to show what lies there that Docker's accounting does not explain. Slow on a big data root.
+    #[arg(long)]
+    pub footprint: bool,
 }
 
 /// Flags of `bilge healthcheck`. It reads the server's own `BILGE_WEB_LISTEN_ADDRESS` and

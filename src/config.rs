@@ -220,6 +220,7 @@ impl Config {
                 host,
                 timeout,
                 refresh_interval: Duration::from_secs(60),
+                footprint_interval: Duration::from_secs(3600),
                 top_n: g.docker_top_n,
                 tls,
                 containerd_root,
@@ -263,6 +264,18 @@ impl Config {
             return Err(Error::config(
                 "--docker.refresh-interval",
                 "must be at least 100ms",
+            ));
+        }
+        self.docker.footprint_interval = flag(
+            "--docker.footprint-interval",
+            parse_duration(&s.docker_footprint_interval),
+        )?;
+        if !self.docker.footprint_interval.is_zero()
+            && self.docker.footprint_interval < Duration::from_secs(1)
+        {
+            return Err(Error::config(
+                "--docker.footprint-interval",
+                "must be 0 (off) or at least 1s",
             ));
         }
         self.filesystem.interval = flag(

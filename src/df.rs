@@ -6,13 +6,18 @@ use serde::Serialize;
 
 use crate::collect::disk::FilesystemConfig;
 use crate::collect::docker::TYPES;
-use crate::collect::{Collector, Snapshot};
+use crate::collect::{Collector, Snapshot, footprint};
 use crate::docker::DockerConfig;
 use crate::format::{human_bytes, table};
 use crate::{Error, Result};
 
-/// Collects once. Filesystems always; Docker when reachable (its error is kept otherwise).
-pub async fn collect_once(docker: DockerConfig, filesystem: FilesystemConfig) -> Arc<Snapshot> {
+/// Collects once. Filesystems always; Docker when reachable (its error is kept otherwise); the
+/// footprint when asked and Docker answered.
+pub async fn collect_once(
+    docker: DockerConfig,
+    filesystem: FilesystemConfig,
+    footprint: bool,
+) -> Arc<Snapshot> {
     let c = Arc::new(Collector::new(docker, filesystem));
     let docker = c.collect_docker().await;
     if let Err(e) = &docker {
@@ -21,7 +26,66 @@ pub async fn collect_once(docker: DockerConfig, filesystem: FilesystemConfig) ->
     if let Err(e) = c.collect_filesystems().await {
         tracing::warn!(error = %e, "filesystem collection failed");
     }
+    if footprint
+        && docker.is_ok()
+        && let Err(e) = c.collect_footprints().await
+    {
+        tracing::warn!(error = %e, "cannot measure the footprint");
+    }
     c.snapshot()
+}
+
+/// The footprint tables: each storage filesystem's three parts, then the unaccounted paths.
+fn render_footprints(s: &Snapshot) -> String {
+    let mut rows = vec![vec![
+        "FOOTPRINT OF".to_string(),
+        "ROLE".into(),
+        "DOCKER'S".into(),
+        "NOT DOCKER'S".into(),
+        "OUTSIDE THE ROOT".into(),
+    ]];
+    let mut paths = vec![vec![
+        "NOT DOCKER'S".to_string(),
+        "SIZE".into(),
+        "USUALLY".into(),
+    ]];
+    let mut notes = String::new();
+    for f in &s.footprints {
+        rows.push(vec![
+            f.mountpoint.clone(),
+            f.role.as_str().into(),
+            human_bytes(f.docker_bytes),
+            human_bytes(f.unaccounted_bytes),
+            human_bytes(f.outside_bytes),
+        ]);
+        for u in &f.unaccounted {
+            paths.push(vec![
+                u.path.clone(),
+                human_bytes(u.bytes),
+                footprint::describe(&u.path).into(),
+            ]);
+        }
+        notes.push_str(&format!(
+            "{} walked: {} in {} entries, {:.1}s{}\n",
+            f.paths.join(" and "),
+            human_bytes(f.walked_bytes),
+            f.entries,
+            f.seconds,
+            if f.complete {
+                ""
+            } else {
+                " (incomplete: a bound was hit; the figures are a lower bound)"
+            }
+        ));
+    }
+    let mut out = table(&rows);
+    out.push_str(&notes);
+    if paths.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&paths));
+        out.push_str("bilge deletes none of these; the runbook says how to reclaim each safely.\n");
+    }
+    out
 }
 
 #[derive(Serialize)]
@@ -135,6 +199,12 @@ pub fn render_text(s: &Snapshot) -> String {
                 }
                 out.push_str(&table(&rows));
             }
+            out.push('\n');
+            if s.footprints.is_empty() {
+                out.push_str("Where the rest of the disk went: bilge df --footprint\n");
+            } else {
+                out.push_str(&render_footprints(s));
+            }
             if !s.docker_up {
                 out.push_str(&format!(
                     "\n(stale: {})\n",
@@ -147,8 +217,13 @@ pub fn render_text(s: &Snapshot) -> String {
 }
 
 /// Runs `bilge df`. Exit status is an error when Docker could not be reached.
-pub async fn run(docker: DockerConfig, filesystem: FilesystemConfig, json: bool) -> Result<()> {
-    let s = collect_once(docker, filesystem).await;
+pub async fn run(
+    docker: DockerConfig,
+    filesystem: FilesystemConfig,
+    json: bool,
+    footprint: bool,
+) -> Result<()> {
+    let s = collect_once(docker, filesystem, footprint).await;
     if json {
         let text = serde_json::to_string_pretty(&DfJson { snapshot: &s })
             .map_err(|e| Error::Other(e.to_string()))?;

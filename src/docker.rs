@@ -80,6 +80,8 @@ pub struct DockerConfig {
     pub timeout: Duration,
     /// Time between two collections (serve only).
     pub refresh_interval: Duration,
+    /// Time between two footprint measurements (serve only; zero: off).
+    pub footprint_interval: Duration,
     /// How many largest images/volumes/logs to export.
     pub top_n: usize,
     /// TLS to a `tcp://` daemon: the folder with `ca.pem`, `cert.pem` and `key.pem`, as the

@@ -84,6 +84,21 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         ROOT,
     ),
     (
+        "bilge_docker_footprint_bytes",
+        "Bytes in use on a Docker storage filesystem by part: under its root and Docker's (part docker), under its root and not Docker's (unaccounted), elsewhere on the filesystem (outside). Measured every --docker.footprint-interval.",
+        &["mountpoint", "role", "part"],
+    ),
+    (
+        "bilge_docker_unaccounted_bytes",
+        "Bytes under a Docker storage root that Docker's accounting does not explain, by path (orphaned layers, tmp, …).",
+        &["mountpoint", "role", "path"],
+    ),
+    (
+        "bilge_docker_footprint_complete",
+        "1 if the last footprint walk of the filesystem finished, 0 if it hit a bound (its figures are a lower bound).",
+        ROOT,
+    ),
+    (
         "bilge_docker_up",
         "1 if the last Docker collection reached the daemon, else 0.",
         &[],
@@ -233,6 +248,9 @@ enum F {
     RootAvail,
     RootFiles,
     RootFilesFree,
+    Footprint,
+    Unaccounted,
+    FootprintComplete,
     Up,
     Info,
     Objects,
@@ -282,7 +300,12 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
             &s.filesystems_last_success,
         ),
         ("docker", &s.docker_run, &s.docker_last_success),
+        ("footprint", &s.footprint_run, &s.footprint_last_success),
     ] {
+        // The footprint is exported once it ran (it is off at interval 0, and waits for Docker).
+        if name == "footprint" && run.is_none() {
+            continue;
+        }
         out.push(F::Success, &[name], bool_value(run.is_some_and(|r| r.ok)));
         if let Some(r) = run {
             out.push(F::Duration, &[name], r.seconds);
@@ -317,6 +340,21 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         out.push(F::RootAvail, &l, dr.usage.avail as f64);
         out.push(F::RootFiles, &l, dr.usage.files as f64);
         out.push(F::RootFilesFree, &l, dr.usage.files_free as f64);
+    }
+
+    for f in &s.footprints {
+        let (m, r) = (f.mountpoint.as_str(), f.role.as_str());
+        for (part, bytes) in [
+            ("docker", f.docker_bytes),
+            ("unaccounted", f.unaccounted_bytes),
+            ("outside", f.outside_bytes),
+        ] {
+            out.push(F::Footprint, &[m, r, part], bytes as f64);
+        }
+        for u in &f.unaccounted {
+            out.push(F::Unaccounted, &[m, r, u.path.as_str()], u.bytes as f64);
+        }
+        out.push(F::FootprintComplete, &[m, r], bool_value(f.complete));
     }
 
     out.push(F::Up, &[], bool_value(s.docker_up));
@@ -373,6 +411,7 @@ mod tests {
     use super::*;
     use crate::collect::disk::{Filesystem, Mount, Usage};
     use crate::collect::docker::DockerSummary;
+    use crate::collect::footprint::{Footprint, Unaccounted};
     use crate::collect::{CollectorRun, DataRoot};
 
     fn names(fams: &[MetricFamily]) -> Vec<String> {
@@ -425,8 +464,75 @@ mod tests {
             }),
             filesystems_last_success: Some(chrono::Utc::now()),
             docker_last_success: Some(chrono::Utc::now()),
+            footprints: vec![Footprint {
+                role: crate::collect::Role::DataRoot,
+                mountpoint: "/".into(),
+                paths: vec!["/var/lib/docker".into()],
+                used_bytes: 60,
+                walked_bytes: 50,
+                docker_bytes: 45,
+                unaccounted_bytes: 5,
+                outside_bytes: 10,
+                unaccounted: vec![Unaccounted {
+                    path: "/var/lib/docker/tmp".into(),
+                    bytes: 5,
+                }],
+                entries: 9,
+                complete: true,
+                seconds: 0.5,
+                at: chrono::Utc::now(),
+            }],
+            footprint_run: Some(CollectorRun {
+                ok: true,
+                seconds: 0.5,
+            }),
+            footprint_last_success: Some(chrono::Utc::now()),
             ..Snapshot::default()
         }
+    }
+
+    /// The samples of a family as (labels, value).
+    fn samples(fams: &[MetricFamily], name: &str) -> Vec<(Vec<String>, f64)> {
+        fams.iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| {
+                let labels = m.get_label().iter().map(|l| l.value().to_string());
+                (labels.collect(), m.get_gauge().get_value())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_footprint_is_exported_in_three_parts_with_its_paths_and_health() {
+        let fams = families(&full());
+        let parts = samples(&fams, "bilge_docker_footprint_bytes");
+        let v = |part: &str| {
+            parts
+                .iter()
+                .find(|(l, _)| l[1] == part)
+                .map(|(l, v)| (l[0].clone(), l[2].clone(), *v))
+        };
+        assert_eq!(v("docker"), Some(("/".into(), "data_root".into(), 45.0)));
+        assert_eq!(
+            v("unaccounted"),
+            Some(("/".into(), "data_root".into(), 5.0))
+        );
+        assert_eq!(v("outside"), Some(("/".into(), "data_root".into(), 10.0)));
+        assert_eq!(
+            samples(&fams, "bilge_docker_unaccounted_bytes"),
+            [(
+                vec!["/".into(), "/var/lib/docker/tmp".into(), "data_root".into()],
+                5.0
+            )]
+        );
+        let health = samples(&fams, "bilge_collector_duration_seconds");
+        assert!(health.contains(&(vec!["footprint".into()], 0.5)), "{health:?}");
+        // Off (or not run yet): no footprint health sample that would read as failing.
+        let none = families(&Snapshot::default());
+        assert!(!samples(&none, "bilge_collector_success")
+            .iter()
+            .any(|(l, _)| l[0] == "footprint"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Background collectors and the snapshot they keep. `/metrics`, the status page and the cleanup
 //! planner read the last snapshot; nothing in a request path waits on Docker.
 //!
-//! Two loops: filesystems every couple of seconds (statvfs is cheap, and watermarks need to react
-//! fast), Docker every `--docker.refresh-interval`. Both log, count and retry; neither dies.
+//! Three loops: filesystems every couple of seconds (statvfs is cheap, and watermarks need to react
+//! fast), Docker every `--docker.refresh-interval`, and the footprint (a walk of the storage roots,
+//! [`footprint`]) every `--docker.footprint-interval`. Each logs, counts and retries; none dies.
 //!
 //! Each collection swaps its part of the [`Snapshot`] in whole ([`SnapshotCell::update`]); the
 //! exported families are built from the snapshot when a scrape asks ([`export`]), so the
@@ -11,6 +12,7 @@
 pub mod disk;
 pub mod docker;
 pub mod export;
+pub mod footprint;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ use crate::sync::{lock, read, write};
 use crate::{Error, Result};
 use disk::{Filesystem, FilesystemConfig, Statter, Usage};
 use docker::{ContainerLog, DockerSummary};
+use footprint::{Footprint, Tree};
 
 /// From this many Docker objects on, a collection is summarized on a blocking thread.
 const OFFLOAD_OBJECTS: usize = 200;
@@ -110,6 +113,13 @@ pub struct Snapshot {
     /// The last Docker collection, once one ran.
     #[serde(skip)]
     pub docker_run: Option<CollectorRun>,
+    /// Each storage filesystem's last measured footprint ([`footprint`]), once one was measured.
+    pub footprints: Vec<Footprint>,
+    /// When the footprint was last measured.
+    pub footprint_last_success: Option<DateTime<Utc>>,
+    /// The last footprint measurement, once one ran.
+    #[serde(skip)]
+    pub footprint_run: Option<CollectorRun>,
 }
 
 /// The shared, current snapshot. Writers swap a changed copy in whole; readers get the one that
@@ -475,7 +485,131 @@ impl Collector {
         .await
     }
 
-    /// Runs both loops until `cancel` fires.
+    /// Measures the footprint of each storage filesystem now ([`footprint`]): a walk of the data
+    /// root (and containerd's root) on a thread of its own at idle priority, attributed with the
+    /// last good `/system/df`. Slow on a big data root; the last good figures stay on failure.
+    pub async fn collect_footprints(&self) -> Result<Vec<Footprint>> {
+        let start = Instant::now();
+        let result = self.collect_footprints_inner().await;
+        let run = CollectorRun {
+            ok: result.is_ok(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let result = result.map(|mut fps| {
+            for f in &mut fps {
+                f.seconds = run.seconds;
+            }
+            fps
+        });
+        self.snapshot.update(|s| {
+            s.footprint_run = Some(run);
+            if let Ok(fps) = &result {
+                s.footprints = fps.clone();
+                s.footprint_last_success = Some(Utc::now());
+            }
+        });
+        result
+    }
+
+    async fn collect_footprints_inner(&self) -> Result<Vec<Footprint>> {
+        let s = self.snapshot();
+        let (Some(du), Some(summary), Some(data_root)) = (&s.disk_usage, &s.docker, &s.data_root)
+        else {
+            return Err(Error::Other(
+                "no footprint before a good Docker collection and data root".into(),
+            ));
+        };
+        let driver = summary.info.storage_driver.clone();
+        let host = self.fs_cfg.host.clone();
+        // What to walk on each filesystem: the data root, and containerd's root on its own
+        // filesystem or beside the data root on the same one (unless one holds the other).
+        let mut plans = vec![(
+            Role::DataRoot,
+            data_root.mountpoint.clone(),
+            vec![(Tree::DataRoot, data_root.path.clone())],
+        )];
+        let containerd = read(&self.containerd_root_path).clone();
+        if let Some(c) = containerd {
+            let (a, b) = (Path::new(&c), Path::new(&data_root.path));
+            if !a.starts_with(b) && !b.starts_with(a) {
+                match &s.containerd_root {
+                    Some(cr) => plans.push((
+                        Role::ContainerdRoot,
+                        cr.mountpoint.clone(),
+                        vec![(Tree::ContainerdRoot, c)],
+                    )),
+                    None if std::fs::symlink_metadata(host.file(a)).is_ok() => {
+                        plans[0].2.push((Tree::ContainerdRoot, c));
+                    }
+                    None => {}
+                }
+            }
+        }
+        let mut known = footprint::Known {
+            driver: driver.clone(),
+            layers: None,
+            containers: du.containers.iter().map(|c| c.id.clone()).collect(),
+            volumes: du.volumes.iter().map(|v| v.name.clone()).collect(),
+            now: None,
+        };
+        let host_root = host.file(Path::new(&data_root.path));
+        let trees: Vec<Vec<(Tree, PathBuf)>> = plans
+            .iter()
+            .map(|(_, _, t)| {
+                t.iter()
+                    .map(|(tree, p)| (*tree, host.file(Path::new(p))))
+                    .collect()
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop_on_drop = StopOnDrop(stop.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("bilge-footprint".into())
+            .spawn(move || {
+                footprint::lower_priority();
+                let layers = if footprint::LAYER_DRIVERS.contains(&driver.as_str()) {
+                    footprint::read_layers(&host_root, &driver)
+                } else {
+                    Some(Default::default())
+                };
+                let walked: Vec<_> = trees
+                    .iter()
+                    .map(|t| footprint::walk(t, &stop))
+                    .collect();
+                let _ = tx.send((layers, walked, std::time::SystemTime::now()));
+            })
+            .map_err(|e| Error::Other(format!("cannot start the footprint walk: {e}")))?;
+        let (layers, walked, ended) = rx
+            .await
+            .map_err(|_| Error::Other("the footprint walk ended without an answer".into()))?;
+        known.layers = layers;
+        known.now = Some(ended);
+        // The filesystems as they are now that the walk is done.
+        let now = self.snapshot();
+        let mut out = Vec::new();
+        for ((role, mountpoint, roots), walked) in plans.into_iter().zip(walked) {
+            let walked = walked.map_err(|e| {
+                Error::Other(format!("cannot walk {}: {e}", roots[0].1))
+            })?;
+            let used = now
+                .storage_roots()
+                .find(|r| r.role == role)
+                .map(|r| r.usage.size.saturating_sub(r.usage.free))
+                .unwrap_or(0);
+            out.push(footprint::footprint(
+                role,
+                &mountpoint,
+                &roots,
+                &walked,
+                &known,
+                used,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Runs the three loops until `cancel` fires.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let fs = {
             let me = self.clone();
@@ -497,6 +631,7 @@ impl Collector {
         };
         let dk = {
             let me = self.clone();
+            let cancel = cancel.clone();
             async move {
                 let mut tick = tokio::time::interval(me.docker_cfg.refresh_interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -527,7 +662,46 @@ impl Collector {
                 }
             }
         };
-        tokio::join!(fs, dk);
+        let fp = self.footprint_loop(cancel);
+        tokio::join!(fs, dk, fp);
+    }
+
+    /// Measures the footprint every `--docker.footprint-interval` (off at 0), from the first good
+    /// Docker collection on.
+    async fn footprint_loop(&self, cancel: CancellationToken) {
+        let every = self.docker_cfg.footprint_interval;
+        if every.is_zero() {
+            return;
+        }
+        while self.snapshot().disk_usage.is_none() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    if self.snapshot().data_root.is_none() {
+                        tracing::debug!("no footprint: the data root is not on this machine");
+                        continue;
+                    }
+                    match self.collect_footprints().await {
+                        Ok(fps) => {
+                            for f in &fps {
+                                tracing::debug!(mountpoint = %f.mountpoint, role = f.role.as_str(),
+                                    unaccounted = f.unaccounted_bytes, seconds = f.seconds, "footprint measured");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e,
+                            "footprint measurement failed; the last figures stay, and bilge retries every --docker.footprint-interval"),
+                    }
+                }
+            }
+        }
     }
 
     /// Notes where the daemon keeps its data (the data root, and containerd's root when the
@@ -549,6 +723,16 @@ impl Collector {
     /// The path of Docker's data root, once known.
     pub fn data_root_path(&self) -> Option<PathBuf> {
         read(&self.data_root_path).clone().map(PathBuf::from)
+    }
+}
+
+/// Sets the flag when dropped: a footprint walk whose caller went away (shutdown) stops.
+#[derive(Debug)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
