@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::collect::disk::FilesystemConfig;
 use crate::collect::docker::TYPES;
-use crate::collect::{Collector, Snapshot, footprint};
+use crate::collect::{Collector, Snapshot};
 use crate::docker::DockerConfig;
 use crate::format::{human_bytes, table};
 use crate::{Error, Result};
@@ -62,7 +62,7 @@ fn render_footprints(s: &Snapshot) -> String {
             paths.push(vec![
                 u.path.clone(),
                 human_bytes(u.bytes),
-                footprint::describe(&u.path).into(),
+                u.kind.describe().into(),
             ]);
         }
         notes.push_str(&format!(

@@ -95,7 +95,12 @@ fn main() -> ExitCode {
             Err(e) => return usage_error(&e),
         },
         Command::Df(args) => rt
-            .block_on(bilge::df::run(cfg.docker, cfg.filesystem, args.json, args.footprint))
+            .block_on(bilge::df::run(
+                cfg.docker,
+                cfg.filesystem,
+                args.json,
+                args.footprint,
+            ))
             .map_err(Into::into),
         Command::Healthcheck(args) => match Config::healthcheck(&args) {
             Ok(h) => rt.block_on(bilge::healthcheck(h)).map_err(Into::into),

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use crate::collect::Snapshot;
 use crate::collect::docker::TYPES;
+use crate::collect::{Role, Snapshot};
 use crate::format::human_bytes;
 use crate::model::{BuildResult, CleanupResult};
 use crate::store::{BuildRecord, CleanupRecord};
@@ -69,6 +69,59 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .bad{color:#c8322b;font-weight:600}.good{color:#3b8f5a;font-weight:600}.muted{color:#69707d}\
 code{font-size:.9em}";
 
+/// "Where the disk went": each storage filesystem's three parts as one stacked bar and a row,
+/// then the paths that are not Docker's.
+fn footprints(h: &mut String, s: &Snapshot, now: DateTime<Utc>) {
+    if s.footprints.is_empty() {
+        return;
+    }
+    let _ = write!(
+        h,
+        "<h2 id=\"footprint\">Where the disk went</h2><p class=\"muted\">Measured {} by walking the storage roots (<code>--docker.footprint-interval</code>). bilge deletes none of what is not Docker's; the runbook says how to reclaim it.</p>\
+<table><tr><th>filesystem</th><th></th><th class=\"n\">Docker's</th><th class=\"n\">under the root, not Docker's</th><th class=\"n\">outside the root</th></tr>",
+        ago(s.footprint_last_success, now)
+    );
+    for f in &s.footprints {
+        let used = (f.docker_bytes + f.unaccounted_bytes + f.outside_bytes).max(1) as f64;
+        let pct = |b: u64| b as f64 * 100.0 / used;
+        let _ = write!(
+            h,
+            "<tr><td><code>{}</code>{}</td><td><div class=\"bar\" title=\"Docker's · not Docker's · outside\"><div class=\"ok\" style=\"width:{:.1}%;float:left\"></div><div class=\"crit\" style=\"width:{:.1}%;float:left\"></div><div style=\"width:{:.1}%;float:left;background:#9aa1ad\"></div></div></td>\
+<td class=\"n\">{}</td><td class=\"n\" id=\"unaccounted-{}\">{}</td><td class=\"n\">{}</td></tr>",
+            esc(&f.mountpoint),
+            if f.complete {
+                ""
+            } else {
+                " <span class=\"muted\">(incomplete walk: at least these)</span>"
+            },
+            pct(f.docker_bytes),
+            pct(f.unaccounted_bytes),
+            pct(f.outside_bytes),
+            human_bytes(f.docker_bytes),
+            f.role.as_str(),
+            human_bytes(f.unaccounted_bytes),
+            human_bytes(f.outside_bytes)
+        );
+    }
+    h.push_str("</table>");
+    let paths: Vec<_> = s.footprints.iter().flat_map(|f| &f.unaccounted).collect();
+    if !paths.is_empty() {
+        h.push_str(
+            "<table><tr><th>not Docker's</th><th class=\"n\">size</th><th>usually</th></tr>",
+        );
+        for u in paths {
+            let _ = write!(
+                h,
+                "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td></tr>",
+                esc(&u.path),
+                human_bytes(u.bytes),
+                u.kind.describe()
+            );
+        }
+        h.push_str("</table>");
+    }
+}
+
 /// Renders the whole page.
 pub fn render(
     s: &Snapshot,
@@ -105,17 +158,35 @@ pub fn render(
     };
     let _ = write!(
         h,
-        "<tr><td>docker</td><td class=\"{}\" id=\"docker-status\">{}</td><td>{}</td></tr></table>",
+        "<tr><td>docker</td><td class=\"{}\" id=\"docker-status\">{}</td><td>{}</td></tr>",
         if s.docker_up { "good" } else { "bad" },
         esc(&docker_status),
         ago(s.docker_last_success, now)
     );
-
-    // Data root.
-    if let Some(dr) = &s.data_root {
+    if let Some(run) = &s.footprint_run {
         let _ = write!(
             h,
-            "<h2 id=\"data-root\">Docker data root</h2><p><code>{}</code> on <code>{}</code>: {} available of {} · {} · inodes {} free of {}</p>",
+            "<tr><td>footprint</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+            if run.ok { "good" } else { "bad" },
+            if run.ok { "ok" } else { "failed (see the log)" },
+            ago(s.footprint_last_success, now)
+        );
+    }
+    h.push_str("</table>");
+
+    // Docker's storage filesystems.
+    for dr in s.storage_roots() {
+        let (id, title, what) = match dr.role {
+            Role::DataRoot => ("data-root", "Docker data root", ""),
+            Role::ContainerdRoot => (
+                "containerd-root",
+                "containerd root",
+                "The containerd image store keeps the images in ",
+            ),
+        };
+        let _ = write!(
+            h,
+            "<h2 id=\"{id}\">{title}</h2><p>{what}<code>{}</code> on <code>{}</code>: {} available of {} · {} · inodes {} free of {}</p>",
             esc(&dr.path),
             esc(&dr.mountpoint),
             human_bytes(dr.usage.avail),
@@ -126,19 +197,7 @@ pub fn render(
         );
     }
 
-    if let Some(c) = &s.containerd_root {
-        let _ = write!(
-            h,
-            "<h2 id=\"containerd-root\">containerd root</h2><p>The containerd image store keeps the images in <code>{}</code> on <code>{}</code>: {} available of {} · {} · inodes {} free of {}</p>",
-            esc(&c.path),
-            esc(&c.mountpoint),
-            human_bytes(c.usage.avail),
-            human_bytes(c.usage.size),
-            bar(c.usage.used_ratio()),
-            c.usage.files_free,
-            c.usage.files
-        );
-    }
+    footprints(&mut h, s, now);
 
     // Filesystems.
     h.push_str("<h2 id=\"filesystems\">Filesystems</h2><table><tr><th>mount point</th><th>device</th><th>type</th><th class=\"n\">size</th><th class=\"n\">available</th><th>used</th><th class=\"n\">inodes free</th></tr>");
@@ -310,5 +369,44 @@ mod tests {
         assert!(html.contains("No Docker data yet"));
         assert!(html.contains("No builds recorded yet"));
         assert!(html.ends_with("</html>\n"));
+    }
+
+    #[test]
+    fn the_footprint_shows_its_three_parts_and_the_paths_that_are_not_dockers() {
+        use crate::collect::footprint::{Footprint, Unaccounted};
+        let s = Snapshot {
+            footprints: vec![Footprint {
+                role: Role::DataRoot,
+                mountpoint: "/".into(),
+                paths: vec!["/var/lib/docker".into()],
+                used_bytes: 3 << 30,
+                walked_bytes: 2 << 30,
+                docker_bytes: 1 << 30,
+                unaccounted_bytes: 1 << 30,
+                outside_bytes: 1 << 30,
+                unaccounted: vec![Unaccounted {
+                    path: "/var/lib/docker/<tmp>".into(),
+                    kind: crate::collect::footprint::Kind::Tmp,
+                    bytes: 1 << 30,
+                }],
+                entries: 7,
+                complete: false,
+                seconds: 1.0,
+                at: Utc::now(),
+            }],
+            footprint_last_success: Some(Utc::now()),
+            ..Snapshot::default()
+        };
+        let html = render(&s, &[], &[], Utc::now());
+        assert!(html.contains("Where the disk went"), "{html}");
+        assert!(
+            html.contains("id=\"unaccounted-data_root\">1.00GiB"),
+            "{html}"
+        );
+        assert!(html.contains("/var/lib/docker/&lt;tmp&gt;"), "{html}");
+        assert!(html.contains("incomplete walk"), "{html}");
+        assert!(
+            !render(&Snapshot::default(), &[], &[], Utc::now()).contains("Where the disk went")
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Every filesystem that holds Docker's data: with the containerd image store on a containerd
 //! of its own, the images live under containerd's root, which can be another filesystem than
-//! the data root. bilge reports it beside the data root, and filling it fires the bundled disk
-//! alert.
+//! the data root. bilge reports it beside the data root (its figures and its footprint), and
+//! filling it fires the bundled disk alert.
 
 use std::process::Command;
 use std::time::Duration;
@@ -38,6 +38,8 @@ fn a_containerd_root_on_its_own_filesystem_is_reported_and_filling_it_fires_the_
             "1s",
             "--docker.containerd-root",
             &mnt,
+            "--docker.footprint-interval",
+            "1s",
         ],
     );
     s.wait_ready();
@@ -85,6 +87,21 @@ fn a_containerd_root_on_its_own_filesystem_is_reported_and_filling_it_fires_the_
         .is_some(),
         "the data root ({data_mp}) is still reported:\n{m}"
     );
+
+    // Its footprint is measured on its own: the image's content and snapshots are Docker's.
+    let docker_part = wait_for(
+        "the containerd root's footprint",
+        Duration::from_secs(30),
+        || {
+            sample(
+                &s.metrics(),
+                &format!(
+                    "bilge_docker_footprint_bytes{{mountpoint=\"{mnt}\",part=\"docker\",role=\"containerd_root\"}}"
+                ),
+            )
+        },
+    );
+    assert!(docker_part > (20 << 20) as f64, "{docker_part}");
 
     // bilge df names it.
     let out = Command::new(BILGE)

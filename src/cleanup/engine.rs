@@ -1768,7 +1768,7 @@ mod tests {
             host: format!("unix://{}/no-docker.sock", dir.display()),
             timeout: Duration::from_secs(1),
             refresh_interval: Duration::from_secs(60),
-                footprint_interval: Duration::from_secs(3600),
+            footprint_interval: Duration::from_secs(3600),
             top_n: 10,
             tls: None,
             containerd_root: crate::docker::ContainerdRoot::Auto,

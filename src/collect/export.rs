@@ -475,6 +475,7 @@ mod tests {
                 outside_bytes: 10,
                 unaccounted: vec![Unaccounted {
                     path: "/var/lib/docker/tmp".into(),
+                    kind: crate::collect::footprint::Kind::Tmp,
                     bytes: 5,
                 }],
                 entries: 9,
@@ -527,12 +528,17 @@ mod tests {
             )]
         );
         let health = samples(&fams, "bilge_collector_duration_seconds");
-        assert!(health.contains(&(vec!["footprint".into()], 0.5)), "{health:?}");
+        assert!(
+            health.contains(&(vec!["footprint".into()], 0.5)),
+            "{health:?}"
+        );
         // Off (or not run yet): no footprint health sample that would read as failing.
         let none = families(&Snapshot::default());
-        assert!(!samples(&none, "bilge_collector_success")
-            .iter()
-            .any(|(l, _)| l[0] == "footprint"));
+        assert!(
+            !samples(&none, "bilge_collector_success")
+                .iter()
+                .any(|(l, _)| l[0] == "footprint")
+        );
     }
 
     #[test]

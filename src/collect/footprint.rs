@@ -55,7 +55,7 @@ const DRIVER_DIRS: &[&str] = &[
     "zfs",
 ];
 /// The data root's own directories and files other than the driver's, `containers`, `volumes`
-/// and `tmp`.
+/// and `tmp` (`rootfs` holds the containers' mounts with the containerd image store).
 const DOCKER_DIRS: &[&str] = &[
     "buildkit",
     "builder",
@@ -64,6 +64,7 @@ const DOCKER_DIRS: &[&str] = &[
     "image",
     "network",
     "plugins",
+    "rootfs",
     "runtimes",
     "swarm",
     "trust",
@@ -169,7 +170,8 @@ fn walk_bounded(
                 // directory's.
                 let top = out.nodes.get(node.unwrap_or(usize::MAX));
                 let own = depth == 0
-                    || (depth == 1 && top.is_some_and(|t| tree.split(&t.key[0]) && t.key.len() == 1));
+                    || (depth == 1
+                        && top.is_some_and(|t| tree.split(&t.key[0]) && t.key.len() == 1));
                 let idx = if own {
                     let mut key = top.map(|t| t.key.clone()).unwrap_or_default();
                     key.push(label_name(&entry.file_name().to_string_lossy()));
@@ -259,43 +261,92 @@ fn layer_shaped(name: &str) -> bool {
     id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Where a node's bytes go (pure): `None` for Docker's, else the unaccounted path they count to,
-/// relative to the tree's root.
-pub fn attribute(node: &Node, known: &Known) -> Option<String> {
+/// What kind of bytes an unaccounted path holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Layer folders that no layer or container mount names.
+    OrphanedLayers,
+    /// The folder of a storage driver the daemon does not run (now).
+    InactiveDriver,
+    /// The data root's `tmp`.
+    Tmp,
+    /// Container folders Docker does not list.
+    OrphanedContainers,
+    /// Volume folders Docker does not list.
+    OrphanedVolumes,
+    /// containerd downloads never finished.
+    Ingest,
+    /// containerd's temporary mounts.
+    Tmpmounts,
+    /// Anything else under a root.
+    Foreign,
+    /// The paths past [`MAX_PATHS`], summed.
+    Other,
+}
+
+impl Kind {
+    /// What such bytes usually are, in a few words (for `bilge df` and the page).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::OrphanedLayers => "orphaned layer folders",
+            Kind::InactiveDriver => "a storage driver or image store the daemon does not run now",
+            Kind::Tmp => "downloads and build contexts in flight, or left behind",
+            Kind::OrphanedContainers => "folders of containers Docker does not list",
+            Kind::OrphanedVolumes => "folders of volumes Docker does not list",
+            Kind::Ingest => "downloads never finished",
+            Kind::Tmpmounts => "containerd's temporary mounts",
+            Kind::Foreign => "not Docker's",
+            Kind::Other => "more paths that are not Docker's",
+        }
+    }
+}
+
+/// Where a node's bytes go (pure): `None` for Docker's, else the unaccounted path they count to
+/// (relative to the tree's root) and their kind.
+pub fn attribute(node: &Node, known: &Known) -> Option<(String, Kind)> {
     let young = match (node.newest, known.now) {
         (Some(t), Some(now)) => now.duration_since(t).unwrap_or_default() < ORPHAN_GRACE,
         _ => false,
     };
     let top = node.key.first()?.as_str();
     let child = node.key.get(1).map(String::as_str);
+    let of = |kind| Some((top.to_string(), kind));
     match node.tree {
         Tree::DataRoot => match (top, child) {
-            ("tmp", _) => Some(top.into()),
+            ("tmp", _) => of(Kind::Tmp),
             (d, child) if DRIVER_DIRS.contains(&d) => {
                 if d != known.driver {
-                    // The directory of a driver the daemon does not run now: left from before
-                    // a switch of driver or of image store.
-                    return Some(d.into());
+                    // The folder of a driver the daemon does not run now: left from before a
+                    // switch of driver or of image store.
+                    return of(Kind::InactiveDriver);
                 }
                 let name = child?;
                 let layers = known.layers.as_ref()?;
                 let orphan = layer_shaped(name) && !young && !layers.contains(name);
-                orphan.then(|| d.into())
+                if orphan {
+                    of(Kind::OrphanedLayers)
+                } else {
+                    None
+                }
             }
-            ("containers", Some(id)) => {
-                (!young && !known.containers.contains(id)).then(|| top.into())
+            ("containers", Some(id)) if !young && !known.containers.contains(id) => {
+                of(Kind::OrphanedContainers)
             }
-            ("volumes", Some(v)) => (!young
-                && !VOLUMES_FILES.contains(&v)
-                && !known.volumes.contains(v))
-            .then(|| top.into()),
-            ("containers" | "volumes", None) => None,
+            ("volumes", Some(v))
+                if !young && !VOLUMES_FILES.contains(&v) && !known.volumes.contains(v) =>
+            {
+                of(Kind::OrphanedVolumes)
+            }
+            ("containers" | "volumes", _) => None,
             (d, _) if DOCKER_DIRS.contains(&d) => None,
-            (other, _) => Some(other.into()),
+            _ => of(Kind::Foreign),
         },
         Tree::ContainerdRoot => match (top, child) {
-            ("tmpmounts", _) => Some(top.into()),
-            (CONTENT, Some("ingest")) if !young => Some(format!("{CONTENT}/ingest")),
+            ("tmpmounts", _) => of(Kind::Tmpmounts),
+            (CONTENT, Some("ingest")) if !young => {
+                Some((format!("{CONTENT}/ingest"), Kind::Ingest))
+            }
             _ => None,
         },
     }
@@ -306,26 +357,10 @@ pub fn attribute(node: &Node, known: &Known) -> Option<String> {
 pub struct Unaccounted {
     /// The path (absolute, as the daemon names it), or `other` for the rest past [`MAX_PATHS`].
     pub path: String,
+    /// What its bytes usually are.
+    pub kind: Kind,
     /// Its bytes.
     pub bytes: u64,
-}
-
-/// What an unaccounted path's bytes usually are, in a few words (for `bilge df` and the page).
-pub fn describe(path: &str) -> &'static str {
-    let last = path.rsplit('/').next().unwrap_or(path);
-    if path.ends_with(&format!("{CONTENT}/ingest")) {
-        return "downloads in flight or abandoned";
-    }
-    match last {
-        "tmp" => "downloads and build contexts in flight, or left behind",
-        "containers" => "folders of containers Docker does not list",
-        "volumes" => "folders of volumes Docker does not list",
-        "tmpmounts" => "containerd's temporary mounts",
-        "other" => "more paths that are not Docker's",
-        d if LAYER_DRIVERS.contains(&d) => "orphaned layer directories",
-        d if DRIVER_DIRS.contains(&d) => "a storage driver the daemon does not run",
-        _ => "not Docker's",
-    }
 }
 
 /// One storage filesystem's footprint.
@@ -369,27 +404,28 @@ pub fn footprint(
     known: &Known,
     used: u64,
 ) -> Footprint {
-    let mut by_path: HashMap<String, u64> = HashMap::new();
+    let mut by_path: HashMap<(String, Kind), u64> = HashMap::new();
     for node in &walked.nodes {
-        if let Some(rel) = attribute(node, known) {
+        if let Some((rel, kind)) = attribute(node, known) {
             let root = roots
                 .iter()
                 .find(|(t, _)| *t == node.tree)
                 .map(|(_, p)| p.trim_end_matches('/'))
                 .unwrap_or("");
-            *by_path.entry(format!("{root}/{rel}")).or_default() += node.bytes;
+            *by_path.entry((format!("{root}/{rel}"), kind)).or_default() += node.bytes;
         }
     }
     let mut paths: Vec<Unaccounted> = by_path
         .into_iter()
         .filter(|(_, b)| *b > 0)
-        .map(|(path, bytes)| Unaccounted { path, bytes })
+        .map(|((path, kind), bytes)| Unaccounted { path, kind, bytes })
         .collect();
     paths.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.path.cmp(&b.path)));
     if paths.len() > MAX_PATHS {
         let rest: u64 = paths.drain(MAX_PATHS - 1..).map(|u| u.bytes).sum();
         paths.push(Unaccounted {
             path: "other".into(),
+            kind: Kind::Other,
             bytes: rest,
         });
     }
@@ -472,14 +508,17 @@ mod tests {
     }
 
     fn at(key: &[&str], age: Duration) -> Option<String> {
-        attribute(&node(Tree::DataRoot, key, 1, age), &known())
+        attribute(&node(Tree::DataRoot, key, 1, age), &known()).map(|(p, _)| p)
     }
 
     #[test]
     fn layer_directories_the_layer_store_does_not_name_are_orphans_once_past_the_grace() {
         let orphan = "f".repeat(64);
         assert_eq!(at(&["overlay2", &orphan], OLD), Some("overlay2".into()));
-        assert_eq!(at(&["overlay2", &format!("{orphan}-init")], OLD), Some("overlay2".into()));
+        assert_eq!(
+            at(&["overlay2", &format!("{orphan}-init")], OLD),
+            Some("overlay2".into())
+        );
         assert_eq!(at(&["overlay2", &orphan], Duration::from_secs(60)), None);
         assert_eq!(at(&["overlay2", HEX], OLD), None);
         assert_eq!(at(&["overlay2", &format!("{HEX}-init")], OLD), None);
@@ -493,9 +532,17 @@ mod tests {
             ..known()
         };
         assert_eq!(
-            attribute(&node(Tree::DataRoot, &["overlay2", &orphan], 1, OLD), &unsure),
+            attribute(
+                &node(Tree::DataRoot, &["overlay2", &orphan], 1, OLD),
+                &unsure
+            ),
             None
         );
+        let kind = attribute(
+            &node(Tree::DataRoot, &["overlay2", &orphan], 1, OLD),
+            &known(),
+        );
+        assert_eq!(kind.map(|(_, k)| k), Some(Kind::OrphanedLayers));
     }
 
     #[test]
@@ -511,9 +558,13 @@ mod tests {
             ..known()
         };
         assert_eq!(
-            attribute(&node(Tree::DataRoot, &["overlay2", HEX], 1, OLD), &containerd_store),
-            Some("overlay2".into())
+            attribute(
+                &node(Tree::DataRoot, &["overlay2", HEX], 1, OLD),
+                &containerd_store
+            ),
+            Some(("overlay2".into(), Kind::InactiveDriver))
         );
+        assert_eq!(at(&["rootfs"], OLD), None);
     }
 
     #[test]
@@ -524,7 +575,9 @@ mod tests {
         assert_eq!(at(&["volumes", "data"], OLD), None);
         assert_eq!(at(&["volumes", "metadata.db"], OLD), None);
         assert_eq!(at(&["volumes", "lost"], OLD), Some("volumes".into()));
-        let c = |key: &[&str], age| attribute(&node(Tree::ContainerdRoot, key, 1, age), &known());
+        let c = |key: &[&str], age| {
+            attribute(&node(Tree::ContainerdRoot, key, 1, age), &known()).map(|(p, _)| p)
+        };
         assert_eq!(c(&["tmpmounts"], OLD), Some("tmpmounts".into()));
         assert_eq!(
             c(&[CONTENT, "ingest"], OLD),
@@ -588,11 +641,18 @@ mod tests {
         let a = "a".repeat(64);
         // The layer's file counts once although it has two names; its folders count too.
         let layer_bytes = bytes(&["overlay2", &a]);
-        assert!((64 * 1024..64 * 1024 + 5 * 8192).contains(&layer_bytes), "{layer_bytes}");
+        assert!(
+            (64 * 1024..64 * 1024 + 5 * 8192).contains(&layer_bytes),
+            "{layer_bytes}"
+        );
         let tmp = bytes(&["tmp"]);
         assert!((32 * 1024..32 * 1024 + 8192).contains(&tmp), "{tmp}");
         let total: u64 = w.nodes.iter().map(|n| n.bytes).sum();
-        assert!(w.bytes >= total && w.bytes - total <= 8192, "{} {total}", w.bytes);
+        assert!(
+            w.bytes >= total && w.bytes - total <= 8192,
+            "{} {total}",
+            w.bytes
+        );
         assert!(!w.nodes.iter().any(|n| n.key.len() > 2));
         let bounded = walk_bounded(&trees, &stop, 3, MAX_LINKS).unwrap();
         assert!(!bounded.complete);

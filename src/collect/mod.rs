@@ -573,10 +573,7 @@ impl Collector {
                 } else {
                     Some(Default::default())
                 };
-                let walked: Vec<_> = trees
-                    .iter()
-                    .map(|t| footprint::walk(t, &stop))
-                    .collect();
+                let walked: Vec<_> = trees.iter().map(|t| footprint::walk(t, &stop)).collect();
                 let _ = tx.send((layers, walked, std::time::SystemTime::now()));
             })
             .map_err(|e| Error::Other(format!("cannot start the footprint walk: {e}")))?;
@@ -589,9 +586,8 @@ impl Collector {
         let now = self.snapshot();
         let mut out = Vec::new();
         for ((role, mountpoint, roots), walked) in plans.into_iter().zip(walked) {
-            let walked = walked.map_err(|e| {
-                Error::Other(format!("cannot walk {}: {e}", roots[0].1))
-            })?;
+            let walked =
+                walked.map_err(|e| Error::Other(format!("cannot walk {}: {e}", roots[0].1)))?;
             let used = now
                 .storage_roots()
                 .find(|r| r.role == role)
