@@ -249,6 +249,13 @@ pub struct ServeArgs {
         default_value = "1h"
     )]
     pub docker_footprint_interval: String,
+    /// Longest time between two full /system/df collections (e.g. 10m); those between ask only what Docker's events say changed, and nothing when nothing did. 0: every collection is full.
+    #[arg(
+        long = "docker.full-refresh-interval",
+        env = "BILGE_DOCKER_FULL_REFRESH_INTERVAL",
+        default_value = "10m"
+    )]
+    pub docker_full_refresh_interval: String,
     /// How often filesystems are stat'ed and watermarks checked (e.g. 2s).
     #[arg(
         long = "collector.filesystem.interval",

@@ -221,6 +221,7 @@ impl Config {
                 timeout,
                 refresh_interval: Duration::from_secs(60),
                 footprint_interval: Duration::from_secs(3600),
+                full_refresh_interval: Duration::from_secs(600),
                 top_n: g.docker_top_n,
                 tls,
                 containerd_root,
@@ -266,6 +267,10 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
+        self.docker.full_refresh_interval = flag(
+            "--docker.full-refresh-interval",
+            parse_duration(&s.docker_full_refresh_interval),
+        )?;
         self.docker.footprint_interval = flag(
             "--docker.footprint-interval",
             parse_duration(&s.docker_footprint_interval),

@@ -82,6 +82,9 @@ pub struct DockerConfig {
     pub refresh_interval: Duration,
     /// Time between two footprint measurements (serve only; zero: off).
     pub footprint_interval: Duration,
+    /// Longest time between two full `/system/df` collections; the ones between ask only what
+    /// Docker's events say changed (serve only; zero: every collection is full).
+    pub full_refresh_interval: Duration,
     /// How many largest images/volumes/logs to export.
     pub top_n: usize,
     /// TLS to a `tcp://` daemon: the folder with `ca.pem`, `cert.pem` and `key.pem`, as the
@@ -527,6 +530,84 @@ fn is_anonymous(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A container of `/system/df` or of `/containers/json`, in plain form.
+fn container_of(c: WireContainer) -> Container {
+    Container {
+        name: c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| short_id(&c.id).to_string()),
+        id: c.id,
+        image_id: c.image_id.unwrap_or_default(),
+        state: c.state.unwrap_or_default(),
+        size_rw: c.size_rw.unwrap_or(-1),
+        created: c.created,
+        labels: c.labels.unwrap_or_default(),
+        volumes: c
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.kind.as_deref() == Some("volume"))
+            .filter_map(|m| m.name)
+            .collect(),
+    }
+}
+
+/// A volume of `/system/df` or of `/volumes`, in plain form.
+fn volume_of(v: WireVolume) -> Volume {
+    Volume {
+        anonymous: is_anonymous(&v.name),
+        size: v.usage_data.as_ref().map_or(-1, |u| u.size),
+        ref_count: v.usage_data.as_ref().map_or(-1, |u| u.ref_count),
+        labels: v.labels.unwrap_or_default(),
+        created_at: parse_time(v.created_at.as_deref()),
+        name: v.name,
+    }
+}
+
+/// The parts of `/system/df` that can be asked for alone (`?type=`, API 1.42 and later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DfType {
+    /// Images (cheap: the layer store's figures).
+    Image,
+    /// Containers with their writable layers' sizes (walks every writable layer).
+    Container,
+    /// Volumes with their sizes (walks every local volume).
+    Volume,
+    /// BuildKit's cache records.
+    BuildCache,
+}
+
+impl DfType {
+    /// The `type=` value.
+    pub fn as_query(self) -> &'static str {
+        match self {
+            DfType::Image => "image",
+            DfType::Container => "container",
+            DfType::Volume => "volume",
+            DfType::BuildCache => "build-cache",
+        }
+    }
+}
+
+/// Whether the daemon's API answers `/system/df?type=` (1.42, Docker 23, and later).
+pub fn df_types_supported(api_version: &str) -> bool {
+    let mut parts = api_version
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 42)
+}
+
+/// The event actions after which `/system/df` answers differently (a container's start or end
+/// changes what is active; creation and removal change every list that counts containers).
+pub const STORAGE_EVENTS: [&str; 17] = [
+    "create", "destroy", "start", "die", "pause", "unpause", "rename", "commit", "prune", "pull",
+    "tag", "untag", "delete", "import", "load", "update", "remove",
+];
+
 /// Parses a `/system/df` answer of any API generation into plain structs.
 pub fn parse_disk_usage(body: &[u8]) -> Result<DiskUsage> {
     let w: WireDf = serde_json::from_slice(body)
@@ -565,41 +646,8 @@ pub fn parse_disk_usage(body: &[u8]) -> Result<DiskUsage> {
                 labels: i.labels.unwrap_or_default(),
             })
             .collect(),
-        containers: containers
-            .into_iter()
-            .map(|c| Container {
-                name: c
-                    .names
-                    .as_ref()
-                    .and_then(|n| n.first())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_else(|| short_id(&c.id).to_string()),
-                id: c.id,
-                image_id: c.image_id.unwrap_or_default(),
-                state: c.state.unwrap_or_default(),
-                size_rw: c.size_rw.unwrap_or(-1),
-                created: c.created,
-                labels: c.labels.unwrap_or_default(),
-                volumes: c
-                    .mounts
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|m| m.kind.as_deref() == Some("volume"))
-                    .filter_map(|m| m.name)
-                    .collect(),
-            })
-            .collect(),
-        volumes: volumes
-            .into_iter()
-            .map(|v| Volume {
-                anonymous: is_anonymous(&v.name),
-                size: v.usage_data.as_ref().map_or(-1, |u| u.size),
-                ref_count: v.usage_data.as_ref().map_or(-1, |u| u.ref_count),
-                labels: v.labels.unwrap_or_default(),
-                created_at: parse_time(v.created_at.as_deref()),
-                name: v.name,
-            })
-            .collect(),
+        containers: containers.into_iter().map(container_of).collect(),
+        volumes: volumes.into_iter().map(volume_of).collect(),
         build_cache: build_cache
             .into_iter()
             .map(|b| BuildCacheRecord {
@@ -1049,10 +1097,26 @@ impl DockerApi {
     /// object being measured was removed meanwhile (seen on 28.5 with the containerd store while a
     /// failed build's snapshots went).
     pub async fn disk_usage(&self) -> Result<DiskUsage> {
+        self.df("/system/df?verbose=1").await
+    }
+
+    /// `GET /system/df?type=…` for the given types only (API 1.42 and later, [`df_types_supported`]):
+    /// the other types' lists come back empty. Busy and vanished answers are retried as for
+    /// [`DockerApi::disk_usage`].
+    pub async fn disk_usage_of(&self, types: &[DfType]) -> Result<DiskUsage> {
+        let mut path = "/system/df?verbose=1".to_string();
+        for t in types {
+            path.push_str("&type=");
+            path.push_str(t.as_query());
+        }
+        self.df(&path).await
+    }
+
+    async fn df(&self, path: &str) -> Result<DiskUsage> {
         let mut conn = self.df_conn.lock().await;
         let start = std::time::Instant::now();
         loop {
-            match self.raw_get(&mut conn, "/system/df?verbose=1").await {
+            match self.raw_get(&mut conn, path).await {
                 Ok(body) => {
                     let large = body.len() >= OFFLOAD_BYTES;
                     return offload(large, "parsing /system/df", move || parse_disk_usage(&body))
@@ -1067,6 +1131,60 @@ impl DockerApi {
         }
     }
 
+    /// Every container (`/containers/json?all=1`, without sizes: the cheap list), as
+    /// `/system/df` would list them but with `size_rw` unknown (-1).
+    pub async fn container_list(&self) -> Result<Vec<Container>> {
+        let mut conn = self.df_conn.lock().await;
+        let body = self.raw_get(&mut conn, "/containers/json?all=1").await?;
+        drop(conn);
+        let large = body.len() >= OFFLOAD_BYTES;
+        offload(large, "parsing /containers/json", move || {
+            let wire: Vec<WireContainer> = serde_json::from_slice(&body).map_err(|e| {
+                Error::docker_from(format!("unexpected /containers/json answer: {e}"), e)
+            })?;
+            Ok(wire.into_iter().map(container_of).collect())
+        })
+        .await?
+    }
+
+    /// Every volume (`/volumes`, the cheap list), as `/system/df` would list them but with
+    /// `size` and `ref_count` unknown (-1).
+    pub async fn volume_list(&self) -> Result<Vec<Volume>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct WireVolumes {
+            volumes: Option<Vec<WireVolume>>,
+        }
+        let mut conn = self.df_conn.lock().await;
+        let body = self.raw_get(&mut conn, "/volumes").await?;
+        drop(conn);
+        let large = body.len() >= OFFLOAD_BYTES;
+        offload(large, "parsing /volumes", move || {
+            let wire: WireVolumes = serde_json::from_slice(&body)
+                .map_err(|e| Error::docker_from(format!("unexpected /volumes answer: {e}"), e))?;
+            Ok(wire
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(volume_of)
+                .collect())
+        })
+        .await?
+    }
+
+    /// Docker's event stream from `since` on, limited to the [`STORAGE_EVENTS`] that change
+    /// what `/system/df` answers. No timeout; it ends when the connection does.
+    pub fn storage_events(
+        &self,
+        since: std::time::SystemTime,
+    ) -> impl futures_util::Stream<Item = Result<bollard::models::EventMessage>> + use<> {
+        self.events_of(
+            since,
+            &["image", "container", "volume", "builder"],
+            &STORAGE_EVENTS,
+        )
+    }
+
     /// Docker's event stream from `since` on (the daemon replays the recent events it still
     /// holds), limited to `actions` on images and containers. It has no timeout (it stays open
     /// while the daemon is up); it ends when the connection does.
@@ -1075,9 +1193,21 @@ impl DockerApi {
         since: std::time::SystemTime,
         actions: &[&str],
     ) -> impl futures_util::Stream<Item = Result<bollard::models::EventMessage>> + use<> {
+        self.events_of(since, &["image", "container"], actions)
+    }
+
+    fn events_of(
+        &self,
+        since: std::time::SystemTime,
+        types: &[&str],
+        actions: &[&str],
+    ) -> impl futures_util::Stream<Item = Result<bollard::models::EventMessage>> + use<> {
         use futures_util::StreamExt;
         let filters = HashMap::from([
-            ("type".to_string(), vec!["image".into(), "container".into()]),
+            (
+                "type".to_string(),
+                types.iter().map(|t| (*t).to_string()).collect(),
+            ),
             (
                 "event".to_string(),
                 actions.iter().map(|a| (*a).to_string()).collect(),
@@ -1094,6 +1224,20 @@ impl DockerApi {
         self.client
             .events(Some(options))
             .map(|e| e.map_err(Error::from))
+    }
+
+    /// The size of one container's writable layer (`inspect ?size=1`: a walk of that layer
+    /// only); `None` when the container is gone or the daemon does not say.
+    pub async fn container_size(&self, id: &str) -> Result<Option<i64>> {
+        let opts = bollard::query_parameters::InspectContainerOptions { size: true };
+        match self
+            .call(self.client.inspect_container(id, Some(opts)))
+            .await
+        {
+            Ok(c) => Ok(c.size_rw),
+            Err(e) if e.docker_status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The `LogPath` of a container (empty when its log driver keeps no file).

@@ -897,3 +897,159 @@ fn bytes_under_the_data_root_outside_any_docker_object_are_unaccounted_by_path()
     assert!(orphan.join("diff/usr/lib/blob").exists());
     assert!(d.data_root.join("tmp/GetImageBlob123456").exists());
 }
+
+/// Where bilge's Docker figures differ from `docker system df`, or `None` when all agree:
+/// counts, active counts, sizes and reclaimable bytes of each type.
+fn disagreement(m: &str, d: &Daemon) -> Option<String> {
+    let mut off = Vec::new();
+    for row in d.system_df() {
+        let t = match row["Type"].as_str().unwrap_or("") {
+            "Images" => "image",
+            "Containers" => "container",
+            "Local Volumes" => "volume",
+            "Build Cache" => "build_cache",
+            other => panic!("unknown type {other}"),
+        };
+        let ours = |family: &str| sample(m, &format!("{family}{{type=\"{t}\"}}"));
+        let count = |k: &str| row[k].as_str().and_then(|v| v.parse::<f64>().ok());
+        if ours("bilge_docker_objects") != count("TotalCount") {
+            off.push(format!(
+                "{t} count {:?}: {row}",
+                ours("bilge_docker_objects")
+            ));
+        }
+        if ours("bilge_docker_active_objects") != count("Active") {
+            off.push(format!(
+                "{t} active {:?}: {row}",
+                ours("bilge_docker_active_objects")
+            ));
+        }
+        for (family, k) in [
+            ("bilge_docker_size_bytes", "Size"),
+            ("bilge_docker_reclaimable_bytes", "Reclaimable"),
+        ] {
+            let v = ours(family).unwrap_or(-1.0);
+            if v < 0.0 || !size_agrees(v as u64, row[k].as_str().unwrap_or("")) {
+                off.push(format!("{t} {k} {v}: {row}"));
+            }
+        }
+    }
+    (!off.is_empty()).then(|| off.join("\n"))
+}
+
+/// Collection follows change: between full collections bilge asks only what Docker's events
+/// say changed (and nothing when nothing did), and after each change settles every figure agrees
+/// with `docker system df` again. On every engine of the matrix (20.10 has no `?type=`, so its
+/// image and build changes cost a full collection).
+#[test]
+fn between_full_collections_only_what_changed_is_asked_and_figures_agree_after_each_change() {
+    let d = Daemon::start("changes");
+    d.build(
+        Some("app:1"),
+        &["RUN dd if=/dev/zero of=/blob bs=1k count=2000 2>/dev/null"],
+    );
+    let s = Server::start(
+        &d.host,
+        &[
+            "--docker.refresh-interval",
+            "500ms",
+            "--docker.full-refresh-interval",
+            "1h",
+            "--docker.footprint-interval",
+            "0",
+        ],
+    );
+    s.wait_ready();
+    let kind = |m: &str, k: &str| {
+        sample(
+            m,
+            &format!("bilge_docker_collections_total{{kind=\"{k}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    // Idle: collections that ask nothing.
+    let m = wait_for("an unchanged collection", Duration::from_secs(30), || {
+        let m = s.metrics();
+        (kind(&m, "unchanged") >= 2.0).then_some(m)
+    });
+    let full = kind(&m, "full");
+    let settled = |what: &str| {
+        let mut last = String::new();
+        wait_for_opt(Duration::from_secs(20), || {
+            let m = s.metrics();
+            match disagreement(&m, &d) {
+                None => Some(()),
+                Some(why) => {
+                    last = why;
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| panic!("after {what}, bilge disagrees with docker system df:\n{last}"));
+    };
+    settled("start");
+    let typed = {
+        let api = d.docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+        let minor: u32 = api
+            .split('.')
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        minor >= 42
+    };
+
+    d.docker(&[
+        "create",
+        "--name",
+        "made",
+        "--network",
+        "none",
+        "app:1",
+        "true",
+    ]);
+    settled("a container was created");
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "runs",
+        "--network",
+        "none",
+        "app:1",
+        "sleep",
+        "600",
+    ]);
+    settled("a container started");
+    d.docker(&["volume", "create", "vol"]);
+    d.docker(&[
+        "create",
+        "--name",
+        "mounts",
+        "--network",
+        "none",
+        "-v",
+        "vol:/v",
+        "app:1",
+        "true",
+    ]);
+    settled("a volume was created and mounted");
+    d.docker(&["rm", "-f", "runs", "mounts"]);
+    d.docker(&["volume", "rm", "vol"]);
+    settled("containers and a volume were removed");
+    let before_images = kind(&s.metrics(), "full");
+    d.build(Some("two:1"), &["RUN echo two > /two"]);
+    settled("an image was built");
+    d.docker(&["rm", "-f", "made"]);
+    d.docker(&["rmi", "two:1"]);
+    settled("an image was removed");
+
+    let m = s.metrics();
+    assert!(kind(&m, "partial") >= 4.0, "{m}");
+    if typed {
+        // Every change was asked for alone: not one full collection since the first ones.
+        assert_eq!(kind(&m, "full"), full, "{m}");
+    } else {
+        // Container and volume changes were partial; image changes were full.
+        assert_eq!(before_images, full, "{m}");
+    }
+}

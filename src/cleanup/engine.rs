@@ -1769,6 +1769,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             refresh_interval: Duration::from_secs(60),
             footprint_interval: Duration::from_secs(3600),
+            full_refresh_interval: Duration::from_secs(600),
             top_n: 10,
             tls: None,
             containerd_root: crate::docker::ContainerdRoot::Auto,

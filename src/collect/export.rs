@@ -1,4 +1,5 @@
-//! The filesystem, data-root, Docker and collector-health families, built when a scrape asks, from
+//! The filesystem, data-root, Docker and collector-health families (gauges, and one counter of
+//! Docker collections), built when a scrape asks, from
 //! the one [`Snapshot`] the collectors last swapped in.
 //!
 //! Nothing here is pushed into gauges between scrapes, so a scrape can never fall into the gap
@@ -8,7 +9,7 @@
 //! away (`bilge_docker_up` says so).
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 use super::docker::TYPES;
 use super::{Snapshot, SnapshotCell};
@@ -97,6 +98,11 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         "bilge_docker_footprint_complete",
         "1 if the last footprint walk of the filesystem finished, 0 if it hit a bound (its figures are a lower bound).",
         ROOT,
+    ),
+    (
+        "bilge_docker_collections_total",
+        "Docker collections by what they asked: full (all of /system/df), partial (only what Docker's events said changed), unchanged (nothing changed, nothing asked).",
+        &["kind"],
     ),
     (
         "bilge_docker_up",
@@ -225,9 +231,15 @@ impl Family {
             .collect();
         pairs.sort_by(|a, b| a.name().cmp(b.name()));
         m.set_label(pairs);
-        let mut g = Gauge::default();
-        g.set_value(value);
-        m.set_gauge(g);
+        if self.mf.get_field_type() == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
         self.mf.mut_metric().push(m);
     }
 }
@@ -251,6 +263,7 @@ enum F {
     Footprint,
     Unaccounted,
     FootprintComplete,
+    Collections,
     Up,
     Info,
     Objects,
@@ -288,7 +301,13 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
             let mut mf = MetricFamily::default();
             mf.set_name((*name).into());
             mf.set_help((*help).into());
-            mf.set_field_type(MetricType::GAUGE);
+            // The one counter among them is named so.
+            let counter = name.ends_with("_total");
+            mf.set_field_type(if counter {
+                MetricType::COUNTER
+            } else {
+                MetricType::GAUGE
+            });
             Family { labels, mf }
         })
         .collect());
@@ -355,6 +374,17 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
             out.push(F::Unaccounted, &[m, r, u.path.as_str()], u.bytes as f64);
         }
         out.push(F::FootprintComplete, &[m, r], bool_value(f.complete));
+    }
+
+    if s.docker_run.is_some() {
+        let c = &s.docker_collections;
+        for (kind, n) in [
+            ("full", c.full),
+            ("partial", c.partial),
+            ("unchanged", c.unchanged),
+        ] {
+            out.push(F::Collections, &[kind], n as f64);
+        }
     }
 
     out.push(F::Up, &[], bool_value(s.docker_up));

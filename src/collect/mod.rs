@@ -1,14 +1,16 @@
 //! Background collectors and the snapshot they keep. `/metrics`, the status page and the cleanup
 //! planner read the last snapshot; nothing in a request path waits on Docker.
 //!
-//! Three loops: filesystems every couple of seconds (statvfs is cheap, and watermarks need to react
-//! fast), Docker every `--docker.refresh-interval`, and the footprint (a walk of the storage roots,
+//! Four loops: filesystems every couple of seconds (statvfs is cheap, and watermarks need to react
+//! fast); Docker every `--docker.refresh-interval`, asking only what changed ([`changes`]); the
+//! Docker event stream that says what changed; and the footprint (a walk of the storage roots,
 //! [`footprint`]) every `--docker.footprint-interval`. Each logs, counts and retries; none dies.
 //!
 //! Each collection swaps its part of the [`Snapshot`] in whole ([`SnapshotCell::update`]); the
 //! exported families are built from the snapshot when a scrape asks ([`export`]), so the
 //! collectors own no metric and need no registry.
 
+pub mod changes;
 pub mod disk;
 pub mod docker;
 pub mod export;
@@ -120,6 +122,20 @@ pub struct Snapshot {
     /// The last footprint measurement, once one ran.
     #[serde(skip)]
     pub footprint_run: Option<CollectorRun>,
+    /// Docker collections so far by what they asked.
+    #[serde(skip)]
+    pub docker_collections: Collections,
+}
+
+/// Docker collections by what they asked ([`changes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collections {
+    /// All of `/system/df`.
+    pub full: u64,
+    /// Only what events said changed.
+    pub partial: u64,
+    /// Nothing: nothing changed.
+    pub unchanged: u64,
 }
 
 /// The shared, current snapshot. Writers swap a changed copy in whole; readers get the one that
@@ -187,6 +203,12 @@ pub struct Collector {
     containerd_root_path: RwLock<Option<String>>,
     fs_done: AtomicBool,
     docker_done: AtomicBool,
+    /// What Docker's events said changed since the last collection ([`changes`]).
+    pending: Mutex<changes::Pending>,
+    /// When `/system/df` was last asked in full.
+    last_full: Mutex<Option<Instant>>,
+    /// The storage filesystems' used bytes at the last Docker collection ([`changes::moved`]).
+    used_at_collection: Mutex<Vec<(Role, u64)>>,
     data_root_tx: tokio::sync::watch::Sender<Option<DataRoot>>,
 }
 
@@ -205,6 +227,9 @@ impl Collector {
             containerd_root_path: RwLock::new(None),
             fs_done: AtomicBool::new(false),
             docker_done: AtomicBool::new(false),
+            pending: Mutex::new(changes::Pending::default()),
+            last_full: Mutex::new(None),
+            used_at_collection: Mutex::new(Vec::new()),
             data_root_tx: tokio::sync::watch::channel(None).0,
         }
     }
@@ -430,13 +455,24 @@ impl Collector {
             .collect()
     }
 
-    /// One Docker collection: info, `/system/df`, log sizes. On failure the last good figures
-    /// stay in the snapshot, marked down.
+    /// One Docker collection: info, all of `/system/df`, log sizes. On failure the last good
+    /// figures stay in the snapshot, marked down.
     pub async fn collect_docker(&self) -> Result<DockerSummary> {
+        self.collect_docker_as(false).await
+    }
+
+    /// One periodic Docker collection: what changed since the last one ([`changes`]), all of it
+    /// when a full one is due.
+    pub async fn refresh_docker(&self) -> Result<DockerSummary> {
+        self.collect_docker_as(true).await
+    }
+
+    async fn collect_docker_as(&self, periodic: bool) -> Result<DockerSummary> {
         let start = Instant::now();
-        let result = self.collect_docker_inner().await;
+        let result = self.collect_docker_inner(periodic).await;
         if result.is_err() {
             self.reset_docker().await;
+            lock(&self.pending).resync = true;
         }
         let run = CollectorRun {
             ok: result.is_ok(),
@@ -445,7 +481,12 @@ impl Collector {
         self.snapshot.update(|s| {
             s.docker_run = Some(run);
             match &result {
-                Ok((summary, du)) => {
+                Ok((summary, du, asked)) => {
+                    match asked {
+                        changes::Refresh::Full => s.docker_collections.full += 1,
+                        changes::Refresh::Partial(_) => s.docker_collections.partial += 1,
+                        changes::Refresh::Unchanged => s.docker_collections.unchanged += 1,
+                    }
                     s.docker = Some(summary.clone());
                     s.disk_usage = Some(du.clone());
                     s.docker_up = true;
@@ -459,28 +500,117 @@ impl Collector {
             }
         });
         self.docker_done.store(true, Ordering::Release);
-        result.map(|(summary, _)| summary)
+        result.map(|(summary, _, _)| summary)
     }
 
-    async fn collect_docker_inner(&self) -> Result<(DockerSummary, Arc<DiskUsage>)> {
+    async fn collect_docker_inner(
+        &self,
+        periodic: bool,
+    ) -> Result<(DockerSummary, Arc<DiskUsage>, changes::Refresh)> {
         let api = self.docker().await?;
         let info: DockerInfo = self.cached_info(&api).await?;
         let first_root = self.learn_roots(&info);
         if first_root {
             self.measure_data_root().await;
         }
+        let now = self.snapshot();
+        let last = now.disk_usage.clone();
+        let every = self.docker_cfg.full_refresh_interval;
+        // The used bytes of each storage filesystem now, and whether any moved since the last
+        // collection further than events explain.
+        let used: Vec<(Role, u64, u64)> = now
+            .storage_roots()
+            .map(|r| {
+                (
+                    r.role,
+                    r.usage.size.saturating_sub(r.usage.free),
+                    r.usage.size,
+                )
+            })
+            .collect();
+        let moved = {
+            let then = lock(&self.used_at_collection);
+            used.iter().any(|(role, u, size)| {
+                then.iter()
+                    .find(|(r, _)| r == role)
+                    .is_some_and(|(_, t)| changes::moved(*t, *u, *size))
+            })
+        };
+        let asked = {
+            let full_due =
+                every.is_zero() || lock(&self.last_full).is_none_or(|t| t.elapsed() >= every);
+            let mut pending = lock(&self.pending);
+            let asked = if periodic {
+                let typed = crate::docker::df_types_supported(api.api_version());
+                changes::decide(last.is_some(), full_due, moved, typed, &pending)
+            } else {
+                changes::Refresh::Full
+            };
+            // Taken before asking: what changes meanwhile is noted for the next collection.
+            if asked != changes::Refresh::Unchanged {
+                *pending = changes::Pending {
+                    resync: false,
+                    ..changes::Pending::default()
+                };
+            }
+            asked
+        };
         // The known containers' logs are measured while the daemon computes `/system/df`.
         let (du, sizes) = tokio::join!(
-            api.disk_usage(),
+            self.ask(&api, &asked, last),
             log_sizes(&self.fs_cfg.host, self.known_log_paths())
         );
         let du = du?;
+        if asked == changes::Refresh::Full {
+            *lock(&self.last_full) = Some(Instant::now());
+        }
+        *lock(&self.used_at_collection) = used.iter().map(|(r, u, _)| (*r, *u)).collect();
         let logs = self.container_logs(&api, &du, sizes).await;
         let top_n = self.docker_cfg.top_n;
         let large = du.objects() >= OFFLOAD_OBJECTS;
         crate::docker::offload(large, "summarizing /system/df", move || {
             let summary = docker::summarize(info, &du, &logs, Utc::now(), top_n);
-            (summary, Arc::new(du))
+            (summary, du, asked)
+        })
+        .await
+    }
+
+    /// Asks the daemon what `asked` says, merged into the `last` figures for a partial one.
+    async fn ask(
+        &self,
+        api: &DockerApi,
+        asked: &changes::Refresh,
+        last: Option<Arc<DiskUsage>>,
+    ) -> Result<Arc<DiskUsage>> {
+        let (p, last) = match (asked, last) {
+            (changes::Refresh::Unchanged, Some(last)) => return Ok(last),
+            (changes::Refresh::Partial(p), Some(last)) => (p, last),
+            _ => return Ok(Arc::new(api.disk_usage().await?)),
+        };
+        let typed = match p.df.is_empty() {
+            true => None,
+            false => Some(api.disk_usage_of(&p.df).await?),
+        };
+        let containers = match p.containers {
+            true => Some(api.container_list().await?),
+            false => None,
+        };
+        let mut measured = HashMap::new();
+        for id in &p.measure {
+            if let Some(size) = api.container_size(id).await? {
+                measured.insert(id.clone(), size);
+            }
+        }
+        let volumes = match p.volumes {
+            true => Some(api.volume_list().await?),
+            false => None,
+        };
+        let df = p.df.clone();
+        let large = last.objects() >= OFFLOAD_OBJECTS;
+        crate::docker::offload(large, "merging Docker's changes", move || {
+            Arc::new(changes::merge(
+                &last, &df, typed, containers, &measured, volumes,
+            ))
         })
         .await
     }
@@ -605,7 +735,7 @@ impl Collector {
         Ok(out)
     }
 
-    /// Runs the three loops until `cancel` fires.
+    /// Runs the four loops until `cancel` fires.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let fs = {
             let me = self.clone();
@@ -636,7 +766,7 @@ impl Collector {
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tick.tick() => {
-                            match me.collect_docker().await {
+                            match me.refresh_docker().await {
                                 Ok(_) => {
                                     if !was_up {
                                         tracing::info!(host = %me.docker_cfg.host, "Docker daemon reachable again");
@@ -658,8 +788,63 @@ impl Collector {
                 }
             }
         };
+        let ev = {
+            let me = self.clone();
+            let cancel = cancel.clone();
+            async move { me.follow_changes(cancel).await }
+        };
         let fp = self.footprint_loop(cancel);
-        tokio::join!(fs, dk, fp);
+        tokio::join!(fs, dk, ev, fp);
+    }
+
+    /// Follows Docker's events, noting what changed for the next periodic collection
+    /// ([`changes`]). Whenever the stream is (re)opened or ends, the next collection is full:
+    /// what happened outside the stream is not known.
+    async fn follow_changes(&self, cancel: CancellationToken) {
+        if self.docker_cfg.full_refresh_interval.is_zero() {
+            return;
+        }
+        loop {
+            if let Ok(api) = self.docker().await {
+                let since = std::time::SystemTime::now();
+                lock(&self.pending).resync = true;
+                let mut events = std::pin::pin!(api.storage_events(since).ready_chunks(256));
+                loop {
+                    let batch = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        batch = events.next() => batch,
+                    };
+                    let Some(batch) = batch else { break };
+                    let mut pending = lock(&self.pending);
+                    let mut ended = false;
+                    for e in batch {
+                        match e {
+                            Ok(e) => {
+                                let kind = e.typ.map(|t| t.to_string()).unwrap_or_default();
+                                let id = e.actor.as_ref().and_then(|a| a.id.as_deref());
+                                pending.note(
+                                    &kind,
+                                    e.action.as_deref().unwrap_or(""),
+                                    id.unwrap_or(""),
+                                );
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "Docker event stream ended");
+                                ended = true;
+                            }
+                        }
+                    }
+                    if ended {
+                        break;
+                    }
+                }
+            }
+            lock(&self.pending).resync = true;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+        }
     }
 
     /// Measures the footprint every `--docker.footprint-interval` (off at 0), from the first good
