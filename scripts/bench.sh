@@ -9,7 +9,7 @@
 #   5. stops every process it started (by pid) and removes its files, whatever happens.
 #
 #   sudo scripts/bench.sh                      # every section
-#   sudo scripts/bench.sh scrape docker        # some: scrape docker build clean watermark
+#   sudo scripts/bench.sh scrape docker        # some: scrape docker build clean watermark scale
 #   sudo scripts/bench.sh render               # only re-render BENCHMARKS.md from target/bench
 #
 # Only loopback addresses and the private daemon's unix socket are ever targets; every loop is
@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_SECTIONS=(docker scrape build clean watermark)
+ALL_SECTIONS=(docker scrape build clean watermark scale)
 SECTIONS=("$@")
 [ "${#SECTIONS[@]}" -gt 0 ] || SECTIONS=("${ALL_SECTIONS[@]}")
 for s in "${SECTIONS[@]}"; do
@@ -38,6 +38,10 @@ TOOLS="${BILGE_BENCH_TOOLS:-$HOME/.cache/bilge-bench}"
 DOCUUM="$TOOLS/bin/docuum"
 BILGE="$ROOT/target/dist/bilge"
 DOCKER=/usr/bin/docker # Debian's CLI: the one with BuildKit
+# Scale points and window of section 6 (collection cost against a plain poller).
+SCALE_SIZES=(${BILGE_BENCH_SCALE_SIZES:-0 2000 20000})
+SCALE_SECONDS="${BILGE_BENCH_SCALE_SECONDS:-600}"
+SCALE_FULL="${BILGE_BENCH_SCALE_FULL:-10m}"   # bilge's --docker.full-refresh-interval there
 # Scale points of section 2 and runs per figure.
 SIZES=(${BILGE_BENCH_SIZES:-0 500 2000})
 RUNS="${BILGE_BENCH_RUNS:-3}"
@@ -221,6 +225,33 @@ start_daemon() {
   echo "dockerd did not answer in 30 s" >&2
   return 1
 }
+# start_engine_daemon NAME SIZE_MIB ENGINE_DIR: like start_daemon, with the engine unpacked by
+# scripts/engines.sh (its dockerd, its containerd first on PATH; the classic image store).
+start_engine_daemon() {
+  local name=$1 size=$2 engine=$3 dir="$BENCH/$1"
+  mkdir -p "$dir/data"
+  truncate -s "${size}M" "$dir/disk.img"
+  mkfs.ext4 -q -F "$dir/disk.img"
+  mount -o loop "$dir/disk.img" "$dir/data"
+  echo '{"features": {"containerd-snapshotter": false}}' >"$dir/daemon.json"
+  PATH="$engine/usr/bin:$engine/usr/sbin:$PATH" "$engine/usr/sbin/dockerd" --config-file "$dir/daemon.json" \
+    --host "unix://$dir/docker.sock" --data-root "$dir/data" \
+    --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
+    --iptables=false --ip6tables=false --bridge=none --ip-masq=false >"$dir/dockerd.log" 2>&1 &
+  local pid=$!
+  DAEMONS+=("$pid $dir")
+  SOCK="$dir/docker.sock"
+  DATA="$dir/data"
+  DHOST="unix://$SOCK"
+  DPID=$pid
+  for _ in $(seq 300); do
+    DOCKER_HOST=$DHOST $DOCKER version >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$dir/dockerd.log" >&2; echo "dockerd died" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "dockerd did not answer in 30 s" >&2
+  return 1
+}
 dk() { DOCKER_HOST=$DHOST DOCKER_BUILDKIT=1 $DOCKER "$@"; }
 api() { curl -sf --unix-socket "$SOCK" "$@"; }
 API=http://docker/v1.41
@@ -335,8 +366,12 @@ section_docker() {
     port=$(free_port)
     dir="$BENCH/serve-$n"
     mkdir -p "$dir"
+    # Every collection full (--docker.full-refresh-interval 0): one collection is compared with
+    # the raw call it makes; the ones between full collections that ask only what changed are
+    # section 6's subject.
     bg "bilge-docker-$n" "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
-      --state.path "$dir/bilge.db" --docker.refresh-interval "${interval}s" --log.level warn
+      --state.path "$dir/bilge.db" --docker.refresh-interval "${interval}s" \
+      --docker.full-refresh-interval 0 --docker.footprint-interval 0 --log.level warn
     pid=$BG_PID
     local url="http://127.0.0.1:$port/metrics"
     wait_http "http://127.0.0.1:$port/-/ready" 120
@@ -380,14 +415,24 @@ section_docker() {
   dir="$BENCH/serve-inflight"
   mkdir -p "$dir"
   bg bilge-inflight "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
-    --state.path "$dir/bilge.db" --docker.refresh-interval 100ms --log.level warn
+    --state.path "$dir/bilge.db" --docker.refresh-interval 100ms --docker.full-refresh-interval 0 \
+    --docker.footprint-interval 0 --log.level warn
   local pid=$BG_PID
   wait_http "http://127.0.0.1:$port/-/ready" 120
-  cmds "bilge serve --docker.refresh-interval 100ms ...   # collections back to back" \
-    "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics" \
+  cmds "bilge serve --docker.refresh-interval 100ms --docker.full-refresh-interval 0 ...   # full collections back to back" \
+    "wrk -t1 -c1 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics      # one scraper, as Prometheus scrapes a target" \
+    "wrk -t1 -c1 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/-/healthy    # control" \
+    "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics     # saturating load" \
     "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/-/healthy   # control, after each run"
   for _ in $(seq "$RUNS"); do
     local out d
+    # One connection, scrapes back to back: the latency a Prometheus scraping this target sees
+    # (it keeps one connection per target), with collections taking their share of the CPU.
+    out=$(wrk -t1 -c1 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/metrics" | grep '^WRK ')
+    emit "inflight1_p99_ms@$top" bilge "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
+    emit "inflight1_p50_ms@$top" bilge "$(wrk_field "$out" p50_us | awk '{ printf "%.3f", $1 / 1000 }')"
+    out=$(wrk -t1 -c1 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/-/healthy" | grep '^WRK ')
+    emit "inflight1_control_p99_ms@$top" bilge "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
     out=$(wrk -t2 -c16 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/metrics" | grep '^WRK ')
     d=$(metric "http://127.0.0.1:$port/metrics" 'bilge_collector_duration_seconds{collector="docker"}')
     emit "inflight_p99_ms@$top" bilge "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
@@ -404,6 +449,156 @@ section_docker() {
   wrk -t2 -c16 -d"${WRK_SECONDS}s" "http://127.0.0.1:$port/metrics" >/dev/null
   wait "$ppid" || true
   stop "$pid"
+}
+
+# ---- section 6: collection cost at scale, against a plain poller -----------------------------
+# For each size, on Debian's newest engine: three windows of SCALE_SECONDS with the same trickle of
+# changes (a tagged build or a container start every 30 s): nothing polling (the trickle's own
+# cost), bilge serve at its defaults, and a control that asks /system/df?verbose=1 every 60 s.
+# The daemon's CPU (utime+stime of dockerd and containerd) over each window; a poller's cost is its
+# window less the trickle-only one. Then bilge's figures against docker system df: right after the
+# trickle (drift before a full reconciliation), and after the next full one.
+trickle() {
+  local i=0
+  while :; do
+    i=$((i + 1))
+    if [ $((i % 2)) = 1 ]; then
+      context "$BENCH/ctx-trickle-$i" "RUN echo $i >/t"
+      dk build --network none -q -t "bench/trickle:$i" "$BENCH/ctx-trickle-$i" >/dev/null 2>&1 || true
+    else
+      dk run -d --network none --name "bench-t$i" bench/base sleep 100000 >/dev/null 2>&1 || true
+    fi
+    sleep 30
+  done
+}
+daemon_cpu() {
+  local total=0 p
+  for p in $DPID $(pgrep -P "$DPID" 2>/dev/null); do
+    total=$(calc "$total + $(cpu_s "$p" 2>/dev/null || echo 0)")
+  done
+  echo "$total"
+}
+# scale_drift URL: the largest relative difference, in %, between bilge's size figures and
+# docker system df's (each type's size and reclaimable), and the count figures that differ.
+scale_drift() {
+  local m
+  m=$(curl -sf "$1")
+  dk system df --format '{{json .}}' | python3 -c '
+import json, sys
+m = {}
+for line in sys.argv[1].splitlines():
+    if line.startswith("#") or " " not in line:
+        continue
+    k, v = line.rsplit(" ", 1)
+    m[k] = float(v)
+units = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+def size(s):
+    s = s.split()[0]
+    i = next(i for i, c in enumerate(s) if c.isalpha())
+    return float(s[:i]) * units[s[i:]]
+kinds = {"Images": "image", "Containers": "container", "Local Volumes": "volume", "Build Cache": "build_cache"}
+worst, counts = 0.0, 0
+for line in sys.stdin:
+    row = json.loads(line)
+    t = kinds[row["Type"]]
+    if m.get(f"bilge_docker_objects{{type=\"{t}\"}}") != float(row["TotalCount"]):
+        counts += 1
+    for fam, k in (("bilge_docker_size_bytes", "Size"), ("bilge_docker_reclaimable_bytes", "Reclaimable")):
+        ours, theirs = m.get(f"{fam}{{type=\"{t}\"}}", 0.0), size(row[k])
+        # The CLI prints four significant digits: within its rounding is no drift.
+        if abs(ours - theirs) > max(theirs * 0.0005, 1e3 if theirs < 1e6 else 0):
+            worst = max(worst, abs(ours - theirs) / max(theirs, 1.0) * 100)
+print(f"{worst:.3f} {counts}")' "$m"
+}
+section_scale() {
+  begin_section scale
+  local engine main_sock=$SOCK main_data=$DATA main_host=$DHOST
+  engine=$(scripts/engines.sh)
+  POP_C=0 POP_V=0 POP_I=0
+  start_engine_daemon scale 20480 "$engine"
+  emit engine - "$(DOCKER_HOST=$DHOST $DOCKER version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
+  cmds "bilge serve --docker.host unix://\$SOCK   # the defaults: --docker.refresh-interval 60s, --docker.full-refresh-interval 10m" \
+    "while :; do curl -s -o /dev/null --unix-socket \$SOCK http://docker/v1.51/system/df?verbose=1; sleep 60; done   # the control" \
+    "trickle: every 30 s a tagged build (docker build -t …) or a container start (docker run -d … sleep), in all three windows"
+  note "Each size runs three windows of $SCALE_SECONDS s with the same trickle: nothing polling, bilge serve at its defaults with --docker.full-refresh-interval $SCALE_FULL (from its start, so its first full collection counts), and the control. Daemon CPU is dockerd's and its children's (containerd, shims) utime+stime over the window; each poller's cost is its window less the trickle-only one. Drift is the largest relative difference between bilge's size and reclaimable figures and docker system df's (within the CLI's four-digit rounding counts as none), with the count figures that differ; once right after the last change, once after the next full collection."
+  local n
+  for n in "${SCALE_SIZES[@]}"; do
+    say "scale: populating to $n objects"
+    populate "$n"
+    read -r ci cc cv cb <<<"$(df_counts)"
+    emit "objects@$n" bilge "$((ci + cc + cv + cb))"
+    local c0 c1 tp port dir pid url
+    # The trickle alone.
+    trickle & tp=$!
+    PIDS+=("$tp")
+    c0=$(daemon_cpu); sleep "$SCALE_SECONDS"; c1=$(daemon_cpu)
+    kill "$tp" 2>/dev/null; wait "$tp" 2>/dev/null || true
+    emit "daemon_cpu_s@$n" trickle "$(calc "$c1 - $c0")"
+    # bilge at its defaults.
+    port=$(free_port)
+    dir="$BENCH/serve-scale-$n"
+    mkdir -p "$dir"
+    url="http://127.0.0.1:$port/metrics"
+    trickle & tp=$!
+    PIDS+=("$tp")
+    c0=$(daemon_cpu)
+    bg "bilge-scale-$n" "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
+      --state.path "$dir/bilge.db" --docker.full-refresh-interval "$SCALE_FULL" --log.level warn
+    pid=$BG_PID
+    sleep "$SCALE_SECONDS"
+    c1=$(daemon_cpu)
+    kill "$tp" 2>/dev/null; wait "$tp" 2>/dev/null || true
+    emit "daemon_cpu_s@$n" bilge "$(calc "$c1 - $c0")"
+    emit "bilge_cpu_s@$n" bilge "$(cpu_s "$pid")"
+    emit "rss_mib@$n" bilge "$(rss_mib "$pid")"
+    local k
+    for k in full partial unchanged; do
+      emit "collections_$k@$n" bilge "$(metric "$url" "bilge_docker_collections_total{kind=\"$k\"}")"
+    done
+    # Drift once the last change is collected (the next collection after it), then after the
+    # next full one.
+    local last ts full0
+    last=$(metric "$url" 'bilge_collector_last_success_timestamp_seconds{collector="docker"}')
+    for _ in $(seq 1300); do
+      ts=$(metric "$url" 'bilge_collector_last_success_timestamp_seconds{collector="docker"}')
+      [ "$ts" != "$last" ] && break
+      sleep 0.1
+    done
+    read -r dpct dcount <<<"$(scale_drift "$url")"
+    emit "drift_pct@$n" bilge "$dpct"
+    emit "drift_counts@$n" bilge "$dcount"
+    full0=$(metric "$url" 'bilge_docker_collections_total{kind="full"}')
+    for _ in $(seq 7000); do
+      [ "$(metric "$url" 'bilge_docker_collections_total{kind="full"}')" != "$full0" ] && break
+      sleep 0.1
+    done
+    read -r dpct dcount <<<"$(scale_drift "$url")"
+    emit "drift_full_pct@$n" bilge "$dpct"
+    emit "drift_full_counts@$n" bilge "$dcount"
+    stop "$pid"
+    # The control.
+    trickle & tp=$!
+    PIDS+=("$tp")
+    c0=$(daemon_cpu)
+    local t_end=$(( $(date +%s) + SCALE_SECONDS ))
+    while [ "$(date +%s)" -lt "$t_end" ]; do
+      curl -s -o /dev/null --unix-socket "$SOCK" "http://docker/v1.51/system/df?verbose=1"
+      local left=$(( t_end - $(date +%s) ))
+      [ "$left" -gt 60 ] && left=60
+      [ "$left" -gt 0 ] && sleep "$left"
+    done
+    c1=$(daemon_cpu)
+    kill "$tp" 2>/dev/null; wait "$tp" 2>/dev/null || true
+    emit "daemon_cpu_s@$n" raw "$(calc "$c1 - $c0")"
+    # The pollers' own share: their window less the trickle's.
+    local tr bi co
+    tr=$(awk -F'\t' -v m="daemon_cpu_s@$n" '$1 == m && $2 == "trickle" { print $3 }' "$RESULTS/$SEC.tsv" | tail -1)
+    bi=$(awk -F'\t' -v m="daemon_cpu_s@$n" '$1 == m && $2 == "bilge" { print $3 }' "$RESULTS/$SEC.tsv" | tail -1)
+    co=$(awk -F'\t' -v m="daemon_cpu_s@$n" '$1 == m && $2 == "raw" { print $3 }' "$RESULTS/$SEC.tsv" | tail -1)
+    emit "poller_cpu_s@$n" bilge "$(calc "($bi - $tr) > 0 ? ($bi - $tr) : 0")"
+    emit "poller_cpu_s@$n" raw "$(calc "($co - $tr) > 0 ? ($co - $tr) : 0")"
+  done
+  SOCK=$main_sock DATA=$main_data DHOST=$main_host
 }
 
 # profile NAME PID SECONDS: a flat perf profile of PID (and its threads), top symbols, kept as

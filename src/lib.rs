@@ -17,6 +17,7 @@ pub mod history;
 pub mod host;
 pub mod http_error;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod page;

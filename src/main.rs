@@ -28,6 +28,7 @@ fn print(bytes: &[u8]) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    bilge::memory::limit_arenas();
     let cli = Cli::parse();
     // Generated from the flags themselves, before any setting is read (a bad environment must not
     // keep anyone from getting completions or the man page).

@@ -500,6 +500,13 @@ impl Collector {
             }
         });
         self.docker_done.store(true, Ordering::Release);
+        // A large full collection's answer and the figures it replaced are freed by now: hand
+        // their pages back, so they do not stay resident until the next one.
+        if let Ok((_, du, changes::Refresh::Full)) = &result
+            && du.objects() >= OFFLOAD_OBJECTS
+        {
+            let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
+        }
         result.map(|(summary, _, _)| summary)
     }
 
