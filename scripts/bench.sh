@@ -595,8 +595,9 @@ section_scale() {
     tr=$(awk -F'\t' -v m="daemon_cpu_s@$n" '$1 == m && $2 == "trickle" { print $3 }' "$RESULTS/$SEC.tsv" | tail -1)
     bi=$(awk -F'\t' -v m="daemon_cpu_s@$n" '$1 == m && $2 == "bilge" { print $3 }' "$RESULTS/$SEC.tsv" | tail -1)
     co=$(awk -F'\t' -v m="daemon_cpu_s@$n" '$1 == m && $2 == "raw" { print $3 }' "$RESULTS/$SEC.tsv" | tail -1)
-    emit "poller_cpu_s@$n" bilge "$(calc "($bi - $tr) > 0 ? ($bi - $tr) : 0")"
-    emit "poller_cpu_s@$n" raw "$(calc "($co - $tr) > 0 ? ($co - $tr) : 0")"
+    # (Parenthesized whole: a bare > in awk's printf arguments is a redirection.)
+    emit "poller_cpu_s@$n" bilge "$(calc "(($bi - $tr) > 0 ? ($bi - $tr) : 0)")"
+    emit "poller_cpu_s@$n" raw "$(calc "(($co - $tr) > 0 ? ($co - $tr) : 0)")"
   done
   SOCK=$main_sock DATA=$main_data DHOST=$main_host
 }
