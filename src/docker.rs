@@ -1226,6 +1226,12 @@ impl DockerApi {
             .map(|e| e.map_err(Error::from))
     }
 
+    /// `GET /_ping`: the daemon answers without work, so this tells a frozen or gone daemon
+    /// from one that had nothing to report, within the timeout.
+    pub async fn ping(&self) -> Result<()> {
+        self.call(self.client.ping()).await.map(|_| ())
+    }
+
     /// The size of one container's writable layer (`inspect ?size=1`: a walk of that layer
     /// only); `None` when the container is gone or the daemon does not say.
     pub async fn container_size(&self, id: &str) -> Result<Option<i64>> {

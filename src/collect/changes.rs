@@ -11,7 +11,8 @@
 //!   [`MAX_MEASURED`] of them (more: all containers through `?type=container`, or a full one);
 //!   other sizes, which only a walk measures (volumes, the layers of containers still running),
 //!   are kept from the last full collection until the next (0 for a new volume);
-//! - nothing at all when nothing changed.
+//! - nothing but `/_ping` when nothing changed (a frozen daemon keeps its event stream open and
+//!   silent, so the ping is what tells it from a quiet one).
 //!
 //! A gap in the event stream (start, daemon restart, a failed collection) makes the next one full,
 //! and so does a storage filesystem whose used bytes moved by [`GROWTH`] since the last

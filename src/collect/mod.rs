@@ -590,7 +590,12 @@ impl Collector {
         last: Option<Arc<DiskUsage>>,
     ) -> Result<Arc<DiskUsage>> {
         let (p, last) = match (asked, last) {
-            (changes::Refresh::Unchanged, Some(last)) => return Ok(last),
+            // Nothing changed, but the daemon must still answer: an open event stream does not
+            // tell a quiet daemon from a frozen one.
+            (changes::Refresh::Unchanged, Some(last)) => {
+                api.ping().await?;
+                return Ok(last);
+            }
             (changes::Refresh::Partial(p), Some(last)) => (p, last),
             _ => return Ok(Arc::new(api.disk_usage().await?)),
         };
