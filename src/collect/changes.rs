@@ -14,6 +14,8 @@
 //! - nothing but `/_ping` when nothing changed (a frozen daemon keeps its event stream open and
 //!   silent, so the ping is what tells it from a quiet one).
 //!
+//! Build cache in use (a build still running) is asked again at every collection until it is
+//! not: its records change when the build ends, and the only event (the image's tag) comes first.
 //! A gap in the event stream (start, daemon restart, a failed collection) makes the next one full,
 //! and so does a storage filesystem whose used bytes moved by [`GROWTH`] since the last
 //! collection without an event to say why: an untagged build (BuildKit's cache has no event of its

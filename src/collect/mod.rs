@@ -572,6 +572,13 @@ impl Collector {
             *lock(&self.last_full) = Some(Instant::now());
         }
         *lock(&self.used_at_collection) = used.iter().map(|(r, u, _)| (*r, *u)).collect();
+        // Build cache in use belongs to a build still running: its records change when the build
+        // ends, with no event to say so (the image's tag event comes first). Ask again next time.
+        if du.build_cache.iter().any(|b| b.in_use) {
+            lock(&self.pending)
+                .dirty
+                .insert(crate::docker::DfType::BuildCache);
+        }
         let logs = self.container_logs(&api, &du, sizes).await;
         let top_n = self.docker_cfg.top_n;
         let large = du.objects() >= OFFLOAD_OBJECTS;
