@@ -201,43 +201,26 @@ machine() {
 machine
 
 # ---- Docker daemons -----------------------------------------------------------------------
-# start_daemon NAME SIZE_MIB: a private dockerd whose data root is a fresh ext4 loop filesystem
-# (so "bytes used" is the daemon's alone). Sets SOCK, DATA, DHOST.
+# start_daemon NAME SIZE_MIB [ENGINE_DIR]: a private dockerd whose data root is a fresh ext4 loop
+# filesystem (so "bytes used" is the daemon's alone): Debian bookworm's, or with ENGINE_DIR the
+# engine scripts/engines.sh unpacked (its dockerd, its containerd first on PATH; the classic image
+# store). Sets SOCK, DATA, DHOST and DPID.
 start_daemon() {
-  local name=$1 size=$2 dir="$BENCH/$1"
+  local name=$1 size=$2 engine=${3:-} dir="$BENCH/$1"
   mkdir -p "$dir/data"
   truncate -s "${size}M" "$dir/disk.img"
   mkfs.ext4 -q -F "$dir/disk.img"
   mount -o loop "$dir/disk.img" "$dir/data"
-  /usr/sbin/dockerd --host "unix://$dir/docker.sock" --data-root "$dir/data" \
+  local dockerd=/usr/sbin/dockerd path=$PATH extra=()
+  if [ -n "$engine" ]; then
+    echo '{"features": {"containerd-snapshotter": false}}' >"$dir/daemon.json"
+    dockerd="$engine/usr/sbin/dockerd"
+    path="$engine/usr/bin:$engine/usr/sbin:$PATH"
+    extra=(--config-file "$dir/daemon.json" --ip6tables=false)
+  fi
+  PATH="$path" "$dockerd" "${extra[@]}" --host "unix://$dir/docker.sock" --data-root "$dir/data" \
     --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
     --iptables=false --bridge=none --ip-masq=false >"$dir/dockerd.log" 2>&1 &
-  local pid=$!
-  DAEMONS+=("$pid $dir")
-  SOCK="$dir/docker.sock"
-  DATA="$dir/data"
-  DHOST="unix://$SOCK"
-  for _ in $(seq 300); do
-    DOCKER_HOST=$DHOST $DOCKER version >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || { cat "$dir/dockerd.log" >&2; echo "dockerd died" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "dockerd did not answer in 30 s" >&2
-  return 1
-}
-# start_engine_daemon NAME SIZE_MIB ENGINE_DIR: like start_daemon, with the engine unpacked by
-# scripts/engines.sh (its dockerd, its containerd first on PATH; the classic image store).
-start_engine_daemon() {
-  local name=$1 size=$2 engine=$3 dir="$BENCH/$1"
-  mkdir -p "$dir/data"
-  truncate -s "${size}M" "$dir/disk.img"
-  mkfs.ext4 -q -F "$dir/disk.img"
-  mount -o loop "$dir/disk.img" "$dir/data"
-  echo '{"features": {"containerd-snapshotter": false}}' >"$dir/daemon.json"
-  PATH="$engine/usr/bin:$engine/usr/sbin:$PATH" "$engine/usr/sbin/dockerd" --config-file "$dir/daemon.json" \
-    --host "unix://$dir/docker.sock" --data-root "$dir/data" \
-    --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
-    --iptables=false --ip6tables=false --bridge=none --ip-masq=false >"$dir/dockerd.log" 2>&1 &
   local pid=$!
   DAEMONS+=("$pid $dir")
   SOCK="$dir/docker.sock"
@@ -515,7 +498,7 @@ section_scale() {
   local engine main_sock=$SOCK main_data=$DATA main_host=$DHOST
   engine=$(scripts/engines.sh)
   POP_C=0 POP_V=0 POP_I=0
-  start_engine_daemon scale 20480 "$engine"
+  start_daemon scale 20480 "$engine"
   emit engine - "$(DOCKER_HOST=$DHOST $DOCKER version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
   cmds "bilge serve --docker.host unix://\$SOCK   # the defaults: --docker.refresh-interval 60s, --docker.full-refresh-interval 10m" \
     "while :; do curl -s -o /dev/null --unix-socket \$SOCK http://docker/v1.51/system/df?verbose=1; sleep 60; done   # the control" \

@@ -1134,17 +1134,8 @@ impl DockerApi {
     /// Every container (`/containers/json?all=1`, without sizes: the cheap list), as
     /// `/system/df` would list them but with `size_rw` unknown (-1).
     pub async fn container_list(&self) -> Result<Vec<Container>> {
-        let mut conn = self.df_conn.lock().await;
-        let body = self.raw_get(&mut conn, "/containers/json?all=1").await?;
-        drop(conn);
-        let large = body.len() >= OFFLOAD_BYTES;
-        offload(large, "parsing /containers/json", move || {
-            let wire: Vec<WireContainer> = serde_json::from_slice(&body).map_err(|e| {
-                Error::docker_from(format!("unexpected /containers/json answer: {e}"), e)
-            })?;
-            Ok(wire.into_iter().map(container_of).collect())
-        })
-        .await?
+        let wire: Vec<WireContainer> = self.get_parsed("/containers/json?all=1").await?;
+        Ok(wire.into_iter().map(container_of).collect())
     }
 
     /// Every volume (`/volumes`, the cheap list), as `/system/df` would list them but with
@@ -1155,19 +1146,27 @@ impl DockerApi {
         struct WireVolumes {
             volumes: Option<Vec<WireVolume>>,
         }
+        let wire: WireVolumes = self.get_parsed("/volumes").await?;
+        Ok(wire
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(volume_of)
+            .collect())
+    }
+
+    /// A raw GET on the kept connection, its JSON answer parsed (on a blocking thread when large).
+    async fn get_parsed<T>(&self, path: &'static str) -> Result<T>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
         let mut conn = self.df_conn.lock().await;
-        let body = self.raw_get(&mut conn, "/volumes").await?;
+        let body = self.raw_get(&mut conn, path).await?;
         drop(conn);
         let large = body.len() >= OFFLOAD_BYTES;
-        offload(large, "parsing /volumes", move || {
-            let wire: WireVolumes = serde_json::from_slice(&body)
-                .map_err(|e| Error::docker_from(format!("unexpected /volumes answer: {e}"), e))?;
-            Ok(wire
-                .volumes
-                .unwrap_or_default()
-                .into_iter()
-                .map(volume_of)
-                .collect())
+        offload(large, path, move || {
+            serde_json::from_slice(&body)
+                .map_err(|e| Error::docker_from(format!("unexpected {path} answer: {e}"), e))
         })
         .await?
     }
