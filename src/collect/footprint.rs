@@ -241,9 +241,9 @@ pub fn read_layers(data_root: &Path, driver: &str) -> Option<HashSet<String>> {
         for entry in entries {
             let entry = entry.ok()?;
             for f in files {
-                match std::fs::read_to_string(entry.path().join(f)) {
+                match read_id(&entry.path().join(f)) {
                     Ok(id) => {
-                        layers.insert(id.trim().to_string());
+                        layers.insert(id);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(_) => return None,
@@ -252,6 +252,25 @@ pub fn read_layers(data_root: &Path, driver: &str) -> Option<HashSet<String>> {
         }
     }
     Some(layers)
+}
+
+/// The longest id read from a layer store file: a layer folder's name is 64 hex digits (and
+/// `-init`), BuildKit's 25 characters; more is not an id and is not read.
+const MAX_ID: u64 = 128;
+
+/// An id file of the layer store, trimmed, read up to [`MAX_ID`] bytes whatever its size.
+fn read_id(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut id = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_ID)
+        .read_to_string(&mut id)
+        .or_else(|e| match e.kind() {
+            // Not UTF-8: no id a layer folder could have.
+            std::io::ErrorKind::InvalidData => Ok(0),
+            _ => Err(e),
+        })?;
+    Ok(id.trim().to_string())
 }
 
 /// Whether `name` has the shape of a layer directory of the classic store: 64 hex digits, or
@@ -675,6 +694,15 @@ mod tests {
         let layers = read_layers(&dir, "overlay2").unwrap();
         let want: HashSet<String> = ["L1", "M1", "M1-init"].map(String::from).into();
         assert_eq!(layers, want);
+        // An absurd id file (a megabyte) is read only up to the longest id.
+        std::fs::create_dir_all(db.join("sha256/big")).unwrap();
+        std::fs::write(db.join("sha256/big/cache-id"), "a".repeat(1 << 20)).unwrap();
+        let layers = read_layers(&dir, "overlay2").unwrap();
+        assert!(
+            layers.iter().all(|l| l.len() <= MAX_ID as usize),
+            "{layers:?}"
+        );
+        assert_eq!(layers.len(), 4);
         assert_eq!(read_layers(&dir, "vfs"), Some(HashSet::new()));
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(!layer_shaped("l"));
