@@ -71,6 +71,8 @@ struct PolicyFile {
     cooldown: Option<String>,
     low_watermark: Option<String>,
     high_watermark: Option<String>,
+    build_cache_keep: Option<String>,
+    images_keep: Option<String>,
 }
 
 /// The TOML file: a `[cleanup]` table (more tables may follow).
@@ -725,6 +727,14 @@ pub fn parse_policy(text: &str) -> std::result::Result<Policy, String> {
     if let Some(v) = f.high_watermark {
         p.high_watermark = Some(parse_free_target(&v).map_err(|e| key("high_watermark", e))?);
     }
+    // A budget is a size or a share of the data root's filesystem: the syntax of a free target.
+    if let Some(v) = f.build_cache_keep {
+        p.build_cache_keep =
+            Some(parse_free_target(&v).map_err(|e| key("build_cache_keep", e))?);
+    }
+    if let Some(v) = f.images_keep {
+        p.images_keep = Some(parse_free_target(&v).map_err(|e| key("images_keep", e))?);
+    }
     match (p.low_watermark, p.high_watermark) {
         (None, Some(_)) => return Err("cleanup.high_watermark needs cleanup.low_watermark".into()),
         (Some(low), None) => p.high_watermark = Some(low),
@@ -966,9 +976,13 @@ target_free = "20%"
 cooldown = "10m"
 low_watermark = "10%"
 high_watermark = "2GiB"
+build_cache_keep = "20GiB"
+images_keep = "5%"
 "#,
         );
         let Ok(p) = p else { panic!("{p:?}") };
+        assert_eq!(p.build_cache_keep, Some(FreeTarget::Bytes(20 << 30)));
+        assert_eq!(p.images_keep, Some(FreeTarget::Percent(5.0)));
         assert_eq!(p.until, Duration::from_secs(3600));
         assert_eq!(p.max_level, Level::UnusedVolumes);
         assert!(p.allow_volumes);
@@ -983,5 +997,9 @@ high_watermark = "2GiB"
         assert!(e.contains("untill"), "{e}");
         let e = parse_policy("[cleanup]\nmax_level = \"all\"\n").unwrap_err();
         assert!(e.contains("cleanup.max_level"), "{e}");
+        let e = parse_policy("[cleanup]\nbuild_cache_keep = \"lots\"\n").unwrap_err();
+        assert!(e.contains("cleanup.build_cache_keep"), "{e}");
+        let e = parse_policy("[cleanup]\nimages_keep = \"150%\"\n").unwrap_err();
+        assert!(e.contains("cleanup.images_keep"), "{e}");
     }
 }

@@ -787,6 +787,15 @@ pub trait PruneEdge: Send + Sync {
     /// used before `until` ago.
     fn prune_build_cache(&self, until: Duration) -> impl Future<Output = Result<Reclaimed>> + Send;
 
+    /// `POST /build/prune` of the one record `id` (BuildKit's `id` filter, anchored), when it is
+    /// still unshared and last used before `until` ago: how a level removes cache least recently
+    /// used first. An id that is not a BuildKit record id is refused without a call.
+    fn remove_build_cache(
+        &self,
+        id: &str,
+        until: Duration,
+    ) -> impl Future<Output = Result<Reclaimed>> + Send;
+
     /// `POST /containers/prune` with `filters`.
     fn prune_containers(
         &self,
@@ -844,6 +853,27 @@ impl PruneEdge for DockerApi {
                 "until".to_string(),
                 vec![until_secs(until)],
             )])),
+            ..PruneBuildOptions::default()
+        };
+        let r = within(PRUNE_TIMEOUT, self.pruning().prune_build(Some(opts))).await?;
+        Ok(Reclaimed {
+            bytes: bytes(r.space_reclaimed),
+            deleted: r.caches_deleted.unwrap_or_default(),
+        })
+    }
+
+    async fn remove_build_cache(&self, id: &str, until: Duration) -> Result<Reclaimed> {
+        // The filter is a regular expression: only a plain record id goes in it.
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(Error::Other(format!(
+                "{id:?} is not a build cache record id; not removed"
+            )));
+        }
+        let opts = PruneBuildOptions {
+            filters: Some(HashMap::from([
+                ("until".to_string(), vec![until_secs(until)]),
+                ("id".to_string(), vec![format!("^{id}$")]),
+            ])),
             ..PruneBuildOptions::default()
         };
         let r = within(PRUNE_TIMEOUT, self.pruning().prune_build(Some(opts))).await?;

@@ -108,6 +108,15 @@ impl Level {
         Level::ALL.into_iter().filter(move |l| *l <= self)
     }
 
+    /// True for the levels whose objects go one at a time, least recently used first, so that a
+    /// run can stop inside them once its target is met: build cache and images.
+    pub fn stops_inside(self) -> bool {
+        matches!(
+            self,
+            Level::BuildCache | Level::DanglingImages | Level::UnusedImages
+        )
+    }
+
     /// True for levels beyond `standard`, which ask for confirmation on a terminal.
     pub fn is_aggressive(self) -> bool {
         self > Level::STANDARD

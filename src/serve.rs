@@ -173,6 +173,7 @@ pub async fn run_until(
         cancel.clone(),
     ));
     let web_watch = tokio::spawn(state.web.clone().watch(cancel.clone()));
+    let uses = tokio::spawn(state.engine.clone().record_uses(cancel.clone()));
     let current = state.web.current();
     tracing::info!(
         address = %listen,
@@ -218,6 +219,9 @@ pub async fn run_until(
     }
     if let Err(e) = watermarks.await {
         tracing::warn!(error = %e, "watermark task ended abnormally");
+    }
+    if let Err(e) = uses.await {
+        tracing::warn!(error = %e, "image use recorder ended abnormally");
     }
     if let Err(e) = follower.await {
         tracing::warn!(error = %e, "history metrics task ended abnormally");

@@ -15,6 +15,7 @@
 //! - a cleanup run is written when it starts (`running`), updated after each level, and finished
 //!   with its result; refusals are folded into one `skipped` row per cooldown window.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -154,9 +155,22 @@ fn unix_seconds(t: &DateTime<Utc>) -> f64 {
 }
 
 /// The schema version this bilge writes (`PRAGMA user_version`). Version 0 is the schema before
-/// the summary tables, version 1 the one before the per-host build totals; both are upgraded in
-/// place.
-const SCHEMA_VERSION: i64 = 2;
+/// the summary tables, version 1 the one before the per-host build totals, version 2 the one
+/// before the images' last uses; all are upgraded in place.
+const SCHEMA_VERSION: i64 = 3;
+
+/// What version 3 adds: when each image was last used, by the planner's key
+/// ([`crate::cleanup::policy::image_key`]), from Docker's events.
+const IMAGE_USE_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS image_uses (
+    key TEXT PRIMARY KEY,
+    last_used REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS image_uses_last ON image_uses (last_used);
+";
+
+/// The most image uses kept: beyond it the oldest go (a use older than every image is moot).
+pub const MAX_IMAGE_USES: i64 = 100_000;
 
 /// The history tables, as every version has had them.
 const HISTORY_TABLES: &str = "
@@ -692,10 +706,53 @@ impl Store {
         self.with("reading the summary", |c| read_summary(c))
     }
 
+    /// Records image uses (`key`, when), keeping the newest per key and at most
+    /// [`MAX_IMAGE_USES`] keys (the oldest uses go first).
+    pub fn record_image_uses(&self, uses: &[(String, DateTime<Utc>)]) -> Result<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        self.write("recording image uses", |tx| {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO image_uses (key, last_used) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET last_used = max(last_used, excluded.last_used)",
+            )?;
+            for (key, at) in uses {
+                st.execute(params![key, unix_seconds(at)])?;
+            }
+            tx.execute(
+                "DELETE FROM image_uses WHERE key IN (SELECT key FROM image_uses
+                 ORDER BY last_used DESC LIMIT -1 OFFSET ?1)",
+                [MAX_IMAGE_USES],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every recorded image use, by key.
+    pub fn image_uses(&self) -> Result<HashMap<String, DateTime<Utc>>> {
+        self.with("reading image uses", |c| {
+            let mut st = c.prepare_cached("SELECT key, last_used FROM image_uses")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let (key, secs) = row?;
+                if let Some(at) = DateTime::from_timestamp_millis((secs * 1000.0) as i64) {
+                    out.insert(key, at);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Deletes builds and ended cleanup runs that finished before `cutoff`, `batch` rows per
     /// transaction (so other writers wait at most one batch). The summary keeps counting them.
     /// Returns how many builds and cleanups went.
     pub fn prune(&self, cutoff: DateTime<Utc>, batch: usize) -> Result<(u64, u64)> {
+        let secs = unix_seconds(&cutoff);
+        self.write("pruning old image uses", |tx| {
+            Ok(tx.execute("DELETE FROM image_uses WHERE last_used < ?1", [secs])?)
+        })?;
         let cutoff = ts(&cutoff);
         let mut gone = (0u64, 0u64);
         for (table, extra, count) in [
@@ -736,6 +793,11 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     // Another process may have migrated it while this one waited for the lock.
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version == SCHEMA_VERSION {
+        return Ok(tx.commit()?);
+    }
+    tx.execute_batch(IMAGE_USE_TABLE)?;
+    if version == 2 {
+        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
         return Ok(tx.commit()?);
     }
     if version == 1 {

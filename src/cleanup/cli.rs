@@ -247,7 +247,7 @@ async fn clean(
     if !opts.dry_run && (confirm || !opts.json) {
         // The plan first, from a fresh look at the daemon. When the daemon cannot be asked, the
         // run below fails and is recorded as failed (unless a confirmation was needed).
-        match engine.plan_now(opts.level, opts.until).await {
+        match engine.plan_now(opts.level, opts.until, target_free).await {
             Ok(p) => {
                 let text = render_plan(&p, engine.policy());
                 if opts.json {
@@ -536,6 +536,7 @@ mod tests {
                         in_use: 2,
                         ..Kept::default()
                     },
+                    budget: None,
                     candidates: Vec::new(),
                 },
                 LevelPlan {
@@ -543,10 +544,12 @@ mod tests {
                     objects: 1,
                     bytes: 1024,
                     kept: Kept::default(),
+                    budget: None,
                     candidates: Vec::new(),
                 },
             ],
             bytes: (3 << 20) + 1024,
+            stop: None,
         };
         let t = render_plan(
             &p,

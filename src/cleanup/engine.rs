@@ -40,7 +40,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::admission::Refusal;
 use super::admission::{Admission, LockSettings, Ticket, WaitError};
-use super::policy::{Level, Plan, Policy, plan};
+use super::policy::{Context, Level, LevelPlan, Plan, Policy, Recency, Stop, plan_with};
 use crate::collect::disk::FilesystemConfig;
 use crate::collect::{Collector, DataRoot};
 use crate::docker::{DiskUsage, DockerConfig, PruneEdge, PruneFilters, Reclaimed, Removal};
@@ -57,7 +57,7 @@ use crate::format::{FreeTarget, format_duration, human_bytes};
 use crate::metrics::Metrics;
 pub use crate::model::{CleanupResult, Trigger};
 use crate::store::{ActionRecord, CleanupRecord, Store};
-use crate::sync::lock;
+use crate::sync::{lock, read, write};
 use crate::{Error, Result};
 
 /// A request for a cleanup run.
@@ -221,6 +221,8 @@ pub struct Engine {
     current: Mutex<Option<Current>>,
     /// Ended runs whose end the store has not taken yet.
     pending: Mutex<Vec<Pending>>,
+    /// The images' last uses as last read from the store ([`Engine::recency`]).
+    recency: RwLock<Arc<Recency>>,
 }
 
 impl Engine {
@@ -245,6 +247,7 @@ impl Engine {
             stopped_at: Mutex::new(None),
             current: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
+            recency: RwLock::new(Arc::new(Recency::default())),
         }
     }
 
@@ -313,28 +316,102 @@ impl Engine {
         self.admission.cooldown_remaining()
     }
 
-    /// The plan for `level` from the collector's last snapshot (never waits on Docker).
+    /// The plan for `level` from the collector's last snapshot and the last read of the images'
+    /// uses (never waits on Docker or the store).
     pub fn plan_from_snapshot(&self, level: Level, until: Option<Duration>) -> Option<Plan> {
-        let du = self.collector.snapshot().disk_usage.clone()?;
-        Some(plan(
+        let snap = self.collector.snapshot();
+        let du = snap.disk_usage.clone()?;
+        let recency = read(&self.recency).clone();
+        let mut p = plan_with(
             &du,
             &self.policy,
             level,
             until.unwrap_or(self.policy.until),
             Utc::now(),
-        ))
+            Context {
+                recency: Some(&recency),
+                fs_size: snap.data_root.as_ref().map(|d| d.usage.size),
+            },
+        );
+        if let Some(d) = &snap.data_root {
+            let need = self.policy.target_free.bytes_for(d.usage.size);
+            let need = need.saturating_sub(d.usage.avail);
+            p.stop = (need > 0).then(|| Stop::of(&p, need));
+        }
+        Some(p)
     }
 
-    /// The plan for `level` from a fresh `/system/df` (records nothing).
-    pub async fn plan_now(&self, level: Level, until: Option<Duration>) -> Result<Plan> {
+    /// The plan for `level` from a fresh `/system/df` and the images' recorded uses, with where
+    /// a run for `target` (the policy's when `None`) would stop (records nothing).
+    pub async fn plan_now(
+        &self,
+        level: Level,
+        until: Option<Duration>,
+        target: Option<FreeTarget>,
+    ) -> Result<Plan> {
         let du = self.collector.docker().await?.disk_usage().await?;
-        Ok(plan(
+        let recency = self.recency().await;
+        let data_root = self.collector.data_root_now().await;
+        let mut p = plan_with(
             &du,
             &self.policy,
             level,
             until.unwrap_or(self.policy.until),
             Utc::now(),
-        ))
+            Context {
+                recency: Some(&recency),
+                fs_size: data_root.as_ref().map(|d| d.usage.size),
+            },
+        );
+        if let Some(d) = &data_root {
+            let need = target.unwrap_or(self.policy.target_free).bytes_for(d.usage.size);
+            let need = need.saturating_sub(d.usage.avail);
+            p.stop = (need > 0).then(|| Stop::of(&p, need));
+        }
+        Ok(p)
+    }
+
+    /// Writes the image uses the collector saw since the last call to the store (blocking
+    /// thread); true when there were some.
+    async fn record_image_uses(&self) -> bool {
+        let uses = self.collector.take_image_uses();
+        if uses.is_empty() {
+            return false;
+        }
+        let store = self.store.clone();
+        blocking(move || store.record_image_uses(&uses)).await;
+        true
+    }
+
+    /// Records the images' uses that Docker's events tell, every couple of seconds until
+    /// `cancel` (and once more then), re-reading them for [`Engine::plan_from_snapshot`] when
+    /// there were new ones. `bilge serve` runs it; runs and plans record what is left first.
+    pub async fn record_uses(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                _ = cancel.cancelled() => true,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            };
+            if stopping {
+                self.record_image_uses().await;
+                return;
+            }
+            if self.record_image_uses().await {
+                self.recency().await;
+            }
+        }
+    }
+
+    /// The images' last uses: what the collector saw, recorded, and the store read back
+    /// (uses recorded by an earlier process included). A store that cannot be read gives the
+    /// last read.
+    pub async fn recency(&self) -> Arc<Recency> {
+        self.record_image_uses().await;
+        let store = self.store.clone();
+        if let Some(Ok(uses)) = blocking(move || store.image_uses()).await {
+            *write(&self.recency) = Arc::new(Recency { uses });
+        }
+        read(&self.recency).clone()
     }
 
     /// Runs `req` now, waiting first (at most the lock timeout) for a run already in progress
@@ -574,10 +651,12 @@ impl Engine {
             c.record.finished_at = Utc::now();
             let _ = progress_tx.send(c.record.clone());
         };
+        let recency = self.recency().await;
         let executor = Executor {
             policy: &self.policy,
             stop: &self.stop,
             on_level: &on_level,
+            recency: &recency,
         };
         let run = match self.collector.docker().await {
             Ok(api) => executor.run(&api, &*self.collector, &req).await,
@@ -685,6 +764,16 @@ struct Run {
 }
 
 impl Run {
+    /// Bytes still to free to meet the target, when the data root was measured (0: met).
+    fn need(&self) -> Option<u64> {
+        match (self.target_bytes, self.avail_after) {
+            (Some(t), Some(a)) => Some(t.saturating_sub(a)),
+            _ => None,
+        }
+    }
+}
+
+impl Run {
     /// A run that has done nothing yet.
     fn empty(req: &Request, policy: &Policy) -> Run {
         Run {
@@ -715,6 +804,14 @@ struct Done {
 }
 
 impl Done {
+    /// Adds a release of build cache (its bytes, and its error when the level had none).
+    fn add_release(&mut self, released: Done) {
+        self.bytes = self.bytes.saturating_add(released.bytes);
+        if self.error.is_none() {
+            self.error = released.error;
+        }
+    }
+
     /// A failed call.
     fn failed(e: Error) -> Done {
         Done {
@@ -747,6 +844,8 @@ struct Executor<'a> {
     stop: &'a CancellationToken,
     /// Told the levels so far after each level.
     on_level: &'a (dyn Fn(&[LevelOutcome]) + Send + Sync),
+    /// Images' last uses, for the order images go in.
+    recency: &'a Recency,
 }
 
 impl std::fmt::Debug for Executor<'_> {
@@ -767,6 +866,14 @@ impl Executor<'_> {
         }
     }
 
+    /// The planner's context for a data root of `fs_size` bytes.
+    fn ctx(&self, fs_size: Option<u64>) -> Context<'_> {
+        Context {
+            recency: Some(self.recency),
+            fs_size,
+        }
+    }
+
     /// Plans `req` from a fresh `/system/df` and, unless it is a dry run, executes the plan.
     async fn run(&self, edge: &impl PruneEdge, probe: &impl DataRootProbe, req: &Request) -> Run {
         let until = req.until.unwrap_or(self.policy.until);
@@ -775,20 +882,31 @@ impl Executor<'_> {
             Ok(du) => du,
             Err(e) => return self.failed(req, e),
         };
-        let p = plan(&du, self.policy, req.level, until, Utc::now());
         let data_root = probe.data_root_now().await;
+        let fs_size = data_root.as_ref().map(|d| d.usage.size);
+        let mut p = plan_with(
+            &du,
+            self.policy,
+            req.level,
+            until,
+            Utc::now(),
+            self.ctx(fs_size),
+        );
         let mut run = Run {
             target_bytes: data_root.as_ref().map(|d| target.bytes_for(d.usage.size)),
             avail_after: data_root.as_ref().map(|d| d.usage.avail),
             data_root,
             ..Run::empty(req, self.policy)
         };
+        let need = run.need();
+        p.stop = need.filter(|n| *n > 0).map(|n| Stop::of(&p, n));
         tracing::info!(
             trigger = req.trigger.as_str(),
             level = %p.level,
             requested = %req.level,
             until = %format_duration(until),
             target = %target,
+            need = %need.map(human_bytes).unwrap_or_else(|| "unknown".into()),
             estimated = %human_bytes(p.bytes),
             dry_run = req.dry_run,
             "cleanup starting"
@@ -813,7 +931,10 @@ impl Executor<'_> {
         run
     }
 
-    /// Runs the plan's levels in order until the target is met or the run is asked to stop.
+    /// Runs the plan's levels in order until the target is met or the run is asked to stop. A
+    /// run that starts short of its target stops as soon as it is met, inside a level where the
+    /// level allows ([`Level::stops_inside`]); one that starts with the target met runs its
+    /// first level whole (within the budgets) and stops; without a measurement every level runs.
     async fn levels(
         &self,
         edge: &impl PruneEdge,
@@ -830,7 +951,10 @@ impl Executor<'_> {
                 tracing::info!(level = %lp.level, "cleanup stopping before this level: bilge was asked to stop");
                 break;
             }
-            let done = self.level(edge, lp.level, until, &image_ids).await;
+            let need = run.need().filter(|n| *n > 0);
+            let done = self
+                .level(edge, probe, lp, until, &image_ids, need, run.target_bytes)
+                .await;
             let avail = probe.data_root_now().await.map(|d| d.usage.avail);
             tracing::info!(
                 level = %lp.level,
@@ -897,67 +1021,137 @@ impl Executor<'_> {
         }
     }
 
-    /// Executes one level.
+    /// Executes one level. `need` (bytes still to free, when the run started short of its
+    /// target) lets a level that stops inside go object by object, least recently used first,
+    /// until `target` bytes are available. A level that must go whole and has nothing held by
+    /// a budget uses Docker's prune endpoint: one call.
+    #[allow(clippy::too_many_arguments)]
     async fn level(
         &self,
         edge: &impl PruneEdge,
-        level: Level,
+        probe: &impl DataRootProbe,
+        lp: &LevelPlan,
         until: Duration,
         image_ids: &HashSet<&str>,
+        need: Option<u64>,
+        target: Option<u64>,
     ) -> Done {
+        let level = lp.level;
         let exact = self.prune_is_exact();
+        // The whole level goes when no target can stop it inside and no budget holds any of it.
+        let whole = need.is_none_or(|n| n >= lp.bytes) && lp.budget.is_none();
+        let images = matches!(level, Level::DanglingImages | Level::UnusedImages);
         let mut done = match level {
-            Level::BuildCache => Done::pruned(edge.prune_build_cache(until).await, |_| true),
+            Level::BuildCache if whole => {
+                Done::pruned(edge.prune_build_cache(until).await, |_| true)
+            }
             Level::StoppedContainers if exact => {
                 Done::pruned(edge.prune_containers(&self.filters(until)).await, |_| true)
             }
             Level::DanglingImages | Level::UnusedImages
-                if exact && self.image_filters_hold(edge).await =>
+                if whole && exact && self.image_filters_hold(edge).await =>
             {
                 let dangling = level == Level::DanglingImages;
                 let r = edge.prune_images(&self.filters(until), dangling).await;
                 Done::pruned(r, |id| image_ids.contains(id))
             }
-            _ => self.remove_each(edge, level, until).await,
-        };
-        if matches!(level, Level::DanglingImages | Level::UnusedImages) && !done.stopped {
-            // BuildKit's records of the removed images' layers are unshared now: release them.
-            let released = Done::pruned(edge.prune_build_cache(until).await, |_| true);
-            done.bytes += released.bytes;
-            if done.error.is_none() {
-                done.error = released.error;
+            _ => {
+                let need = need.filter(|_| level.stops_inside());
+                return self
+                    .remove_each(edge, probe, level, until, need, target)
+                    .await;
             }
+        };
+        if images && !done.stopped {
+            done.add_release(self.release(edge, until).await);
         }
         done
     }
 
-    /// Removes the objects of a fresh plan for `level` one by one, each only as the object
-    /// planned. An object that is gone, in use or changed by now is skipped; other errors fail
-    /// the level (after trying every object). A stop ends the loop after the object in flight.
-    async fn remove_each(&self, edge: &impl PruneEdge, level: Level, until: Duration) -> Done {
+    /// Releases the build cache that removed images held (BuildKit's records of their layers
+    /// are unshared now): one prune without a budget, else record by record within it.
+    async fn release(&self, edge: &impl PruneEdge, until: Duration) -> Done {
+        if self.policy.build_cache_keep.is_none() {
+            return Done::pruned(edge.prune_build_cache(until).await, |_| true);
+        }
         let du = match edge.disk_usage().await {
             Ok(du) => du,
             Err(e) => return Done::failed(e),
         };
-        let p = plan(&du, self.policy, level, until, Utc::now());
+        let p = plan_with(
+            &du,
+            self.policy,
+            Level::BuildCache,
+            until,
+            Utc::now(),
+            self.ctx(None),
+        );
+        let mut done = Done::default();
+        for c in p.level(Level::BuildCache).map_or(&[][..], |l| &l.candidates) {
+            done.add_release(Done::pruned(
+                edge.remove_build_cache(&c.id, until).await,
+                |_| true,
+            ));
+        }
+        done
+    }
+
+    /// Removes the objects of a fresh plan for `level` one by one, in the plan's order, each
+    /// only as the object planned. With `need`, it goes in batches: objects until their
+    /// estimates add up to what is still needed, then (for images) the build cache they held is
+    /// released and the filesystem measured; it stops once `target` bytes are available. An
+    /// object that is gone, in use or changed by now is skipped; other errors fail the level
+    /// (after trying every object). A stop ends the loop after the object in flight.
+    async fn remove_each(
+        &self,
+        edge: &impl PruneEdge,
+        probe: &impl DataRootProbe,
+        level: Level,
+        until: Duration,
+        mut need: Option<u64>,
+        target: Option<u64>,
+    ) -> Done {
+        let du = match edge.disk_usage().await {
+            Ok(du) => du,
+            Err(e) => return Done::failed(e),
+        };
+        let fs_size = probe.data_root_now().await.map(|d| d.usage.size);
+        let p = plan_with(&du, self.policy, level, until, Utc::now(), self.ctx(fs_size));
         let Some(lp) = p.level(level) else {
             return Done::default();
         };
+        let images = matches!(level, Level::DanglingImages | Level::UnusedImages);
         let mut done = Done::default();
+        let mut batch = 0u64;
+        let mut unreleased = false;
         for c in &lp.candidates {
             if self.stop.is_cancelled() {
                 done.stopped = true;
                 break;
             }
             let r = match level {
+                // SpaceReclaimed is exact for a record: it is counted here, not the estimate.
+                Level::BuildCache => match edge.remove_build_cache(&c.id, until).await {
+                    Ok(r) if r.deleted.is_empty() => Ok(Removal::Gone(format!(
+                        "{} is in use, shared or gone by now",
+                        c.name
+                    ))),
+                    Ok(r) => {
+                        done.bytes = done.bytes.saturating_add(r.bytes);
+                        done.removed += 1;
+                        Ok(Removal::Kept)
+                    }
+                    Err(e) => Err(e),
+                },
                 Level::StoppedContainers => edge.remove_container(&c.id).await,
                 Level::UnusedVolumes => edge.remove_volume(&c.id, volume_created(&du, &c.id)).await,
                 _ => edge.remove_image(&c.id, &tags(&du, &c.id)).await,
             };
             match r {
                 Ok(Removal::Removed) => {
-                    done.bytes += c.bytes;
+                    done.bytes = done.bytes.saturating_add(c.bytes);
                     done.removed += 1;
+                    unreleased = images;
                 }
                 Ok(Removal::Kept) => {}
                 Ok(Removal::InUse(why) | Removal::Gone(why)) => {
@@ -971,6 +1165,29 @@ impl Executor<'_> {
                     done.error.get_or_insert_with(|| format!("{}: {e}", c.name));
                 }
             }
+            batch = batch.saturating_add(c.bytes);
+            let Some(n) = need else { continue };
+            if batch < n {
+                continue;
+            }
+            // The end of a batch: release what the images held, then measure.
+            if unreleased {
+                done.add_release(self.release(edge, until).await);
+                unreleased = false;
+            }
+            batch = 0;
+            let avail = probe.data_root_now().await.map(|d| d.usage.avail);
+            match (avail, target) {
+                (Some(a), Some(t)) if a >= t => {
+                    tracing::info!(level = %level, removed = done.removed, "target met inside the level");
+                    return done;
+                }
+                (Some(a), Some(t)) => need = Some(t - a),
+                _ => need = None,
+            }
+        }
+        if unreleased && !done.stopped {
+            done.add_release(self.release(edge, until).await);
         }
         done
     }
@@ -1090,6 +1307,7 @@ mod tests {
     enum Call {
         DiskUsage,
         PruneBuildCache,
+        RemoveBuildCache(String),
         PruneContainers,
         PruneImages { dangling: bool },
         RemoveContainer(String),
@@ -1224,6 +1442,16 @@ mod tests {
         async fn prune_build_cache(&self, _until: Duration) -> Result<Reclaimed> {
             let bytes = self.answer(Call::PruneBuildCache)?;
             let deleted = self.du.build_cache.iter().map(|r| r.id.clone()).collect();
+            Ok(Reclaimed { bytes, deleted })
+        }
+
+        async fn remove_build_cache(&self, id: &str, _until: Duration) -> Result<Reclaimed> {
+            let bytes = self.answer(Call::RemoveBuildCache(id.into()))?;
+            let deleted = if self.gone.contains(id) {
+                Vec::new()
+            } else {
+                vec![id.to_string()]
+            };
             Ok(Reclaimed { bytes, deleted })
         }
 
@@ -1366,6 +1594,7 @@ mod tests {
             policy,
             stop: &CancellationToken::new(),
             on_level: &|_| {},
+            recency: &Recency::default(),
         }
         .run(fake, fake, req)
         .await
@@ -1378,10 +1607,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_run_stops_after_the_level_that_meets_the_target() {
+        // 10 GiB available, 15 wanted: the build cache (2) and the containers (1) go whole, as
+        // their estimates do not reach what is still needed; the dangling image's 3 GiB
+        // estimate does, so its level goes image by image, releases the build cache the image
+        // held, measures, and stops there.
         let fake = Fake::new(host(), 10)
             .frees(Call::PruneBuildCache, 2)
             .frees(Call::PruneContainers, 1)
-            .frees(Call::PruneImages { dangling: true }, 3);
+            .frees(Call::RemoveImage("sha256:dangling".into(), vec![]), 3);
         let run = run(&policy(&["keep"]), &fake, &request(Level::UnusedImages, 15)).await;
         assert_eq!(
             fake.calls(),
@@ -1389,7 +1622,8 @@ mod tests {
                 Call::DiskUsage,
                 Call::PruneBuildCache,
                 Call::PruneContainers,
-                Call::PruneImages { dangling: true },
+                Call::DiskUsage,
+                Call::RemoveImage("sha256:dangling".into(), vec![]),
                 Call::PruneBuildCache,
             ]
         );
@@ -1496,6 +1730,7 @@ mod tests {
             policy: &policy,
             stop: &CancellationToken::new(),
             on_level: &on_level,
+            recency: &Recency::default(),
         };
         executor
             .run(&fake, &fake, &request(Level::StoppedContainers, 99))
@@ -1515,6 +1750,7 @@ mod tests {
             policy: &policy,
             stop: &stop,
             on_level: &on_level,
+            recency: &Recency::default(),
         }
         .run(&fake, &fake, &req)
         .await;
@@ -1548,6 +1784,7 @@ mod tests {
             policy: &policy,
             stop: &stop,
             on_level: &|_| {},
+            recency: &Recency::default(),
         }
         .run(&fake, &fake, &request(Level::DanglingImages, 99))
         .await;

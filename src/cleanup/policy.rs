@@ -16,8 +16,19 @@
 //!   usage data.
 //!
 //! Every level skips objects that carry a protect label. Build cache records have no labels.
+//!
+//! **Least recently used first.** Build cache records are removed in the order of their last
+//! use (BuildKit's `LastUsedAt`, else their creation), images in the order of bilge's own
+//! record of their last use ([`Recency`], from Docker's events; else their creation), so that a
+//! run stopping at its target inside a level ([`stop_point`]) has removed the coldest objects.
+//! Containers and volumes are removed largest first (their levels run whole).
+//!
+//! **Warm budgets.** `build_cache_keep` and `images_keep` keep the most recently used build
+//! cache (every record BuildKit could remove, in use ones included) and the most recently used
+//! unused images (dangling or tagged) until their sizes add up to at least the budget, whatever
+//! the level.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -46,6 +57,10 @@ pub struct Policy {
     pub low_watermark: Option<FreeTarget>,
     /// With a low watermark: clean until available space is above this.
     pub high_watermark: Option<FreeTarget>,
+    /// Build cache kept whatever the level, most recently used first.
+    pub build_cache_keep: Option<FreeTarget>,
+    /// Unused images kept whatever the level, most recently used first.
+    pub images_keep: Option<FreeTarget>,
 }
 
 impl Default for Policy {
@@ -59,6 +74,8 @@ impl Default for Policy {
             cooldown: Duration::from_secs(300),
             low_watermark: None,
             high_watermark: None,
+            build_cache_keep: None,
+            images_keep: None,
         }
     }
 }
@@ -91,6 +108,9 @@ pub struct Candidate {
     pub name: String,
     /// Bytes removing it frees, as Docker counts them.
     pub bytes: u64,
+    /// When it was last used, as far as anyone knows (build cache and images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<DateTime<Utc>>,
 }
 
 /// Objects a level leaves alone, by reason (an object is counted under its first reason).
@@ -102,6 +122,17 @@ pub struct Kept {
     pub protected: u64,
     /// Younger than `until` (or of unknown age).
     pub too_young: u64,
+    /// Among the most recently used, inside the level's warm budget.
+    pub budget: u64,
+}
+
+/// A warm budget and what fills it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    /// Bytes the budget keeps (at least).
+    pub keep_bytes: u64,
+    /// Bytes of the most recently used objects it holds now (in use ones included).
+    pub held_bytes: u64,
 }
 
 /// What one level would remove.
@@ -115,7 +146,11 @@ pub struct LevelPlan {
     pub bytes: u64,
     /// What it leaves alone and why.
     pub kept: Kept,
-    /// The objects, largest first.
+    /// Its warm budget, when the policy sets one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// The objects in the order they go: least recently used first where the level can stop
+    /// inside ([`Level::stops_inside`]), else largest first.
     pub candidates: Vec<Candidate>,
 }
 
@@ -133,6 +168,32 @@ pub struct Plan {
     pub levels: Vec<LevelPlan>,
     /// Estimated bytes over every level.
     pub bytes: u64,
+    /// Where a run would stop, from the estimates, when it starts short of its target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+}
+
+/// Where a run would stop from the plan's estimates ([`stop_point`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Stop {
+    /// Bytes the run needs to free to meet its target.
+    pub need_bytes: u64,
+    /// The level it would stop in, or `None` when the whole plan would not free that much.
+    pub level: Option<Level>,
+    /// How many of that level's candidates it would remove (in their order).
+    pub objects: usize,
+}
+
+impl Stop {
+    /// The stop of a run that needs `need` bytes more under plan `p`.
+    pub fn of(p: &Plan, need: u64) -> Stop {
+        let at = stop_point(p, need);
+        Stop {
+            need_bytes: need,
+            level: at.map(|a| a.0),
+            objects: at.map_or(0, |a| a.1),
+        }
+    }
 }
 
 fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -155,20 +216,162 @@ fn pos(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// Builds one level's plan from its candidates (sorted largest first).
+/// Builds one level's plan from its candidates, in the order they go: least recently used
+/// first (never used first, then by last use, larger first on a tie) where the level stops
+/// inside, else largest first.
 fn level_plan(level: Level, mut candidates: Vec<Candidate>, kept: Kept) -> LevelPlan {
-    candidates.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    if level.stops_inside() {
+        candidates.sort_by(|a, b| {
+            a.last_used
+                .cmp(&b.last_used)
+                .then_with(|| b.bytes.cmp(&a.bytes))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+    } else {
+        candidates.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    }
     LevelPlan {
         level,
         objects: candidates.len() as u64,
         bytes: total(candidates.iter().map(|c| c.bytes)),
         kept,
+        budget: None,
         candidates,
     }
 }
 
+/// bilge's record of when images were last used, from Docker's events (pull, tag, import,
+/// load, a container's create or start), keyed by [`image_key`]. Docker keeps no such record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recency {
+    /// Last use by key.
+    pub uses: HashMap<String, DateTime<Utc>>,
+}
+
+/// The longest key [`image_key`] gives: a longer reference is not recorded.
+pub const MAX_IMAGE_KEY: usize = 256;
+
+/// The key of an image reference as an event names it: `id:<first 12 hex digits>` for an id
+/// (`sha256:…`, or 12 to 64 hex digits), else the reference with `:latest` when it names no
+/// tag or digest. `None` for an empty or oversized reference.
+pub fn image_key(reference: &str) -> Option<String> {
+    let r = reference.trim();
+    if r.is_empty() || r.len() > MAX_IMAGE_KEY || r.contains(char::is_whitespace) {
+        return None;
+    }
+    let hex = r.strip_prefix("sha256:").unwrap_or(r);
+    let is_hex = hex.len() >= 12 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_hex && (r.starts_with("sha256:") || hex.len() == 12 || hex.len() == 64) {
+        return Some(format!("id:{}", hex[..12].to_ascii_lowercase()));
+    }
+    let last = r.rsplit('/').next().unwrap_or(r);
+    if last.contains(':') || r.contains('@') {
+        Some(r.to_string())
+    } else {
+        Some(format!("{r}:latest"))
+    }
+}
+
+/// The image an event says was used, as a [`image_key`]: an image's `pull`, `tag`, `import` or
+/// `load` (the event's actor is the image), or a container's `create` or `start` (its `image`
+/// attribute is the reference it was made from).
+pub fn image_used_by(kind: &str, action: &str, actor: &str, image_attr: Option<&str>) -> Option<String> {
+    match (kind, action) {
+        ("image", "pull" | "tag" | "import" | "load") => image_key(actor),
+        ("container", "create" | "start") => image_attr.and_then(image_key),
+        _ => None,
+    }
+}
+
+impl Recency {
+    /// When `image` was last used: the newest of its creation and every recorded use of its
+    /// id or of one of its tags.
+    pub fn image_last_used(&self, image: &crate::docker::Image) -> Option<DateTime<Utc>> {
+        let created = DateTime::from_timestamp(image.created, 0).filter(|_| image.created > 0);
+        let by_id = image_key(&image.id).and_then(|k| self.uses.get(&k).copied());
+        let by_tag = image
+            .repo_tags
+            .iter()
+            .filter(|t| *t != "<none>:<none>")
+            .filter_map(|t| self.uses.get(t.as_str()).copied())
+            .max();
+        [created, by_id, by_tag].into_iter().flatten().max()
+    }
+}
+
+/// What the planner needs beyond `/system/df`: the images' last uses and the data root's size
+/// (for budgets given as a share of it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context<'a> {
+    /// Images' last uses.
+    pub recency: Option<&'a Recency>,
+    /// The data root filesystem's size in bytes, when measured.
+    pub fs_size: Option<u64>,
+}
+
+/// The warm budget `keep` over `items` (each `(key, bytes, last use)`): walking from the most
+/// recently used, every item is held until the held bytes reach the budget. Returns the keys
+/// held and the budget's figures. A percentage of an unmeasured filesystem keeps nothing.
+fn fill_budget<'k>(
+    keep: Option<FreeTarget>,
+    fs_size: Option<u64>,
+    mut items: Vec<(&'k str, u64, Option<DateTime<Utc>>)>,
+) -> (HashSet<&'k str>, Option<Budget>) {
+    let Some(keep) = keep else {
+        return (HashSet::new(), None);
+    };
+    let keep_bytes = match (keep, fs_size) {
+        (FreeTarget::Bytes(b), _) => b,
+        (FreeTarget::Percent(_), Some(size)) => keep.bytes_for(size),
+        (FreeTarget::Percent(_), None) => 0,
+    };
+    items.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
+    let mut held = HashSet::new();
+    let mut held_bytes = 0u64;
+    for (key, bytes, _) in items {
+        if held_bytes >= keep_bytes {
+            break;
+        }
+        held_bytes = held_bytes.saturating_add(bytes);
+        held.insert(key);
+    }
+    (
+        held,
+        Some(Budget {
+            keep_bytes,
+            held_bytes,
+        }),
+    )
+}
+
+/// Where a run that needs `need` more bytes available would stop, from the plan's estimates:
+/// the level, and how many of its candidates it would remove (every one, for a level that runs
+/// whole). `None` when the whole plan would not free that much.
+pub fn stop_point(p: &Plan, need: u64) -> Option<(Level, usize)> {
+    let mut freed = 0u64;
+    for l in &p.levels {
+        if need == 0 || freed >= need {
+            return Some((l.level, 0));
+        }
+        if l.level.stops_inside() {
+            for (i, c) in l.candidates.iter().enumerate() {
+                freed = freed.saturating_add(c.bytes);
+                if freed >= need {
+                    return Some((l.level, i + 1));
+                }
+            }
+        } else {
+            freed = freed.saturating_add(l.bytes);
+            if freed >= need {
+                return Some((l.level, l.candidates.len()));
+            }
+        }
+    }
+    None
+}
+
 /// Plans a cleanup of `du` up to `wanted` (capped by `policy`), removing only objects older than
-/// `until` at `now`. Pure.
+/// `until` at `now`, without a record of images' use or the filesystem's size. Pure.
 pub fn plan(
     du: &DiskUsage,
     policy: &Policy,
@@ -176,7 +379,22 @@ pub fn plan(
     until: Duration,
     now: DateTime<Utc>,
 ) -> Plan {
+    plan_with(du, policy, wanted, until, now, Context::default())
+}
+
+/// [`plan`] with what `ctx` knows: images ordered by their recorded last use, budgets given as
+/// a share of the data root. Pure.
+pub fn plan_with(
+    du: &DiskUsage,
+    policy: &Policy,
+    wanted: Level,
+    until: Duration,
+    now: DateTime<Utc>,
+    ctx: Context<'_>,
+) -> Plan {
     let level = policy.cap(wanted);
+    let no_record = Recency::default();
+    let recency = ctx.recency.unwrap_or(&no_record);
     // An `until` beyond chrono's range leaves no cut-off: nothing is old enough.
     let cutoff = TimeDelta::from_std(until)
         .ok()
@@ -190,22 +408,39 @@ pub fn plan(
     let mut levels = Vec::new();
 
     if level >= Level::BuildCache {
+        let removable = |r: &&crate::docker::BuildCacheRecord| {
+            !(r.shared || r.kind == "internal" || r.kind == "frontend")
+        };
+        let (warm, budget) = fill_budget(
+            policy.build_cache_keep,
+            ctx.fs_size,
+            du.build_cache
+                .iter()
+                .filter(removable)
+                .map(|r| (r.id.as_str(), pos(r.size), r.last_touched()))
+                .collect(),
+        );
         let mut kept = Kept::default();
         let mut cands = Vec::new();
         for r in &du.build_cache {
-            if r.in_use || r.shared || r.kind == "internal" || r.kind == "frontend" {
+            if r.in_use || !removable(&r) {
                 kept.in_use += 1;
             } else if !old(r.last_touched()) {
                 kept.too_young += 1;
+            } else if warm.contains(r.id.as_str()) {
+                kept.budget += 1;
             } else {
                 cands.push(Candidate {
                     id: r.id.clone(),
                     name: format!("{} {}", r.kind, crate::docker::short_id(&r.id)),
                     bytes: pos(r.size),
+                    last_used: r.last_touched(),
                 });
             }
         }
-        levels.push(level_plan(Level::BuildCache, cands, kept));
+        let mut lp = level_plan(Level::BuildCache, cands, kept);
+        lp.budget = budget;
+        levels.push(lp);
     }
 
     // Containers that this plan removes: their images and volumes are free afterwards.
@@ -226,6 +461,7 @@ pub fn plan(
                     id: c.id.clone(),
                     name: c.name.clone(),
                     bytes: pos(c.size_rw),
+                    last_used: None,
                 });
             }
         }
@@ -237,6 +473,26 @@ pub fn plan(
             .filter(|c| !removed.contains(c.id.as_str()))
     };
     let used_images: HashSet<&str> = staying().map(|c| c.image_id.as_str()).collect();
+    // A daemon that counts containers per image but lists none we can match: trust it.
+    let in_use = |i: &crate::docker::Image| {
+        used_images.contains(i.id.as_str()) || (i.containers > 0 && du.containers.is_empty())
+    };
+    let (warm_images, image_budget) = if level >= Level::DanglingImages {
+        fill_budget(
+            policy.images_keep,
+            ctx.fs_size,
+            du.images
+                .iter()
+                .filter(|i| !in_use(i))
+                .map(|i| {
+                    let used = recency.image_last_used(i);
+                    (i.id.as_str(), pos(i.unique_size()), used)
+                })
+                .collect(),
+        )
+    } else {
+        (HashSet::new(), None)
+    };
 
     for (img_level, dangling) in [(Level::DanglingImages, true), (Level::UnusedImages, false)] {
         if level < img_level {
@@ -245,23 +501,26 @@ pub fn plan(
         let mut kept = Kept::default();
         let mut cands = Vec::new();
         for i in du.images.iter().filter(|i| i.is_dangling() == dangling) {
-            // A daemon that counts containers per image but lists none we can match: trust it.
-            let counted = i.containers > 0 && du.containers.is_empty();
-            if used_images.contains(i.id.as_str()) || counted {
+            if in_use(i) {
                 kept.in_use += 1;
             } else if policy.protects(&i.labels) {
                 kept.protected += 1;
             } else if !old_secs(i.created) {
                 kept.too_young += 1;
+            } else if warm_images.contains(i.id.as_str()) {
+                kept.budget += 1;
             } else {
                 cands.push(Candidate {
                     id: i.id.clone(),
                     name: i.display_name(),
                     bytes: pos(i.unique_size()),
+                    last_used: recency.image_last_used(i),
                 });
             }
         }
-        levels.push(level_plan(img_level, cands, kept));
+        let mut lp = level_plan(img_level, cands, kept);
+        lp.budget = image_budget;
+        levels.push(lp);
     }
 
     if level >= Level::UnusedVolumes {
@@ -290,6 +549,7 @@ pub fn plan(
                         v.name.clone()
                     },
                     bytes: pos(v.size),
+                    last_used: None,
                 });
             }
         }
@@ -302,6 +562,7 @@ pub fn plan(
         until,
         bytes: total(levels.iter().map(|l| l.bytes)),
         levels,
+        stop: None,
     }
 }
 
@@ -503,7 +764,8 @@ mod tests {
                 Kept {
                     in_use: 3,
                     protected: 0,
-                    too_young: 1
+                    too_young: 1,
+                    budget: 0
                 }
             ))
         );
@@ -547,7 +809,8 @@ mod tests {
             Some(Kept {
                 in_use: 2,
                 protected: 0,
-                too_young: 1
+                too_young: 1,
+                budget: 0
             })
         );
         assert_eq!(p.level(Level::UnusedImages).map(|l| l.bytes), Some(10));
@@ -673,8 +936,8 @@ mod tests {
         let v = serde_json::to_value(&p).unwrap_or_default();
         assert_eq!(v["until"], "1h");
         assert_eq!(v["levels"][0]["level"], "build_cache");
-        // Largest first.
-        assert_eq!(v["levels"][0]["candidates"][0]["id"], "young");
+        // Least recently used first: "never-used" was created 49 hours ago.
+        assert_eq!(v["levels"][0]["candidates"][0]["id"], "never-used");
     }
 
     #[test]

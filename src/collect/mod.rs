@@ -40,6 +40,9 @@ const OFFLOAD_OBJECTS: usize = 200;
 /// How long the daemon's `/info` and `/version` answers are reused (each costs ~6 ms on Docker
 /// 20.10, which runs `runc --version` to answer; BENCHMARKS.md, section 2).
 const INFO_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+/// The most image uses held between two [`Collector::take_image_uses`] (new keys beyond it wait
+/// for the next event that names them).
+const MAX_PENDING_USES: usize = 10_000;
 
 /// What a storage root of Docker's holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -205,6 +208,9 @@ pub struct Collector {
     docker_done: AtomicBool,
     /// What Docker's events said changed since the last collection ([`changes`]).
     pending: Mutex<changes::Pending>,
+    /// Images Docker's events said were used, not yet taken by [`Collector::take_image_uses`]
+    /// (at most [`MAX_PENDING_USES`] keys).
+    image_uses: Mutex<HashMap<String, DateTime<Utc>>>,
     /// When `/system/df` was last asked in full.
     last_full: Mutex<Option<Instant>>,
     /// The storage filesystems' used bytes at the last Docker collection ([`changes::moved`]).
@@ -228,6 +234,7 @@ impl Collector {
             fs_done: AtomicBool::new(false),
             docker_done: AtomicBool::new(false),
             pending: Mutex::new(changes::Pending::default()),
+            image_uses: Mutex::new(HashMap::new()),
             last_full: Mutex::new(None),
             used_at_collection: Mutex::new(Vec::new()),
             data_root_tx: tokio::sync::watch::channel(None).0,
@@ -818,11 +825,10 @@ impl Collector {
 
     /// Follows Docker's events, noting what changed for the next periodic collection
     /// ([`changes`]). Whenever the stream is (re)opened or ends, the next collection is full:
-    /// what happened outside the stream is not known.
+    /// what happened outside the stream is not known. The same events tell which images were
+    /// used ([`Collector::take_image_uses`]), so the stream is followed even when every
+    /// collection is full.
     async fn follow_changes(&self, cancel: CancellationToken) {
-        if self.docker_cfg.full_refresh_interval.is_zero() {
-            return;
-        }
         loop {
             if let Ok(api) = self.docker().await {
                 let since = std::time::SystemTime::now();
@@ -841,11 +847,30 @@ impl Collector {
                             Ok(e) => {
                                 let kind = e.typ.map(|t| t.to_string()).unwrap_or_default();
                                 let id = e.actor.as_ref().and_then(|a| a.id.as_deref());
-                                pending.note(
+                                let action = e.action.as_deref().unwrap_or("");
+                                pending.note(&kind, action, id.unwrap_or(""));
+                                let attr = e
+                                    .actor
+                                    .as_ref()
+                                    .and_then(|a| a.attributes.as_ref())
+                                    .and_then(|a| a.get("image"))
+                                    .map(String::as_str);
+                                if let Some(key) = crate::cleanup::policy::image_used_by(
                                     &kind,
-                                    e.action.as_deref().unwrap_or(""),
+                                    action,
                                     id.unwrap_or(""),
-                                );
+                                    attr,
+                                ) {
+                                    let at = e
+                                        .time_nano
+                                        .map(DateTime::from_timestamp_nanos)
+                                        .unwrap_or_else(Utc::now);
+                                    let mut uses = lock(&self.image_uses);
+                                    if uses.len() < MAX_PENDING_USES || uses.contains_key(&key) {
+                                        let t = uses.entry(key).or_insert(at);
+                                        *t = (*t).max(at);
+                                    }
+                                }
                             }
                             Err(e) => {
                                 tracing::debug!(error = %e, "Docker event stream ended");
@@ -864,6 +889,14 @@ impl Collector {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             }
         }
+    }
+
+    /// The image uses Docker's events told since the last call, by
+    /// [`crate::cleanup::policy::image_key`].
+    pub fn take_image_uses(&self) -> Vec<(String, DateTime<Utc>)> {
+        std::mem::take(&mut *lock(&self.image_uses))
+            .into_iter()
+            .collect()
     }
 
     /// Measures the footprint every `--docker.footprint-interval` (off at 0), from the first good
