@@ -729,8 +729,7 @@ pub fn parse_policy(text: &str) -> std::result::Result<Policy, String> {
     }
     // A budget is a size or a share of the data root's filesystem: the syntax of a free target.
     if let Some(v) = f.build_cache_keep {
-        p.build_cache_keep =
-            Some(parse_free_target(&v).map_err(|e| key("build_cache_keep", e))?);
+        p.build_cache_keep = Some(parse_free_target(&v).map_err(|e| key("build_cache_keep", e))?);
     }
     if let Some(v) = f.images_keep {
         p.images_keep = Some(parse_free_target(&v).map_err(|e| key("images_keep", e))?);

@@ -353,6 +353,9 @@ fn kept_text(k: &super::policy::Kept) -> String {
     if k.too_young > 0 {
         parts.push(format!("{} too young", k.too_young));
     }
+    if k.budget > 0 {
+        parts.push(format!("{} warm (budget)", k.budget));
+    }
     if parts.is_empty() {
         "-".into()
     } else {
@@ -401,6 +404,96 @@ pub fn render_plan(p: &Plan, policy: &Policy) -> String {
         String::new(),
     ]);
     out.push_str(&table(&rows));
+    out.push_str(&render_budgets(p));
+    out.push_str(&render_order(p));
+    out
+}
+
+/// Candidates shown per level in the order list; the rest are counted.
+const ORDER_SHOWN: usize = 20;
+/// Where the order list shows that the run stops.
+const STOP_MARK: &str = "  -- the run stops here (target met, estimated) --\n";
+
+/// The warm budgets of a plan and what holds them, one line each (pure).
+fn render_budgets(p: &Plan) -> String {
+    let mut out = String::new();
+    for (what, level) in [
+        ("build cache", Level::BuildCache),
+        ("unused images", Level::DanglingImages),
+    ] {
+        if let Some(b) = p.level(level).and_then(|l| l.budget) {
+            out.push_str(&format!(
+                "Warm budget, {what}: keeps {} of the most recently used; {} held now.\n",
+                human_bytes(b.keep_bytes),
+                human_bytes(b.held_bytes)
+            ));
+        }
+    }
+    out
+}
+
+/// The order the levels that stop inside remove their objects in, least recently used first,
+/// and where the run would stop from the estimates (pure).
+fn render_order(p: &Plan) -> String {
+    let inside: Vec<_> = p
+        .levels
+        .iter()
+        .filter(|l| l.level.stops_inside() && !l.candidates.is_empty())
+        .collect();
+    let mut out = String::new();
+    match p.stop {
+        Some(s) => match s.level {
+            Some(level) => out.push_str(&format!(
+                "The run needs {} more available to meet its target; from the estimates it stops in {level} after {} object{}.\n",
+                human_bytes(s.need_bytes),
+                s.objects,
+                if s.objects == 1 { "" } else { "s" }
+            )),
+            None => out.push_str(&format!(
+                "The run needs {} more available to meet its target; from the estimates every level runs and that is not enough.\n",
+                human_bytes(s.need_bytes)
+            )),
+        },
+        None if !inside.is_empty() => out.push_str(
+            "The target is met or unknown: a run goes through its first level whole and stops.\n",
+        ),
+        None => {}
+    }
+    for l in inside {
+        out.push_str(&format!("{} (least recently used first):\n", l.level));
+        let stop_here = p
+            .stop
+            .filter(|s| s.level == Some(l.level))
+            .map(|s| s.objects);
+        for (i, c) in l.candidates.iter().enumerate() {
+            if stop_here == Some(i) {
+                out.push_str(STOP_MARK);
+            }
+            if i >= ORDER_SHOWN {
+                let rest = l.candidates.len() - i;
+                match stop_here {
+                    Some(at) if at > i => out.push_str(&format!(
+                        "  ... and {rest} more; the run stops after object {at}\n"
+                    )),
+                    _ => out.push_str(&format!("  ... and {rest} more\n")),
+                }
+                break;
+            }
+            let used = c
+                .last_used
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "never".into());
+            out.push_str(&format!(
+                "  {:>3}. {}  {}  last used {used}\n",
+                i + 1,
+                c.name,
+                human_bytes(c.bytes)
+            ));
+        }
+        if stop_here == Some(l.candidates.len()) && l.candidates.len() <= ORDER_SHOWN {
+            out.push_str(STOP_MARK);
+        }
+    }
     out
 }
 

@@ -364,7 +364,9 @@ impl Engine {
             },
         );
         if let Some(d) = &data_root {
-            let need = target.unwrap_or(self.policy.target_free).bytes_for(d.usage.size);
+            let need = target
+                .unwrap_or(self.policy.target_free)
+                .bytes_for(d.usage.size);
             let need = need.saturating_sub(d.usage.avail);
             p.stop = (need > 0).then(|| Stop::of(&p, need));
         }
@@ -1087,7 +1089,10 @@ impl Executor<'_> {
             self.ctx(None),
         );
         let mut done = Done::default();
-        for c in p.level(Level::BuildCache).map_or(&[][..], |l| &l.candidates) {
+        for c in p
+            .level(Level::BuildCache)
+            .map_or(&[][..], |l| &l.candidates)
+        {
             done.add_release(Done::pruned(
                 edge.remove_build_cache(&c.id, until).await,
                 |_| true,
@@ -1116,7 +1121,14 @@ impl Executor<'_> {
             Err(e) => return Done::failed(e),
         };
         let fs_size = probe.data_root_now().await.map(|d| d.usage.size);
-        let p = plan_with(&du, self.policy, level, until, Utc::now(), self.ctx(fs_size));
+        let p = plan_with(
+            &du,
+            self.policy,
+            level,
+            until,
+            Utc::now(),
+            self.ctx(fs_size),
+        );
         let Some(lp) = p.level(level) else {
             return Done::default();
         };
@@ -1641,6 +1653,124 @@ mod tests {
         let after: Vec<Option<u64>> = run.levels.iter().map(|l| l.avail_after).collect();
         assert_eq!(after, [Some(12 * GIB), Some(13 * GIB), Some(16 * GIB)]);
         assert!(run.errors.is_empty(), "{:?}", run.errors);
+    }
+
+    /// A host whose build cache is three records of 1 GiB each, last used in the order
+    /// r-cold, r-mid, r-warm, and nothing else.
+    fn cache_host() -> DiskUsage {
+        let record = |id: &str, at: i64| BuildCacheRecord {
+            id: id.into(),
+            kind: "regular".into(),
+            size: GIB as i64,
+            created_at: DateTime::from_timestamp(OLD, 0),
+            last_used_at: DateTime::from_timestamp(at, 0),
+            ..BuildCacheRecord::default()
+        };
+        DiskUsage {
+            build_cache: vec![
+                record("rwarm", OLD + 300),
+                record("rcold", OLD + 100),
+                record("rmid", OLD + 200),
+            ],
+            ..DiskUsage::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_short_of_its_target_removes_the_coldest_cache_first_and_stops_once_it_is_met() {
+        // 10 GiB available, 12 wanted: two of the three records are enough.
+        let fake = Fake::new(cache_host(), 10)
+            .frees(Call::RemoveBuildCache("rcold".into()), 1)
+            .frees(Call::RemoveBuildCache("rmid".into()), 1);
+        let run = run(&policy(&[]), &fake, &request(Level::STANDARD, 12)).await;
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::DiskUsage,
+                Call::DiskUsage,
+                Call::RemoveBuildCache("rcold".into()),
+                Call::RemoveBuildCache("rmid".into()),
+            ]
+        );
+        assert!(run.target_met);
+        assert_eq!(levels(&run), [Level::BuildCache]);
+        assert_eq!(run.levels[0].removed, 2);
+        assert_eq!(run.levels[0].reclaimed_bytes, 2 * GIB);
+        // The plan said the same beforehand.
+        let stop = run.plan.as_ref().and_then(|p| p.stop);
+        assert_eq!(stop.and_then(|s| s.level), Some(Level::BuildCache));
+        assert_eq!(stop.map(|s| s.objects), Some(2));
+    }
+
+    #[tokio::test]
+    async fn estimates_that_fall_short_are_measured_and_the_next_batch_removes_more() {
+        // Each record frees half what it says. 11.25 GiB wanted from 10: the first batch
+        // (rcold, estimated 1 GiB) leaves 10.5 available, the second (rmid) 11, the third
+        // (rwarm) 11.5; each batch is sized by what the last measurement said was missing.
+        let fake = Fake::new(cache_host(), 10);
+        lock(&fake.frees).extend([
+            (Call::RemoveBuildCache("rcold".into()), GIB / 2),
+            (Call::RemoveBuildCache("rmid".into()), GIB / 2),
+            (Call::RemoveBuildCache("rwarm".into()), GIB / 2),
+        ]);
+        let req = Request {
+            target_free: Some(FreeTarget::Bytes(11 * GIB + GIB / 4)),
+            ..Request::new(Trigger::Cli, Level::BuildCache)
+        };
+        let run = run(&policy(&[]), &fake, &req).await;
+        let removed: Vec<Call> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::RemoveBuildCache(_)))
+            .collect();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(run.target_met);
+    }
+
+    #[tokio::test]
+    async fn a_warm_budget_keeps_the_most_recent_records_even_when_every_level_runs() {
+        let p = Policy {
+            build_cache_keep: Some(FreeTarget::Bytes(GIB)),
+            ..policy(&[])
+        };
+        let fake = Fake::new(cache_host(), 10);
+        let run = run(&p, &fake, &request(Level::BuildCache, 99)).await;
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::DiskUsage,
+                Call::DiskUsage,
+                Call::RemoveBuildCache("rcold".into()),
+                Call::RemoveBuildCache("rmid".into()),
+            ]
+        );
+        assert!(!run.target_met);
+        let lp = run
+            .plan
+            .as_ref()
+            .and_then(|p| p.level(Level::BuildCache).cloned());
+        assert_eq!(lp.map(|l| l.kept.budget), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_record_gone_by_the_time_it_is_removed_is_skipped_not_counted() {
+        let fake = Fake::new(cache_host(), 10).gone("rcold");
+        let p = Policy {
+            build_cache_keep: Some(FreeTarget::Bytes(1)),
+            ..policy(&[])
+        };
+        let run = run(&p, &fake, &request(Level::BuildCache, 99)).await;
+        assert_eq!(run.levels[0].removed, 1);
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_starts_with_its_target_met_runs_its_first_level_whole_and_stops() {
+        let fake = Fake::new(cache_host(), 50);
+        let run = run(&policy(&[]), &fake, &request(Level::STANDARD, 12)).await;
+        assert_eq!(fake.calls(), [Call::DiskUsage, Call::PruneBuildCache]);
+        assert!(run.target_met);
+        assert_eq!(run.plan.as_ref().and_then(|p| p.stop), None);
     }
 
     #[tokio::test]

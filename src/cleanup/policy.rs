@@ -275,7 +275,12 @@ pub fn image_key(reference: &str) -> Option<String> {
 /// The image an event says was used, as a [`image_key`]: an image's `pull`, `tag`, `import` or
 /// `load` (the event's actor is the image), or a container's `create` or `start` (its `image`
 /// attribute is the reference it was made from).
-pub fn image_used_by(kind: &str, action: &str, actor: &str, image_attr: Option<&str>) -> Option<String> {
+pub fn image_used_by(
+    kind: &str,
+    action: &str,
+    actor: &str,
+    image_attr: Option<&str>,
+) -> Option<String> {
     match (kind, action) {
         ("image", "pull" | "tag" | "import" | "load") => image_key(actor),
         ("container", "create" | "start") => image_attr.and_then(image_key),
@@ -312,11 +317,11 @@ pub struct Context<'a> {
 /// The warm budget `keep` over `items` (each `(key, bytes, last use)`): walking from the most
 /// recently used, every item is held until the held bytes reach the budget. Returns the keys
 /// held and the budget's figures. A percentage of an unmeasured filesystem keeps nothing.
-fn fill_budget<'k>(
+fn fill_budget(
     keep: Option<FreeTarget>,
     fs_size: Option<u64>,
-    mut items: Vec<(&'k str, u64, Option<DateTime<Utc>>)>,
-) -> (HashSet<&'k str>, Option<Budget>) {
+    mut items: Vec<(&str, u64, Option<DateTime<Utc>>)>,
+) -> (HashSet<&str>, Option<Budget>) {
     let Some(keep) = keep else {
         return (HashSet::new(), None);
     };
@@ -962,5 +967,230 @@ mod tests {
             ..p
         };
         assert_eq!(p.cap(Level::UnusedVolumes), Level::UnusedVolumes);
+    }
+
+    /// Three removable records last used 100, 50 and 30 hours ago, and one in use.
+    fn caches() -> DiskUsage {
+        let mut busy = cache("busy", 400, 1);
+        busy.in_use = true;
+        DiskUsage {
+            build_cache: vec![
+                cache("mid", 200, 50),
+                cache("cold", 100, 100),
+                cache("warm", 300, 30),
+                busy,
+            ],
+            ..DiskUsage::default()
+        }
+    }
+
+    fn order(p: &Plan, l: Level) -> Vec<String> {
+        p.level(l)
+            .map(|l| l.candidates.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn build_cache_goes_least_recently_used_first() {
+        let p = plan(
+            &caches(),
+            &Policy::default(),
+            Level::BuildCache,
+            Duration::ZERO,
+            now(),
+        );
+        assert_eq!(order(&p, Level::BuildCache), ["cold", "mid", "warm"]);
+        assert!(
+            p.level(Level::BuildCache)
+                .is_some_and(|l| l.budget.is_none())
+        );
+    }
+
+    #[test]
+    fn the_warm_budget_keeps_the_most_recently_used_cache_until_it_holds_at_least_the_budget() {
+        let policy = |keep| Policy {
+            build_cache_keep: Some(keep),
+            ..Policy::default()
+        };
+        // The record in use (400) fills 400 of 500; "warm" (300) brings it past: both held.
+        let p = plan(
+            &caches(),
+            &policy(FreeTarget::Bytes(500)),
+            Level::BuildCache,
+            Duration::ZERO,
+            now(),
+        );
+        let l = p.level(Level::BuildCache).cloned();
+        assert_eq!(order(&p, Level::BuildCache), ["cold", "mid"]);
+        assert_eq!(l.as_ref().map(|l| l.kept.budget), Some(1));
+        assert_eq!(
+            l.and_then(|l| l.budget),
+            Some(Budget {
+                keep_bytes: 500,
+                held_bytes: 700
+            })
+        );
+        // A share of the filesystem needs its size: 10% of 9,000 bytes holds busy, warm, mid.
+        let ctx = Context {
+            recency: None,
+            fs_size: Some(9_000),
+        };
+        let p = plan_with(
+            &caches(),
+            &policy(FreeTarget::Percent(10.0)),
+            Level::BuildCache,
+            Duration::ZERO,
+            now(),
+            ctx,
+        );
+        assert_eq!(order(&p, Level::BuildCache), ["cold"]);
+        let p = plan_with(
+            &caches(),
+            &policy(FreeTarget::Percent(10.0)),
+            Level::BuildCache,
+            Duration::ZERO,
+            now(),
+            Context {
+                fs_size: Some(1_000_000),
+                ..ctx
+            },
+        );
+        assert!(order(&p, Level::BuildCache).is_empty());
+        // Unmeasured, a share keeps nothing rather than guessing.
+        let p = plan(
+            &caches(),
+            &policy(FreeTarget::Percent(10.0)),
+            Level::BuildCache,
+            Duration::ZERO,
+            now(),
+        );
+        assert_eq!(order(&p, Level::BuildCache), ["cold", "mid", "warm"]);
+    }
+
+    /// Four unused tagged images created 90, 80, 70 and 60 hours ago.
+    fn images() -> DiskUsage {
+        DiskUsage {
+            images: vec![
+                image("sha256:aaaaaaaaaaaa1111", Some("a:1"), 10, 90),
+                image("sha256:bbbbbbbbbbbb2222", Some("b:1"), 20, 80),
+                image("sha256:cccccccccccc3333", Some("c:1"), 30, 70),
+                image("sha256:dddddddddddd4444", Some("d:1"), 40, 60),
+            ],
+            ..DiskUsage::default()
+        }
+    }
+
+    #[test]
+    fn images_go_least_recently_used_first_by_bilges_record_of_their_use() {
+        let policy = aggressive_host();
+        let p = plan(
+            &images(),
+            &policy,
+            Level::UnusedImages,
+            Duration::ZERO,
+            now(),
+        );
+        // Without a record, by creation.
+        let ids = |p: &Plan| -> Vec<String> {
+            order(p, Level::UnusedImages)
+                .iter()
+                .map(|i| i[7..8].to_string())
+                .collect()
+        };
+        assert_eq!(ids(&p), ["a", "b", "c", "d"]);
+        // "a" was run (by tag) an hour ago, "c" tagged (by id) 2 hours ago.
+        let used = |h| hours_ago(h).unwrap_or_default();
+        let recency = Recency {
+            uses: HashMap::from([
+                ("a:1".to_string(), used(1)),
+                ("id:cccccccccccc".to_string(), used(2)),
+                ("unrelated:1".to_string(), used(0)),
+            ]),
+        };
+        let ctx = Context {
+            recency: Some(&recency),
+            fs_size: None,
+        };
+        let p = plan_with(
+            &images(),
+            &policy,
+            Level::UnusedImages,
+            Duration::ZERO,
+            now(),
+            ctx,
+        );
+        assert_eq!(ids(&p), ["b", "d", "c", "a"]);
+        // images_keep holds the most recently used unused images: a (10), then c (30).
+        let keep = Policy {
+            images_keep: Some(FreeTarget::Bytes(15)),
+            ..policy
+        };
+        let p = plan_with(
+            &images(),
+            &keep,
+            Level::UnusedImages,
+            Duration::ZERO,
+            now(),
+            ctx,
+        );
+        assert_eq!(ids(&p), ["b", "d"]);
+        let l = p.level(Level::UnusedImages);
+        assert_eq!(l.map(|l| l.kept.budget), Some(2));
+        assert_eq!(l.and_then(|l| l.budget).map(|b| b.held_bytes), Some(40));
+    }
+
+    #[test]
+    fn image_keys_name_ids_by_their_short_form_and_references_with_their_tag() {
+        let id = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(image_key(id).as_deref(), Some("id:0123456789ab"));
+        assert_eq!(image_key(&id[7..]).as_deref(), Some("id:0123456789ab"));
+        assert_eq!(
+            image_key("0123456789AB").as_deref(),
+            Some("id:0123456789ab")
+        );
+        assert_eq!(image_key("busybox").as_deref(), Some("busybox:latest"));
+        assert_eq!(image_key("app:1").as_deref(), Some("app:1"));
+        assert_eq!(
+            image_key("registry:5000/team/app").as_deref(),
+            Some("registry:5000/team/app:latest")
+        );
+        assert_eq!(image_key("app@sha256:00").as_deref(), Some("app@sha256:00"));
+        // A name that only looks hex at another length is a name.
+        assert_eq!(image_key("deadbeef").as_deref(), Some("deadbeef:latest"));
+        assert_eq!(image_key(""), None);
+        assert_eq!(image_key(&"x".repeat(MAX_IMAGE_KEY + 1)), None);
+        assert_eq!(image_key("a b"), None);
+        assert_eq!(
+            image_used_by("container", "start", "c1", Some("app:1")).as_deref(),
+            Some("app:1")
+        );
+        assert_eq!(
+            image_used_by("image", "tag", id, None).as_deref(),
+            Some("id:0123456789ab")
+        );
+        assert_eq!(image_used_by("container", "die", "c1", Some("app:1")), None);
+        assert_eq!(image_used_by("image", "delete", id, None), None);
+    }
+
+    #[test]
+    fn the_stop_point_is_where_the_estimates_first_reach_the_need() {
+        let p = plan(
+            &DiskUsage {
+                containers: vec![container("gone", "exited", "sha256:A", 48)],
+                ..caches()
+            },
+            &Policy::default(),
+            Level::STANDARD,
+            Duration::ZERO,
+            now(),
+        );
+        // cold 100, mid 200, warm 300, then the container (10) as a whole level.
+        assert_eq!(stop_point(&p, 1), Some((Level::BuildCache, 1)));
+        assert_eq!(stop_point(&p, 100), Some((Level::BuildCache, 1)));
+        assert_eq!(stop_point(&p, 101), Some((Level::BuildCache, 2)));
+        assert_eq!(stop_point(&p, 600), Some((Level::BuildCache, 3)));
+        assert_eq!(stop_point(&p, 605), Some((Level::StoppedContainers, 1)));
+        assert_eq!(stop_point(&p, 611), None);
+        assert_eq!(Stop::of(&p, 611).level, None);
     }
 }
