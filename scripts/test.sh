@@ -200,7 +200,7 @@ cargo test --locked -- --test-threads="${BILGE_TEST_THREADS:-4}"
 # whose figures or actions depend on the engine: the exporter's agreement with `docker system df
 # -v`, every cleanup level and the watermarks, the webhook's prunes, and a real BuildKit ENOSPC
 # classified (the rest of the suite exercises bilge's own code and runs once, above).
-MATRIX_TESTS=(exporter:: cleanup:: webhook:: builds::real_builds builds::the_seed_scenario
+MATRIX_TESTS=(exporter:: cleanup:: lru:: webhook:: builds::real_builds builds::the_seed_scenario
   builds::clean_and_retry builds::min_free)
 stop_dockerd
 for store in classic containerd; do

@@ -372,7 +372,13 @@ pub struct BuildCacheRecord {
     pub created_at: Option<DateTime<Utc>>,
     /// Last used (None when never used since creation).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The records it was built on (`Parents`, or `Parent` before API 1.42), at most
+    /// [`MAX_PARENTS`]: BuildKit removes a record only once nothing is built on it.
+    pub parents: Vec<String>,
 }
+
+/// The most parents kept per build cache record.
+pub const MAX_PARENTS: usize = 8;
 
 impl BuildCacheRecord {
     /// When the record was last touched: last use, else creation.
@@ -517,6 +523,8 @@ struct WireBuildCache {
     size: i64,
     created_at: Option<String>,
     last_used_at: Option<String>,
+    parent: Option<String>,
+    parents: Option<Vec<String>>,
 }
 
 fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
@@ -658,6 +666,14 @@ pub fn parse_disk_usage(body: &[u8]) -> Result<DiskUsage> {
                 size: b.size,
                 created_at: parse_time(b.created_at.as_deref()),
                 last_used_at: parse_time(b.last_used_at.as_deref()),
+                parents: b
+                    .parents
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(b.parent)
+                    .filter(|p| !p.is_empty())
+                    .take(MAX_PARENTS)
+                    .collect(),
             })
             .collect(),
     })

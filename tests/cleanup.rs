@@ -591,3 +591,97 @@ fn a_cleanup_run_by_bilge_clean_shows_in_the_servers_metrics() {
         Some(1.0)
     );
 }
+
+/// The build cache records BuildKit could remove (not shared with an image, not its own), as
+/// `(id, size, last used)`.
+fn removable_cache(d: &Daemon) -> Vec<(String, u64, chrono::DateTime<chrono::FixedOffset>)> {
+    let df = d.api("/v1.41/system/df");
+    df["BuildCache"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| {
+            r["Shared"] != true && !matches!(r["Type"].as_str(), Some("internal" | "frontend"))
+        })
+        .map(|r| {
+            (
+                r["ID"].as_str().unwrap_or_default().to_string(),
+                r["Size"].as_u64().unwrap_or(0),
+                chrono::DateTime::parse_from_rfc3339(r["LastUsedAt"].as_str().unwrap_or_default())
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn build_cache_keep_keeps_at_least_its_budget_of_the_most_recently_used_cache() {
+    let d = Daemon::start("cachekeep");
+    // Four builds of 10 MiB each, a second apart, whose images are gone: four unshared
+    // records, the oldest first.
+    for k in 0..4 {
+        let tag = format!("keep{k}:1");
+        d.build(
+            Some(&tag),
+            &[&format!(
+                "RUN dd if=/dev/zero of=/fill{k} bs=1M count=10 2>/dev/null && echo {k} > /k"
+            )],
+        );
+        d.docker(&["rmi", &tag]);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let before = removable_cache(&d);
+    let total: u64 = before.iter().map(|r| r.1).sum();
+    assert!(total >= 40 << 20, "{before:?}");
+    let keep = 25u64 << 20;
+    let cfg = policy_file(
+        &d.dir,
+        &[
+            "until = \"0s\"",
+            "target_free = \"100%\"",
+            "build_cache_keep = \"25MiB\"",
+        ],
+    );
+    let state = d.dir.join("state/bilge.db");
+    let r = bilge_clean_json(
+        &d,
+        &state,
+        &["--config", cfg.to_str().unwrap(), "--level", "build_cache"],
+    );
+    assert_eq!(r["record"]["result"], "success", "{r:#}");
+    assert_eq!(
+        r["plan"]["levels"][0]["budget"]["keep_bytes"], keep,
+        "{r:#}"
+    );
+    let after = removable_cache(&d);
+    let kept: u64 = after.iter().map(|r| r.1).sum();
+    assert!(kept >= keep, "kept {kept} of {total}: {after:?}");
+    let removed: Vec<_> = before
+        .iter()
+        .filter(|b| !after.iter().any(|a| a.0 == b.0))
+        .collect();
+    assert!(!removed.is_empty(), "nothing removed: {r:#}");
+    // Of the four builds' 10 MiB records, the two newest stay and the oldest went. (A record's
+    // own last use is not the whole story: one that later builds are built on, as the busybox
+    // layer here, counts as used when they are, and stays with them.)
+    let mut fills: Vec<_> = before.iter().filter(|b| b.1 >= 10 << 20).collect();
+    fills.sort_by_key(|b| b.2);
+    assert_eq!(fills.len(), 4, "{before:?}");
+    let stayed = |id: &str| after.iter().any(|a| a.0 == id);
+    assert!(
+        !stayed(&fills[0].0),
+        "the oldest build's cache stayed: {after:?}\n{:#}",
+        r["plan"]
+    );
+    assert!(
+        stayed(&fills[2].0) && stayed(&fills[3].0),
+        "{after:?}\n{:#}",
+        r["plan"]
+    );
+    assert_eq!(
+        r["levels"][0]["reclaimed_bytes"].as_u64(),
+        Some(removed.iter().map(|r| r.1).sum::<u64>()),
+        "{r:#}"
+    );
+}

@@ -13,6 +13,7 @@ mod e2e;
 mod exporter;
 mod faults;
 mod fleet;
+mod lru;
 mod package;
 mod router;
 mod runners;

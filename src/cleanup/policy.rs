@@ -216,18 +216,11 @@ fn pos(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// Builds one level's plan from its candidates, in the order they go: least recently used
-/// first (never used first, then by last use, larger first on a tie) where the level stops
-/// inside, else largest first.
+/// Builds one level's plan from its candidates: those of a level that stops inside come in the
+/// order they go (least recently used first, see [`by_use`] and [`chain_use`]); the others are
+/// put largest first.
 fn level_plan(level: Level, mut candidates: Vec<Candidate>, kept: Kept) -> LevelPlan {
-    if level.stops_inside() {
-        candidates.sort_by(|a, b| {
-            a.last_used
-                .cmp(&b.last_used)
-                .then_with(|| b.bytes.cmp(&a.bytes))
-                .then_with(|| a.id.cmp(&b.id))
-        });
-    } else {
+    if !level.stops_inside() {
         candidates.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
     }
     LevelPlan {
@@ -238,6 +231,55 @@ fn level_plan(level: Level, mut candidates: Vec<Candidate>, kept: Kept) -> Level
         budget: None,
         candidates,
     }
+}
+
+/// Orders candidates least recently used first: never used first, then by last use, larger
+/// first on a tie.
+fn by_use(candidates: &mut [Candidate]) {
+    candidates.sort_by(|a, b| {
+        a.last_used
+            .cmp(&b.last_used)
+            .then_with(|| b.bytes.cmp(&a.bytes))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
+/// The most ancestors followed from one build cache record.
+const MAX_ANCESTORS: usize = 256;
+
+/// Each build cache record's last use as a chain, and its number of ancestors. BuildKit removes
+/// a record only once nothing is built on it, and using a record uses what it was built on: so
+/// a record counts as used when anything built on it was, and goes after them (it has fewer
+/// ancestors than each of them).
+fn chain_use(
+    records: &[crate::docker::BuildCacheRecord],
+) -> HashMap<&str, (Option<DateTime<Utc>>, usize)> {
+    let by_id: HashMap<&str, &crate::docker::BuildCacheRecord> =
+        records.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut out: HashMap<&str, (Option<DateTime<Utc>>, usize)> = records
+        .iter()
+        .map(|r| (r.id.as_str(), (r.last_touched(), 0)))
+        .collect();
+    for r in records {
+        let used = r.last_touched();
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut up: Vec<&str> = r.parents.iter().map(String::as_str).collect();
+        while let Some(p) = up.pop() {
+            if seen.len() >= MAX_ANCESTORS || !seen.insert(p) {
+                continue;
+            }
+            if let Some(e) = out.get_mut(p) {
+                e.0 = e.0.max(used);
+            }
+            if let Some(parent) = by_id.get(p) {
+                up.extend(parent.parents.iter().map(String::as_str));
+            }
+        }
+        if let Some(e) = out.get_mut(r.id.as_str()) {
+            e.1 = seen.len();
+        }
+    }
+    out
 }
 
 /// bilge's record of when images were last used, from Docker's events (pull, tag, import,
@@ -314,13 +356,14 @@ pub struct Context<'a> {
     pub fs_size: Option<u64>,
 }
 
-/// The warm budget `keep` over `items` (each `(key, bytes, last use)`): walking from the most
-/// recently used, every item is held until the held bytes reach the budget. Returns the keys
+/// The warm budget `keep` over `items` (each `(key, bytes, recency)`, the greater recency the
+/// more recently used): walking from the most recently used, every item is held until the held
+/// bytes reach the budget. Returns the keys
 /// held and the budget's figures. A percentage of an unmeasured filesystem keeps nothing.
-fn fill_budget(
+fn fill_budget<K: Ord>(
     keep: Option<FreeTarget>,
     fs_size: Option<u64>,
-    mut items: Vec<(&str, u64, Option<DateTime<Utc>>)>,
+    mut items: Vec<(&str, u64, K)>,
 ) -> (HashSet<&str>, Option<Budget>) {
     let Some(keep) = keep else {
         return (HashSet::new(), None);
@@ -416,13 +459,28 @@ pub fn plan_with(
         let removable = |r: &&crate::docker::BuildCacheRecord| {
             !(r.shared || r.kind == "internal" || r.kind == "frontend")
         };
+        let chains = chain_use(&du.build_cache);
+        let chain = |r: &crate::docker::BuildCacheRecord| {
+            chains
+                .get(r.id.as_str())
+                .copied()
+                .unwrap_or((r.last_touched(), 0))
+        };
+        // Held newest first and, on a tie, what others are built on first.
         let (warm, budget) = fill_budget(
             policy.build_cache_keep,
             ctx.fs_size,
             du.build_cache
                 .iter()
                 .filter(removable)
-                .map(|r| (r.id.as_str(), pos(r.size), r.last_touched()))
+                .map(|r| {
+                    let (used, ancestors) = chain(r);
+                    (
+                        r.id.as_str(),
+                        pos(r.size),
+                        (used, std::cmp::Reverse(ancestors)),
+                    )
+                })
                 .collect(),
         );
         let mut kept = Kept::default();
@@ -435,14 +493,34 @@ pub fn plan_with(
             } else if warm.contains(r.id.as_str()) {
                 kept.budget += 1;
             } else {
-                cands.push(Candidate {
-                    id: r.id.clone(),
-                    name: format!("{} {}", r.kind, crate::docker::short_id(&r.id)),
-                    bytes: pos(r.size),
-                    last_used: r.last_touched(),
-                });
+                let (used, ancestors) = chain(r);
+                cands.push((
+                    ancestors,
+                    Candidate {
+                        id: r.id.clone(),
+                        name: format!("{} {}", r.kind, crate::docker::short_id(&r.id)),
+                        bytes: pos(r.size),
+                        last_used: used,
+                    },
+                ));
             }
         }
+        // Least recently used chains first and, inside one, what is built on a record first.
+        cands.sort_by(|a, b| {
+            (
+                a.1.last_used,
+                std::cmp::Reverse(a.0),
+                std::cmp::Reverse(a.1.bytes),
+                &a.1.id,
+            )
+                .cmp(&(
+                    b.1.last_used,
+                    std::cmp::Reverse(b.0),
+                    std::cmp::Reverse(b.1.bytes),
+                    &b.1.id,
+                ))
+        });
+        let cands = cands.into_iter().map(|c| c.1).collect();
         let mut lp = level_plan(Level::BuildCache, cands, kept);
         lp.budget = budget;
         levels.push(lp);
@@ -523,6 +601,7 @@ pub fn plan_with(
                 });
             }
         }
+        by_use(&mut cands);
         let mut lp = level_plan(img_level, cands, kept);
         lp.budget = image_budget;
         levels.push(lp);
@@ -1192,5 +1271,33 @@ mod tests {
         assert_eq!(stop_point(&p, 605), Some((Level::StoppedContainers, 1)));
         assert_eq!(stop_point(&p, 611), None);
         assert_eq!(Stop::of(&p, 611).level, None);
+    }
+
+    #[test]
+    fn a_record_goes_after_what_is_built_on_it_and_counts_as_used_when_they_are() {
+        // "base" (used 10 h ago) is the parent of "step" (used 5 h ago); "other" was used 7 h
+        // ago. BuildKit keeps a record while something is built on it.
+        let mut step = cache("step", 10, 5);
+        step.parents = vec!["base".into()];
+        let du = DiskUsage {
+            build_cache: vec![cache("base", 10, 10), step, cache("other", 10, 7)],
+            ..DiskUsage::default()
+        };
+        let p = plan(
+            &du,
+            &Policy::default(),
+            Level::BuildCache,
+            Duration::ZERO,
+            now(),
+        );
+        assert_eq!(order(&p, Level::BuildCache), ["other", "step", "base"]);
+        // A budget of one record holds the chain's root first: "step" alone could not be kept
+        // while "base" went, as BuildKit would refuse to remove "base".
+        let keep = Policy {
+            build_cache_keep: Some(FreeTarget::Bytes(10)),
+            ..Policy::default()
+        };
+        let p = plan(&du, &keep, Level::BuildCache, Duration::ZERO, now());
+        assert_eq!(order(&p, Level::BuildCache), ["other", "step"]);
     }
 }

@@ -370,6 +370,23 @@ impl Daemon {
             .collect()
     }
 
+    /// `GET path` of the daemon's API (`/v1.41/system/df`, say), as JSON: what Docker itself
+    /// answers, exact bytes included (the CLI rounds them).
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.dir.join("docker.sock")).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        serde_json::from_str(body).unwrap()
+    }
+
     /// `docker system df -v` as one JSON object.
     pub fn system_df_verbose(&self) -> serde_json::Value {
         serde_json::from_str(&self.docker(&["system", "df", "-v", "--format", "{{json .}}"]))
