@@ -1,14 +1,17 @@
 //! `bilge df`: one collection, printed for a person (aligned tables, human sizes) or as JSON.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::cleanup::policy::{Budgets, Context, Policy, Recency};
 use crate::collect::disk::FilesystemConfig;
 use crate::collect::docker::TYPES;
 use crate::collect::{Collector, Snapshot};
 use crate::docker::DockerConfig;
 use crate::format::{human_bytes, table};
+use crate::store::Store;
 use crate::{Error, Result};
 
 /// Collects once. Filesystems always; Docker when reachable (its error is kept otherwise); the
@@ -92,10 +95,38 @@ fn render_footprints(s: &Snapshot) -> String {
 struct DfJson<'a> {
     #[serde(flatten)]
     snapshot: &'a Snapshot,
+    /// The policy's warm budgets and what holds them.
+    budgets: Budgets,
 }
 
-/// Renders the snapshot as tables.
-pub fn render_text(s: &Snapshot) -> String {
+/// The policy's warm budgets over the snapshot, with the images' uses the state file recorded
+/// (when it exists: `bilge df` creates no state file).
+fn budgets(s: &Snapshot, policy: &Policy, state: &Path) -> Budgets {
+    let Some(du) = &s.disk_usage else {
+        return Budgets::default();
+    };
+    if policy.build_cache_keep.is_none() && policy.images_keep.is_none() {
+        return Budgets::default();
+    }
+    let uses = state
+        .exists()
+        .then(|| prometheus::IntCounter::new("bilge_df_store_errors", "df's store errors").ok())
+        .flatten()
+        .and_then(|errors| Store::new(state, errors).image_uses().ok())
+        .unwrap_or_default();
+    let recency = Recency { uses };
+    Budgets::now(
+        du,
+        policy,
+        Context {
+            recency: Some(&recency),
+            fs_size: s.data_root.as_ref().map(|d| d.usage.size),
+        },
+    )
+}
+
+/// Renders the snapshot as tables, with the policy's warm `budgets`.
+pub fn render_text(s: &Snapshot, budgets: &Budgets) -> String {
     let mut out = String::new();
     let mut rows = vec![vec![
         "MOUNTPOINT".to_string(),
@@ -184,6 +215,10 @@ pub fn render_text(s: &Snapshot) -> String {
                 rows.push(vec![format!("> {age}"), human_bytes(*b)]);
             }
             out.push_str(&table(&rows));
+            for line in budgets.lines() {
+                out.push_str(&line);
+                out.push('\n');
+            }
             for (title, list) in [
                 ("LARGEST IMAGES", &d.top_images),
                 ("LARGEST VOLUMES", &d.top_volumes),
@@ -220,16 +255,27 @@ pub fn render_text(s: &Snapshot) -> String {
 pub async fn run(
     docker: DockerConfig,
     filesystem: FilesystemConfig,
+    policy: &Policy,
+    state: &Path,
     json: bool,
     footprint: bool,
 ) -> Result<()> {
     let s = collect_once(docker, filesystem, footprint).await;
+    let budgets = {
+        let (s, policy, state) = (s.clone(), policy.clone(), state.to_path_buf());
+        tokio::task::spawn_blocking(move || budgets(&s, &policy, &state))
+            .await
+            .unwrap_or_default()
+    };
     if json {
-        let text = serde_json::to_string_pretty(&DfJson { snapshot: &s })
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&DfJson {
+            snapshot: &s,
+            budgets,
+        })
+        .map_err(|e| Error::Other(e.to_string()))?;
         println!("{text}");
     } else {
-        print!("{}", render_text(&s));
+        print!("{}", render_text(&s, &budgets));
     }
     match (&s.docker, &s.docker_error) {
         (None, Some(e)) => Err(Error::docker(e.trim_start_matches("docker: "))),

@@ -99,6 +99,8 @@ fn main() -> ExitCode {
             .block_on(bilge::df::run(
                 cfg.docker,
                 cfg.filesystem,
+                &cfg.policy,
+                &cfg.state_path,
                 args.json,
                 args.footprint,
             ))

@@ -125,6 +125,7 @@ fn footprints(h: &mut String, s: &Snapshot, now: DateTime<Utc>) {
 /// Renders the whole page.
 pub fn render(
     s: &Snapshot,
+    budgets: &crate::cleanup::policy::Budgets,
     builds: &[BuildRecord],
     cleanups: &[CleanupRecord],
     now: DateTime<Utc>,
@@ -266,6 +267,9 @@ pub fn render(
                 human_bytes(d.logs_bytes),
                 human_bytes(d.reclaimable_total())
             );
+            for line in budgets.lines() {
+                let _ = write!(h, "<p class=\"budget\">{}</p>", esc(&line));
+            }
             let _ = write!(
                 h,
                 "<p>{} dangling images holding {}. Reclaimable build cache: {}.</p>",
@@ -365,7 +369,13 @@ mod tests {
 
     #[test]
     fn an_empty_snapshot_renders_a_page_that_says_so() {
-        let html = render(&Snapshot::default(), &[], &[], Utc::now());
+        let html = render(
+            &Snapshot::default(),
+            &Default::default(),
+            &[],
+            &[],
+            Utc::now(),
+        );
         assert!(html.contains("No Docker data yet"));
         assert!(html.contains("No builds recorded yet"));
         assert!(html.ends_with("</html>\n"));
@@ -397,7 +407,7 @@ mod tests {
             footprint_last_success: Some(Utc::now()),
             ..Snapshot::default()
         };
-        let html = render(&s, &[], &[], Utc::now());
+        let html = render(&s, &Default::default(), &[], &[], Utc::now());
         assert!(html.contains("Where the disk went"), "{html}");
         assert!(
             html.contains("id=\"unaccounted-data_root\">1.00GiB"),
@@ -406,7 +416,42 @@ mod tests {
         assert!(html.contains("/var/lib/docker/&lt;tmp&gt;"), "{html}");
         assert!(html.contains("incomplete walk"), "{html}");
         assert!(
-            !render(&Snapshot::default(), &[], &[], Utc::now()).contains("Where the disk went")
+            !render(
+                &Snapshot::default(),
+                &Default::default(),
+                &[],
+                &[],
+                Utc::now()
+            )
+            .contains("Where the disk went")
         );
+    }
+
+    #[test]
+    fn the_warm_budgets_show_with_what_holds_them() {
+        let du = crate::docker::DiskUsage::default();
+        let s = Snapshot {
+            docker: Some(crate::collect::docker::summarize(
+                crate::docker::DockerInfo::default(),
+                &du,
+                &[],
+                Utc::now(),
+                10,
+            )),
+            ..Snapshot::default()
+        };
+        let b = crate::cleanup::policy::Budgets {
+            build_cache: Some(crate::cleanup::policy::Budget {
+                keep_bytes: 20 << 30,
+                held_bytes: 3 << 30,
+            }),
+            images: None,
+        };
+        let html = render(&s, &b, &[], &[], Utc::now());
+        assert!(
+            html.contains("Warm budget, build cache: keeps 20.0GiB of the most recently used; 3.00GiB held now."),
+            "{html}"
+        );
+        assert!(!html.contains("Warm budget, unused images"), "{html}");
     }
 }

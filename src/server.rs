@@ -482,8 +482,14 @@ async fn page(State(s): State<AppState>) -> Html<String> {
     .await
     .unwrap_or_default();
     mask_evidence(&mut builds);
+    let budgets = s
+        .engine
+        .plan_from_snapshot(crate::cleanup::policy::Level::DanglingImages, None)
+        .map(|p| crate::cleanup::policy::Budgets::of(&p))
+        .unwrap_or_default();
     Html(crate::page::render(
         &snapshot,
+        &budgets,
         &builds,
         &cleanups,
         chrono::Utc::now(),

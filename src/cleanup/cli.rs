@@ -25,7 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::admission::WaitError;
 use super::engine::{Engine, Report, Request, Standalone, Trigger};
-use super::policy::{Level, Plan, Policy};
+use super::policy::{Budgets, Level, Plan, Policy};
 use crate::collect::DataRoot;
 use crate::docker::DockerHost;
 use crate::format::{FreeTarget, format_duration, human_bytes, table};
@@ -416,20 +416,11 @@ const STOP_MARK: &str = "  -- the run stops here (target met, estimated) --\n";
 
 /// The warm budgets of a plan and what holds them, one line each (pure).
 fn render_budgets(p: &Plan) -> String {
-    let mut out = String::new();
-    for (what, level) in [
-        ("build cache", Level::BuildCache),
-        ("unused images", Level::DanglingImages),
-    ] {
-        if let Some(b) = p.level(level).and_then(|l| l.budget) {
-            out.push_str(&format!(
-                "Warm budget, {what}: keeps {} of the most recently used; {} held now.\n",
-                human_bytes(b.keep_bytes),
-                human_bytes(b.held_bytes)
-            ));
-        }
-    }
-    out
+    Budgets::of(p)
+        .lines()
+        .into_iter()
+        .map(|l| l + "\n")
+        .collect()
 }
 
 /// The order the levels that stop inside remove their objects in, least recently used first,

@@ -173,6 +173,58 @@ pub struct Plan {
     pub stop: Option<Stop>,
 }
 
+/// The warm budgets of a plan and what holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Budgets {
+    /// `build_cache_keep`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_cache: Option<Budget>,
+    /// `images_keep`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<Budget>,
+}
+
+impl Budgets {
+    /// The budgets plan `p` applied (the image one once it reaches `dangling_images`).
+    pub fn of(p: &Plan) -> Budgets {
+        let of = |l: Level| p.level(l).and_then(|l| l.budget);
+        Budgets {
+            build_cache: of(Level::BuildCache),
+            images: of(Level::DanglingImages).or_else(|| of(Level::UnusedImages)),
+        }
+    }
+
+    /// The budgets of `policy` over `du` now, whatever their level's age limit.
+    pub fn now(du: &DiskUsage, policy: &Policy, ctx: Context<'_>) -> Budgets {
+        Budgets::of(&plan_with(
+            du,
+            policy,
+            Level::DanglingImages,
+            policy.until,
+            Utc::now(),
+            ctx,
+        ))
+    }
+
+    /// One line per budget set, for a person.
+    pub fn lines(&self) -> Vec<String> {
+        [
+            ("build cache", self.build_cache),
+            ("unused images", self.images),
+        ]
+        .into_iter()
+        .filter_map(|(what, b)| {
+            let b = b?;
+            Some(format!(
+                "Warm budget, {what}: keeps {} of the most recently used; {} held now.",
+                crate::format::human_bytes(b.keep_bytes),
+                crate::format::human_bytes(b.held_bytes)
+            ))
+        })
+        .collect()
+    }
+}
+
 /// Where a run would stop from the plan's estimates ([`stop_point`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Stop {
