@@ -73,6 +73,7 @@ struct PolicyFile {
     high_watermark: Option<String>,
     build_cache_keep: Option<String>,
     images_keep: Option<String>,
+    emergency_free: Option<String>,
 }
 
 /// The TOML file: a `[cleanup]` table (more tables may follow).
@@ -544,6 +545,7 @@ impl Config {
             docker: self.docker.clone(),
             state_path: self.state_path.clone(),
             host_name: self.host_name.clone(),
+            running_dir: crate::builds::running::folder_for(&self.engine.lock.path),
         })
     }
 }
@@ -733,6 +735,9 @@ pub fn parse_policy(text: &str) -> std::result::Result<Policy, String> {
     }
     if let Some(v) = f.images_keep {
         p.images_keep = Some(parse_free_target(&v).map_err(|e| key("images_keep", e))?);
+    }
+    if let Some(v) = f.emergency_free {
+        p.emergency_free = parse_free_target(&v).map_err(|e| key("emergency_free", e))?;
     }
     match (p.low_watermark, p.high_watermark) {
         (None, Some(_)) => return Err("cleanup.high_watermark needs cleanup.low_watermark".into()),
@@ -977,11 +982,13 @@ low_watermark = "10%"
 high_watermark = "2GiB"
 build_cache_keep = "20GiB"
 images_keep = "5%"
+emergency_free = "1GiB"
 "#,
         );
         let Ok(p) = p else { panic!("{p:?}") };
         assert_eq!(p.build_cache_keep, Some(FreeTarget::Bytes(20 << 30)));
         assert_eq!(p.images_keep, Some(FreeTarget::Percent(5.0)));
+        assert_eq!(p.emergency_free, FreeTarget::Bytes(1 << 30));
         assert_eq!(p.until, Duration::from_secs(3600));
         assert_eq!(p.max_level, Level::UnusedVolumes);
         assert!(p.allow_volumes);

@@ -121,6 +121,7 @@ fn budgets(s: &Snapshot, policy: &Policy, state: &Path) -> Budgets {
         Context {
             recency: Some(&recency),
             fs_size: s.data_root.as_ref().map(|d| d.usage.size),
+            ..Context::default()
         },
     )
 }

@@ -81,6 +81,9 @@ pub struct ActionRecord {
     /// The error, when the action failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What it left alone for builds running on the host, and why (or why it did not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// One cleanup run in the audit table.
@@ -1123,6 +1126,7 @@ mod tests {
                 reclaimed_bytes: bytes,
                 removed: 3,
                 error: None,
+                held: None,
             }],
             reclaimed_bytes: bytes,
             alert: Some("abc".into()),

@@ -1,7 +1,7 @@
 //! The cleanup engine against a real daemon: `bilge clean`, its plan, what it frees and what it
 //! leaves alone, the free-space target, the watermarks and the host-wide lock.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -683,5 +683,138 @@ fn build_cache_keep_keeps_at_least_its_budget_of_the_most_recently_used_cache() 
         r["levels"][0]["reclaimed_bytes"].as_u64(),
         Some(removed.iter().map(|r| r.1).sum::<u64>()),
         "{r:#}"
+    );
+}
+
+#[test]
+fn a_watermark_cleanup_while_a_build_runs_keeps_what_the_build_used_and_says_why() {
+    let d = Daemon::start_on_loop_fs("busy", 1024);
+    // The base image the build stands on, and 100 MiB of old cache nobody uses any more.
+    d.build(Some("base:1"), &[]);
+    d.build(
+        Some("big:1"),
+        &["RUN dd if=/dev/zero of=/big bs=1M count=100 2>/dev/null"],
+    );
+    d.docker(&["rmi", "big:1"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    // The job builds twice: an untagged image first (dangling once built: a prune would take
+    // it), then an image whose build sleeps, during which the cleanup fires.
+    let ctx = |name: &str, lines: &[&str]| {
+        let c = d.dir.join(name);
+        std::fs::create_dir_all(&c).unwrap();
+        let mut df = String::from("FROM base:1\n");
+        for l in lines {
+            df.push_str(l);
+            df.push('\n');
+        }
+        std::fs::write(c.join("Dockerfile"), df).unwrap();
+        c
+    };
+    let first = ctx("first", &["RUN echo first > /first"]);
+    let second = ctx("second", &["RUN echo second > /second", "RUN sleep 12"]);
+    let script = format!(
+        "{DOCKER} build --network none -q {} > {}/first.id && {DOCKER} build --network none -q -t app:1 {}",
+        first.display(),
+        d.dir.display(),
+        second.display()
+    );
+    let state = d.dir.join("state/bilge.db");
+    let mut build = Command::new(BILGE)
+        .args(["build", "--project", "busy", "--docker.host", &d.host])
+        .arg("--state.path")
+        .arg(&state)
+        .args(["--", "sh", "-c", &script])
+        .env("DOCKER_HOST", &d.host)
+        .env("DOCKER_BUILDKIT", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let registered = d.dir.join("state/bilge.db.lock.builds");
+    wait_for("the build to register", Duration::from_secs(20), || {
+        std::fs::read_dir(&registered)
+            .ok()?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .then_some(())
+    });
+    // Once the second build sleeps, the first one's image is dangling and its records idle.
+    wait_for("the second build to sleep", Duration::from_secs(60), || {
+        let df = d.api("/v1.41/system/df");
+        df["BuildCache"]
+            .as_array()?
+            .iter()
+            .any(|r| {
+                r["InUse"] == true
+                    && r["Description"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("sleep"))
+            })
+            .then_some(())
+    });
+    let used: Vec<String> = d.api("/v1.41/system/df")["BuildCache"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["Description"]
+                .as_str()
+                .is_some_and(|s| s.contains("first") || s.contains("second"))
+        })
+        .map(|r| r["ID"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!used.is_empty());
+    let first_image = std::fs::read_to_string(d.dir.join("first.id")).unwrap();
+    let first_image = first_image.trim();
+    // A low watermark above what is available: the first filesystem tick starts the cleanup.
+    let low = (d.data_root_avail() >> 20) + 200;
+    let cfg = policy_file(
+        &d.dir,
+        &[
+            "until = \"0s\"",
+            "cooldown = \"1h\"",
+            &format!("low_watermark = \"{low}MiB\""),
+        ],
+    );
+    let s = Server::start_with_state(
+        temp_dir("busyserve"),
+        &state,
+        &d.host,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let row = wait_for("the watermark cleanup", Duration::from_secs(30), || {
+        cleanups(&s)
+            .into_iter()
+            .find(|r| r["trigger"] == "watermark" && r["result"] != "running")
+    });
+    assert_eq!(row["result"], "success", "{row:#}\n{}", s.log_text());
+    let status = build.wait().unwrap();
+    assert!(status.success(), "the build failed: {status:?}");
+    // The old cache went; what the build used stayed, and so did its base image.
+    assert!(
+        row["reclaimed_bytes"].as_u64().unwrap() >= 100 << 20,
+        "{row:#}"
+    );
+    assert!(d.has_image("base:1"), "{row:#}");
+    assert!(
+        d.has_image(first_image),
+        "the first build's image went: {row:#}"
+    );
+    let left = d.build_cache_ids();
+    for id in &used {
+        assert!(left.contains(id), "record {id} went: {row:#}");
+    }
+    // The audit says why.
+    let held: Vec<&str> = row["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["held"].as_str())
+        .collect();
+    assert!(
+        held.iter().any(|h| h.contains("kept for builds")
+            && h.contains("1 running build")
+            && h.contains("project busy")),
+        "{row:#}"
     );
 }

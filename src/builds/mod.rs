@@ -7,4 +7,5 @@ pub mod child;
 pub mod classify;
 pub mod record;
 pub mod run;
+pub mod running;
 pub mod submit;

@@ -47,6 +47,8 @@ pub struct BuildConfig {
     /// This host's name (`--host.name`, else the hostname): the `host` of an outcome sent to
     /// `--server`, so that the bilge there counts it for this host.
     pub host_name: String,
+    /// Where the build registers while it runs ([`super::running`]), beside the host lock.
+    pub running_dir: PathBuf,
 }
 
 /// Where Docker keeps its data when the daemon cannot be asked.
@@ -596,6 +598,20 @@ pub async fn run(b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
     if let Some(code) = build.check_min_free(cleaner).await {
         return Ok(code);
     }
+    // Registered while it runs, so automatic cleanups leave its cache and images alone.
+    let me = super::running::RunningBuild {
+        host: b.host_name.clone(),
+        pid: std::process::id(),
+        project: b.project.clone(),
+        started_at: Utc::now(),
+    };
+    let _registered = match super::running::register(&b.running_dir, &me) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(folder = %b.running_dir.display(), error = %e, "cannot register the build as running: automatic cleanups will not know to leave its cache alone");
+            None
+        }
+    };
     let first = build.attempt(1).await?;
     let retry = b.clean_and_retry && first.reason.is_retryable_by_cleanup();
     if !retry {

@@ -356,6 +356,9 @@ fn kept_text(k: &super::policy::Kept) -> String {
     if k.budget > 0 {
         parts.push(format!("{} warm (budget)", k.budget));
     }
+    if k.building > 0 {
+        parts.push(format!("{} for running builds", k.building));
+    }
     if parts.is_empty() {
         "-".into()
     } else {

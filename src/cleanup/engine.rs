@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 pub use super::admission::Refusal;
 use super::admission::{Admission, LockSettings, Ticket, WaitError};
 use super::policy::{Context, Level, LevelPlan, Plan, Policy, Recency, Stop, plan_with};
+use crate::builds::running::RunningBuild;
 use crate::collect::disk::FilesystemConfig;
 use crate::collect::{Collector, DataRoot};
 use crate::docker::{DiskUsage, DockerConfig, PruneEdge, PruneFilters, Reclaimed, Removal};
@@ -107,6 +108,9 @@ pub struct LevelOutcome {
     /// Why the level failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What it left alone for running builds, and why (or why it did not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// The outcome of one run.
@@ -331,6 +335,7 @@ impl Engine {
             Context {
                 recency: Some(&recency),
                 fs_size: snap.data_root.as_ref().map(|d| d.usage.size),
+                ..Context::default()
             },
         );
         if let Some(d) = &snap.data_root {
@@ -361,6 +366,7 @@ impl Engine {
             Context {
                 recency: Some(&recency),
                 fs_size: data_root.as_ref().map(|d| d.usage.size),
+                ..Context::default()
             },
         );
         if let Some(d) = &data_root {
@@ -371,6 +377,22 @@ impl Engine {
             p.stop = (need > 0).then(|| Stop::of(&p, need));
         }
         Ok(p)
+    }
+
+    /// The builds running on this host ([`crate::builds::running`], beside the host lock) and
+    /// what an automatic run does about them.
+    async fn building(&self) -> Option<Building> {
+        let folder = crate::builds::running::folder_for(&self.settings.lock.path);
+        let builds = blocking(move || crate::builds::running::running(&folder))
+            .await
+            .unwrap_or_default();
+        let root = self.collector.data_root_now().await;
+        Building::decide(
+            &builds,
+            root.as_ref().map(|d| d.usage.avail),
+            root.as_ref().map(|d| d.usage.size),
+            self.policy.emergency_free,
+        )
     }
 
     /// Writes the image uses the collector saw since the last call to the store (blocking
@@ -654,11 +676,20 @@ impl Engine {
             let _ = progress_tx.send(c.record.clone());
         };
         let recency = self.recency().await;
+        let building = if req.trigger.is_automatic() {
+            self.building().await
+        } else {
+            None
+        };
+        if let Some(b) = &building {
+            tracing::info!(held = b.since.is_some(), "{}", b.why);
+        }
         let executor = Executor {
             policy: &self.policy,
             stop: &self.stop,
             on_level: &on_level,
             recency: &recency,
+            building: building.as_ref(),
         };
         let run = match self.collector.docker().await {
             Ok(api) => executor.run(&api, &*self.collector, &req).await,
@@ -848,6 +879,64 @@ struct Executor<'a> {
     on_level: &'a (dyn Fn(&[LevelOutcome]) + Send + Sync),
     /// Images' last uses, for the order images go in.
     recency: &'a Recency,
+    /// Builds running on the host, for an automatic run.
+    building: Option<&'a Building>,
+}
+
+/// What an automatic run knows of the builds running on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Building {
+    /// When the oldest started, when their objects are left alone (`None`: below
+    /// `emergency_free`, disk space wins).
+    pub since: Option<DateTime<Utc>>,
+    /// The decision, for the log and the audit.
+    pub why: String,
+}
+
+impl Building {
+    /// The decision for `builds` (oldest first) on a data root with `avail` of `size` bytes
+    /// available, under `emergency` (pure). `None` when no build runs.
+    pub fn decide(
+        builds: &[RunningBuild],
+        avail: Option<u64>,
+        size: Option<u64>,
+        emergency: FreeTarget,
+    ) -> Option<Building> {
+        let oldest = builds.first()?;
+        let n = builds.len();
+        let what = format!(
+            "{n} running build{} (the oldest: pid {} on {}, project {}, since {})",
+            if n == 1 { "" } else { "s" },
+            oldest.pid,
+            oldest.host,
+            oldest.project,
+            oldest
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        Some(match (avail, size) {
+            (Some(a), Some(s)) if a < emergency.bytes_for(s) => Building {
+                since: None,
+                why: format!(
+                    "nothing held for {what}: the data root has {} available, under emergency_free ({emergency}), and disk space wins",
+                    human_bytes(a)
+                ),
+            },
+            _ => Building {
+                since: Some(oldest.started_at),
+                why: format!("used since the oldest of {what} started"),
+            },
+        })
+    }
+
+    /// What the audit says of a level that kept `kept` objects for the builds.
+    fn held(&self, kept: u64) -> Option<String> {
+        match self.since {
+            Some(_) if kept > 0 => Some(format!("{kept} kept for builds: {}", self.why)),
+            Some(_) => None,
+            None => Some(self.why.clone()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Executor<'_> {
@@ -868,11 +957,19 @@ impl Executor<'_> {
         }
     }
 
+    /// What a level kept for running builds, for the audit.
+    fn held(&self, lp: &LevelPlan) -> Option<String> {
+        self.building
+            .filter(|_| lp.level.stops_inside())
+            .and_then(|b| b.held(lp.kept.building))
+    }
+
     /// The planner's context for a data root of `fs_size` bytes.
     fn ctx(&self, fs_size: Option<u64>) -> Context<'_> {
         Context {
             recency: Some(self.recency),
             fs_size,
+            building_since: self.building.and_then(|b| b.since),
         }
     }
 
@@ -924,6 +1021,7 @@ impl Executor<'_> {
                     removed: l.objects,
                     avail_after: None,
                     error: None,
+                    held: self.held(l),
                 })
                 .collect();
         } else {
@@ -977,6 +1075,7 @@ impl Executor<'_> {
                 removed: done.removed,
                 avail_after: avail,
                 error: done.error,
+                held: self.held(lp),
             });
             (self.on_level)(&run.levels);
             run.avail_after = avail.or(run.avail_after);
@@ -1041,7 +1140,8 @@ impl Executor<'_> {
         let level = lp.level;
         let exact = self.prune_is_exact();
         // The whole level goes when no target can stop it inside and no budget holds any of it.
-        let whole = need.is_none_or(|n| n >= lp.bytes) && lp.budget.is_none();
+        let whole =
+            need.is_none_or(|n| n >= lp.bytes) && lp.budget.is_none() && lp.kept.building == 0;
         let images = matches!(level, Level::DanglingImages | Level::UnusedImages);
         let mut done = match level {
             Level::BuildCache if whole => {
@@ -1239,6 +1339,7 @@ fn action(l: &LevelOutcome, dry_run: bool) -> ActionRecord {
         },
         removed: l.removed,
         error: l.error.clone(),
+        held: l.held.clone(),
     }
 }
 
@@ -1607,6 +1708,7 @@ mod tests {
             stop: &CancellationToken::new(),
             on_level: &|_| {},
             recency: &Recency::default(),
+            building: None,
         }
         .run(fake, fake, req)
         .await
@@ -1773,6 +1875,36 @@ mod tests {
         assert_eq!(run.plan.as_ref().and_then(|p| p.stop), None);
     }
 
+    #[test]
+    fn running_builds_are_held_for_unless_the_data_root_is_under_the_emergency_mark() {
+        let b = |pid, secs| RunningBuild {
+            host: "ci-1".into(),
+            pid,
+            project: "app".into(),
+            started_at: DateTime::from_timestamp(secs, 0).unwrap_or_default(),
+        };
+        let builds = [b(7, OLD), b(8, OLD + 60)];
+        let two = FreeTarget::Percent(2.0);
+        assert_eq!(Building::decide(&[], Some(GIB), Some(100 * GIB), two), None);
+        let held = Building::decide(&builds, Some(5 * GIB), Some(100 * GIB), two);
+        assert_eq!(
+            held.as_ref().and_then(|h| h.since),
+            DateTime::from_timestamp(OLD, 0)
+        );
+        let why = held.map(|h| h.why).unwrap_or_default();
+        assert!(
+            why.contains("2 running builds") && why.contains("pid 7"),
+            "{why}"
+        );
+        let emergency = Building::decide(&builds, Some(GIB), Some(100 * GIB), two);
+        assert_eq!(emergency.as_ref().and_then(|h| h.since), None);
+        let why = emergency.map(|h| h.why).unwrap_or_default();
+        assert!(why.contains("under emergency_free (2%)"), "{why}");
+        // Unmeasured, the builds are held for.
+        let blind = Building::decide(&builds, None, None, two);
+        assert!(blind.and_then(|h| h.since).is_some());
+    }
+
     #[tokio::test]
     async fn levels_run_in_order_and_never_beyond_the_requested_one() {
         let fake = Fake::new(host(), 1);
@@ -1861,6 +1993,7 @@ mod tests {
             stop: &CancellationToken::new(),
             on_level: &on_level,
             recency: &Recency::default(),
+            building: None,
         };
         executor
             .run(&fake, &fake, &request(Level::StoppedContainers, 99))
@@ -1881,6 +2014,7 @@ mod tests {
             stop: &stop,
             on_level: &on_level,
             recency: &Recency::default(),
+            building: None,
         }
         .run(&fake, &fake, &req)
         .await;
@@ -1915,6 +2049,7 @@ mod tests {
             stop: &stop,
             on_level: &|_| {},
             recency: &Recency::default(),
+            building: None,
         }
         .run(&fake, &fake, &request(Level::DanglingImages, 99))
         .await;

@@ -61,6 +61,8 @@ pub struct Policy {
     pub build_cache_keep: Option<FreeTarget>,
     /// Unused images kept whatever the level, most recently used first.
     pub images_keep: Option<FreeTarget>,
+    /// Under this much available, an automatic run holds nothing back for running builds.
+    pub emergency_free: FreeTarget,
 }
 
 impl Default for Policy {
@@ -76,6 +78,7 @@ impl Default for Policy {
             high_watermark: None,
             build_cache_keep: None,
             images_keep: None,
+            emergency_free: FreeTarget::Percent(2.0),
         }
     }
 }
@@ -124,6 +127,9 @@ pub struct Kept {
     pub too_young: u64,
     /// Among the most recently used, inside the level's warm budget.
     pub budget: u64,
+    /// Used since the oldest running build started (or, for tagged images, possibly a running
+    /// build's base image), kept for the builds.
+    pub building: u64,
 }
 
 /// A warm budget and what fills it.
@@ -296,6 +302,13 @@ fn by_use(candidates: &mut [Candidate]) {
     });
 }
 
+/// True when `used` is at or after `since`'s whole second (never, without a `since`): Docker
+/// gives images' creation in whole seconds, so an image built in the second a build started
+/// counts as used since.
+fn used_since(used: Option<DateTime<Utc>>, since: Option<DateTime<Utc>>) -> bool {
+    matches!((used, since), (Some(u), Some(s)) if u.timestamp() >= s.timestamp())
+}
+
 /// The most ancestors followed from one build cache record.
 const MAX_ANCESTORS: usize = 256;
 
@@ -406,6 +419,11 @@ pub struct Context<'a> {
     pub recency: Option<&'a Recency>,
     /// The data root filesystem's size in bytes, when measured.
     pub fs_size: Option<u64>,
+    /// When the oldest build running on the host started, when its objects are to be left
+    /// alone: build cache and dangling images used since then are kept, and every tagged image
+    /// (Docker does not say which ones a running build stands on: a build's base image is
+    /// removable while the build runs, and the next build would find it gone).
+    pub building_since: Option<DateTime<Utc>>,
 }
 
 /// The warm budget `keep` over `items` (each `(key, bytes, recency)`, the greater recency the
@@ -544,6 +562,8 @@ pub fn plan_with(
                 kept.too_young += 1;
             } else if warm.contains(r.id.as_str()) {
                 kept.budget += 1;
+            } else if used_since(chain(r).0, ctx.building_since) {
+                kept.building += 1;
             } else {
                 let (used, ancestors) = chain(r);
                 cands.push((
@@ -644,6 +664,10 @@ pub fn plan_with(
                 kept.too_young += 1;
             } else if warm_images.contains(i.id.as_str()) {
                 kept.budget += 1;
+            } else if ctx.building_since.is_some()
+                && (!dangling || used_since(recency.image_last_used(i), ctx.building_since))
+            {
+                kept.building += 1;
             } else {
                 cands.push(Candidate {
                     id: i.id.clone(),
@@ -901,7 +925,8 @@ mod tests {
                     in_use: 3,
                     protected: 0,
                     too_young: 1,
-                    budget: 0
+                    budget: 0,
+                    building: 0
                 }
             ))
         );
@@ -946,7 +971,8 @@ mod tests {
                 in_use: 2,
                 protected: 0,
                 too_young: 1,
-                budget: 0
+                budget: 0,
+                building: 0
             })
         );
         assert_eq!(p.level(Level::UnusedImages).map(|l| l.bytes), Some(10));
@@ -1163,8 +1189,8 @@ mod tests {
         );
         // A share of the filesystem needs its size: 10% of 9,000 bytes holds busy, warm, mid.
         let ctx = Context {
-            recency: None,
             fs_size: Some(9_000),
+            ..Context::default()
         };
         let p = plan_with(
             &caches(),
@@ -1240,7 +1266,7 @@ mod tests {
         };
         let ctx = Context {
             recency: Some(&recency),
-            fs_size: None,
+            ..Context::default()
         };
         let p = plan_with(
             &images(),
@@ -1351,5 +1377,50 @@ mod tests {
         };
         let p = plan(&du, &keep, Level::BuildCache, Duration::ZERO, now());
         assert_eq!(order(&p, Level::BuildCache), ["other", "step"]);
+    }
+
+    #[test]
+    fn while_builds_run_what_they_may_use_is_held() {
+        let since = hours_ago(40);
+        let du = DiskUsage {
+            images: vec![
+                image("sha256:dangling-old", None, 1, 48),
+                image("sha256:dangling-new", None, 2, 30),
+                image("sha256:tagged-old", Some("base:1"), 3, 48),
+            ],
+            ..caches()
+        };
+        let ctx = Context {
+            building_since: since,
+            ..Context::default()
+        };
+        let p = plan_with(
+            &du,
+            &aggressive_host(),
+            Level::UnusedImages,
+            Duration::ZERO,
+            now(),
+            ctx,
+        );
+        // Cache used in the last 40 hours (warm) and the dangling image made since stay; every
+        // tagged image stays (it may be a running build's base image).
+        assert_eq!(order(&p, Level::BuildCache), ["cold", "mid"]);
+        assert_eq!(p.level(Level::BuildCache).map(|l| l.kept.building), Some(1));
+        assert_eq!(order(&p, Level::DanglingImages), ["sha256:dangling-old"]);
+        assert!(order(&p, Level::UnusedImages).is_empty());
+        assert_eq!(
+            p.level(Level::UnusedImages).map(|l| l.kept.building),
+            Some(1)
+        );
+        // Without running builds, all of it goes.
+        let p = plan(
+            &du,
+            &aggressive_host(),
+            Level::UnusedImages,
+            Duration::ZERO,
+            now(),
+        );
+        assert_eq!(order(&p, Level::BuildCache).len(), 3);
+        assert_eq!(order(&p, Level::UnusedImages).len(), 1);
     }
 }
