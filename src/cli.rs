@@ -263,6 +263,13 @@ pub struct ServeArgs {
         default_value = "2s"
     )]
     pub filesystem_interval: String,
+    /// How much of the data root's history the time-to-full forecast fits a line over (bilge_docker_data_root_predicted_full_seconds, forecast_watermark).
+    #[arg(
+        long = "collector.filesystem.forecast-window",
+        env = "BILGE_COLLECTOR_FILESYSTEM_FORECAST_WINDOW",
+        default_value = "1h"
+    )]
+    pub forecast_window: String,
     /// File of API tokens for the webhook and the build API, one a line (any is accepted; re-read when it changes). Without it both are off.
     #[arg(long = "webhook.token-file", env = "BILGE_WEBHOOK_TOKEN_FILE")]
     pub webhook_token_file: Option<PathBuf>,

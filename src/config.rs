@@ -74,6 +74,7 @@ struct PolicyFile {
     build_cache_keep: Option<String>,
     images_keep: Option<String>,
     emergency_free: Option<String>,
+    forecast_watermark: Option<String>,
 }
 
 /// The TOML file: a `[cleanup]` table (more tables may follow).
@@ -242,6 +243,7 @@ impl Config {
                         .as_deref()
                         .unwrap_or(crate::collect::disk::DEFAULT_FS_TYPES_EXCLUDE),
                 )?,
+                forecast_window: crate::collect::forecast::DEFAULT_WINDOW,
                 stat_timeout: flag(
                     "--collector.filesystem.stat-timeout",
                     parse_duration(&g.stat_timeout),
@@ -290,6 +292,16 @@ impl Config {
             "--collector.filesystem.interval",
             parse_duration(&s.filesystem_interval),
         )?;
+        self.filesystem.forecast_window = flag(
+            "--collector.filesystem.forecast-window",
+            parse_duration(&s.forecast_window),
+        )?;
+        if self.filesystem.forecast_window < Duration::from_secs(10) {
+            return Err(Error::config(
+                "--collector.filesystem.forecast-window",
+                "must be at least 10s",
+            ));
+        }
         if self.filesystem.interval < Duration::from_millis(100) {
             return Err(Error::config(
                 "--collector.filesystem.interval",
@@ -736,6 +748,13 @@ pub fn parse_policy(text: &str) -> std::result::Result<Policy, String> {
     if let Some(v) = f.images_keep {
         p.images_keep = Some(parse_free_target(&v).map_err(|e| key("images_keep", e))?);
     }
+    if let Some(v) = f.forecast_watermark {
+        let d = parse_duration(&v).map_err(|e| key("forecast_watermark", e))?;
+        if d.is_zero() {
+            return Err(key("forecast_watermark", "must be more than 0s".into()));
+        }
+        p.forecast_watermark = Some(d);
+    }
     if let Some(v) = f.emergency_free {
         p.emergency_free = parse_free_target(&v).map_err(|e| key("emergency_free", e))?;
     }
@@ -983,12 +1002,14 @@ high_watermark = "2GiB"
 build_cache_keep = "20GiB"
 images_keep = "5%"
 emergency_free = "1GiB"
+forecast_watermark = "2h"
 "#,
         );
         let Ok(p) = p else { panic!("{p:?}") };
         assert_eq!(p.build_cache_keep, Some(FreeTarget::Bytes(20 << 30)));
         assert_eq!(p.images_keep, Some(FreeTarget::Percent(5.0)));
         assert_eq!(p.emergency_free, FreeTarget::Bytes(1 << 30));
+        assert_eq!(p.forecast_watermark, Some(Duration::from_secs(7200)));
         assert_eq!(p.until, Duration::from_secs(3600));
         assert_eq!(p.max_level, Level::UnusedVolumes);
         assert!(p.allow_volumes);

@@ -137,6 +137,8 @@ pub enum Trigger {
     Cli,
     /// `bilge build --clean-and-retry` after a disk failure.
     BuildRetry,
+    /// The data root was predicted full within `forecast_watermark`.
+    Forecast,
 }
 
 impl Trigger {
@@ -147,20 +149,25 @@ impl Trigger {
             Trigger::Watermark => "watermark",
             Trigger::Cli => "cli",
             Trigger::BuildRetry => "build_retry",
+            Trigger::Forecast => "forecast",
         }
     }
 
     /// Every trigger.
-    pub const ALL: [Trigger; 4] = [
+    pub const ALL: [Trigger; 5] = [
         Trigger::Webhook,
         Trigger::Watermark,
         Trigger::Cli,
         Trigger::BuildRetry,
+        Trigger::Forecast,
     ];
 
     /// Automatic triggers are rate-limited by the policy's cooldown.
     pub fn is_automatic(self) -> bool {
-        matches!(self, Trigger::Webhook | Trigger::Watermark)
+        matches!(
+            self,
+            Trigger::Webhook | Trigger::Watermark | Trigger::Forecast
+        )
     }
 }
 

@@ -13,6 +13,7 @@ mod e2e;
 mod exporter;
 mod faults;
 mod fleet;
+mod forecast;
 mod lru;
 mod package;
 mod router;

@@ -568,6 +568,7 @@ mod tests {
                 files_free: 900,
                 readonly: false,
             },
+            predicted_full_seconds: None,
         }
     }
 

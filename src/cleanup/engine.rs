@@ -1628,6 +1628,7 @@ mod tests {
                     avail,
                     ..Usage::default()
                 },
+                predicted_full_seconds: None,
             })
         }
     }
@@ -2279,6 +2280,7 @@ mod tests {
         let filesystem = FilesystemConfig {
             mount_points_exclude: regex::Regex::new("^$").unwrap_or_else(|e| panic!("{e}")),
             fs_types_exclude: regex::Regex::new("^$").unwrap_or_else(|e| panic!("{e}")),
+            forecast_window: Duration::from_secs(3600),
             stat_timeout: Duration::from_secs(1),
             interval: Duration::from_secs(2),
             host: crate::collect::disk::HostPaths::default(),

@@ -63,6 +63,8 @@ pub struct Policy {
     pub images_keep: Option<FreeTarget>,
     /// Under this much available, an automatic run holds nothing back for running builds.
     pub emergency_free: FreeTarget,
+    /// Start the standard level when the data root is predicted full within this.
+    pub forecast_watermark: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -79,6 +81,7 @@ impl Default for Policy {
             build_cache_keep: None,
             images_keep: None,
             emergency_free: FreeTarget::Percent(2.0),
+            forecast_watermark: None,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! (every couple of seconds), and right after every Docker event that grows the data root (an
 //! image pulled, imported, loaded, built or committed; a container that ended), the data root's
 //! available space is compared with the policy's `low_watermark`; under it, the standard level
-//! runs (capped by `max_level`) with the `high_watermark` as its target. The cooldown and the
-//! one-run-at-a-time rule apply.
+//! runs (capped by `max_level`) with the `high_watermark` as its target. With a
+//! `forecast_watermark`, the same run starts (trigger `forecast`) when the data root's
+//! time-to-full ([`crate::collect::forecast`]) falls within it, so a host without Prometheus is
+//! protected before it fills. The cooldown and the one-run-at-a-time rule apply.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,46 +16,68 @@ use tokio_util::sync::CancellationToken;
 use super::engine::{Engine, Refusal, Request, Trigger};
 use super::policy::Level;
 use crate::collect::DataRoot;
-use crate::format::{FreeTarget, human_bytes};
+use crate::format::{FreeTarget, format_duration, human_bytes};
 
 /// What a watermark check decides for one measurement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Check {
-    /// Available space is at or above the low mark (or nothing is configured).
+    /// Available space is at or above the low mark and the data root is not predicted full
+    /// within the forecast mark (or nothing is configured).
     Fine,
-    /// Under the low mark: clean until `target` bytes are available.
+    /// Under the low mark: clean up.
     Clean {
         /// Available bytes now.
         avail: u64,
         /// The low mark in bytes.
         low: u64,
     },
+    /// Predicted full within the forecast mark: clean up before it fills.
+    Forecast {
+        /// Available bytes now.
+        avail: u64,
+        /// Seconds until full, predicted.
+        seconds: f64,
+    },
 }
 
-/// Compares one measurement with the watermarks (pure).
-pub fn check(low: Option<FreeTarget>, dr: &DataRoot) -> Check {
-    let Some(low) = low else { return Check::Fine };
-    let low = low.bytes_for(dr.usage.size);
-    if dr.usage.avail < low {
-        Check::Clean {
+/// Compares one measurement with the low mark, then with the forecast mark (pure).
+pub fn check(low: Option<FreeTarget>, forecast: Option<Duration>, dr: &DataRoot) -> Check {
+    if let Some(low) = low.map(|l| l.bytes_for(dr.usage.size))
+        && dr.usage.avail < low
+    {
+        return Check::Clean {
             avail: dr.usage.avail,
             low,
-        }
-    } else {
-        Check::Fine
+        };
+    }
+    match (forecast, dr.predicted_full_seconds) {
+        (Some(within), Some(seconds)) if seconds <= within.as_secs_f64() => Check::Forecast {
+            avail: dr.usage.avail,
+            seconds,
+        },
+        _ => Check::Fine,
     }
 }
 
-/// Watches the data root until `cancel` fires; does nothing without a `low_watermark`.
+/// Watches the data root until `cancel` fires; does nothing without a `low_watermark` or a
+/// `forecast_watermark`. Under the low mark the standard level runs (trigger `watermark`); when
+/// the data root is predicted full within the forecast mark, the same (trigger `forecast`).
+/// Either cleans until the high mark is available (else the low one, else `target_free`).
 pub async fn watch(engine: Arc<Engine>, cancel: CancellationToken) {
     let policy = engine.policy().clone();
-    let Some(low) = policy.low_watermark else {
+    let (low, forecast) = (policy.low_watermark, policy.forecast_watermark);
+    if low.is_none() && forecast.is_none() {
         return;
-    };
-    let high = policy.high_watermark.unwrap_or(low);
+    }
+    let target = policy.high_watermark.or(low).unwrap_or(policy.target_free);
     let mut rx = engine.collector().watch_data_root();
     let mut waiting = false;
-    tracing::info!(low = %low, high = %high, "watching the data root's watermarks");
+    tracing::info!(
+        low = %low.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+        forecast = %forecast.map(format_duration).unwrap_or_else(|| "none".into()),
+        target = %target,
+        "watching the data root's watermarks"
+    );
     let events = tokio::spawn(measure_on_events(engine.clone(), cancel.clone()));
     loop {
         tokio::select! {
@@ -63,39 +87,44 @@ pub async fn watch(engine: Arc<Engine>, cancel: CancellationToken) {
         let Some(dr) = rx.borrow_and_update().clone() else {
             continue;
         };
-        let Check::Clean {
-            avail,
-            low: low_bytes,
-        } = check(Some(low), &dr)
-        else {
-            waiting = false;
-            continue;
+        let (trigger, said) = match check(low, forecast, &dr) {
+            Check::Fine => {
+                waiting = false;
+                continue;
+            }
+            Check::Clean { avail, low } => (
+                Trigger::Watermark,
+                format!(
+                    "Docker's data root is under the low watermark ({} available, the mark is {}); cleaning up to {target}",
+                    human_bytes(avail),
+                    human_bytes(low)
+                ),
+            ),
+            Check::Forecast { avail, seconds } => (
+                Trigger::Forecast,
+                format!(
+                    "Docker's data root is predicted full in {} ({} available), within forecast_watermark; cleaning up to {target}",
+                    format_duration(Duration::from_secs_f64(seconds.clamp(0.0, 1e9))),
+                    human_bytes(avail)
+                ),
+            ),
         };
         if engine.is_running() {
             continue;
         }
         let req = Request {
-            target_free: Some(high),
-            ..Request::new(Trigger::Watermark, Level::STANDARD)
+            target_free: Some(target),
+            ..Request::new(trigger, Level::STANDARD)
         };
         match engine.try_start(req) {
             Ok(_) => {
                 waiting = false;
-                tracing::warn!(
-                    mountpoint = %dr.mountpoint,
-                    available = %human_bytes(avail),
-                    low_watermark = %human_bytes(low_bytes),
-                    "Docker's data root is under the low watermark; cleaning up to the high watermark"
-                );
+                tracing::warn!(mountpoint = %dr.mountpoint, "{said}");
             }
             Err(Refusal::Closed) => break,
             Err(why @ (Refusal::Cooldown(_) | Refusal::Busy | Refusal::NoLock)) => {
                 if !waiting {
-                    tracing::info!(
-                        mountpoint = %dr.mountpoint,
-                        available = %human_bytes(avail),
-                        "under the low watermark, but {why}; waiting"
-                    );
+                    tracing::info!(mountpoint = %dr.mountpoint, "{said}, but {why}; waiting");
                 }
                 waiting = true;
             }
@@ -163,24 +192,54 @@ mod tests {
                 avail,
                 ..Usage::default()
             },
+            predicted_full_seconds: None,
         }
     }
 
     #[test]
     fn only_space_under_the_low_watermark_starts_a_cleanup() {
         let low = Some(FreeTarget::Percent(10.0));
-        assert_eq!(check(low, &root(1000, 100)), Check::Fine);
+        assert_eq!(check(low, None, &root(1000, 100)), Check::Fine);
         assert_eq!(
-            check(low, &root(1000, 99)),
+            check(low, None, &root(1000, 99)),
             Check::Clean {
                 avail: 99,
                 low: 100
             }
         );
-        assert_eq!(check(None, &root(1000, 0)), Check::Fine);
+        assert_eq!(check(None, None, &root(1000, 0)), Check::Fine);
         assert_eq!(
-            check(Some(FreeTarget::Bytes(50)), &root(1000, 49)),
+            check(Some(FreeTarget::Bytes(50)), None, &root(1000, 49)),
             Check::Clean { avail: 49, low: 50 }
+        );
+    }
+
+    #[test]
+    fn a_data_root_predicted_full_within_the_forecast_mark_starts_a_cleanup_before_the_low_mark() {
+        let hour = Some(Duration::from_secs(3600));
+        let filling = |secs| DataRoot {
+            predicted_full_seconds: Some(secs),
+            ..root(1000, 500)
+        };
+        assert_eq!(
+            check(None, hour, &filling(1800.0)),
+            Check::Forecast {
+                avail: 500,
+                seconds: 1800.0
+            }
+        );
+        assert_eq!(check(None, hour, &filling(7200.0)), Check::Fine);
+        assert_eq!(check(None, hour, &filling(f64::INFINITY)), Check::Fine);
+        // Not enough samples yet: no forecast, nothing to do.
+        assert_eq!(check(None, hour, &root(1000, 500)), Check::Fine);
+        // Under the low mark, the low mark speaks first.
+        let low = Some(FreeTarget::Bytes(600));
+        assert_eq!(
+            check(low, hour, &filling(1800.0)),
+            Check::Clean {
+                avail: 500,
+                low: 600
+            }
         );
     }
 }

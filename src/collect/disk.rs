@@ -34,6 +34,8 @@ pub struct FilesystemConfig {
     pub stat_timeout: Duration,
     /// Time between two filesystem collections (and watermark checks).
     pub interval: Duration,
+    /// The window of the time-to-full forecast ([`super::forecast`]).
+    pub forecast_window: Duration,
     /// Where the host's files and its `/proc` are (`--path.rootfs`, `--path.procfs`).
     pub host: HostPaths,
 }
@@ -432,6 +434,7 @@ mod tests {
             mount_points_exclude: Regex::new(DEFAULT_MOUNT_POINTS_EXCLUDE).unwrap(),
             fs_types_exclude: Regex::new(DEFAULT_FS_TYPES_EXCLUDE).unwrap(),
             stat_timeout: Duration::from_secs(1),
+            forecast_window: Duration::from_secs(3600),
             interval: Duration::from_secs(1),
             host: HostPaths::default(),
         }

@@ -85,6 +85,11 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         ROOT,
     ),
     (
+        "bilge_docker_data_root_predicted_full_seconds",
+        "Seconds until the filesystem holding Docker's data root (or containerd's root) is full, on a least-squares line over its available space in the last --collector.filesystem.forecast-window (predict_linear's shape); +Inf when it is not filling. Absent until the samples span a quarter of the window (at most a minute).",
+        ROOT,
+    ),
+    (
         "bilge_docker_footprint_bytes",
         "Bytes in use on a Docker storage filesystem by part: under its root and Docker's (part docker), under its root and not Docker's (unaccounted), elsewhere on the filesystem (outside). Measured every --docker.footprint-interval.",
         &["mountpoint", "role", "part"],
@@ -260,6 +265,7 @@ enum F {
     RootAvail,
     RootFiles,
     RootFilesFree,
+    RootFull,
     Footprint,
     Unaccounted,
     FootprintComplete,
@@ -359,6 +365,9 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         out.push(F::RootAvail, &l, dr.usage.avail as f64);
         out.push(F::RootFiles, &l, dr.usage.files as f64);
         out.push(F::RootFilesFree, &l, dr.usage.files_free as f64);
+        if let Some(t) = dr.predicted_full_seconds {
+            out.push(F::RootFull, &l, t);
+        }
     }
 
     for f in &s.footprints {
@@ -474,6 +483,7 @@ mod tests {
                 path: "/var/lib/docker".into(),
                 mountpoint: "/".into(),
                 usage,
+                predicted_full_seconds: Some(f64::INFINITY),
             }),
             docker: Some(DockerSummary {
                 containers_by_state: [("running".to_string(), 2)].into(),

@@ -15,6 +15,7 @@ pub mod disk;
 pub mod docker;
 pub mod export;
 pub mod footprint;
+pub mod forecast;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,10 @@ pub struct DataRoot {
     /// Its figures.
     #[serde(flatten)]
     pub usage: Usage,
+    /// Seconds until it is full on the fitted line of its recent samples ([`forecast`]):
+    /// `+Inf` when it is not filling, `None` until there are enough samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_full_seconds: Option<f64>,
 }
 
 /// How a collector's last run went.
@@ -211,6 +216,10 @@ pub struct Collector {
     /// Images Docker's events said were used, not yet taken by [`Collector::take_image_uses`]
     /// (at most [`MAX_PENDING_USES`] keys).
     image_uses: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Each storage root's samples for its time-to-full ([`forecast`]), by role.
+    forecasts: Mutex<HashMap<&'static str, forecast::Forecast>>,
+    /// The forecast's clock.
+    epoch: Instant,
     /// When `/system/df` was last asked in full.
     last_full: Mutex<Option<Instant>>,
     /// The storage filesystems' used bytes at the last Docker collection ([`changes::moved`]).
@@ -235,6 +244,8 @@ impl Collector {
             docker_done: AtomicBool::new(false),
             pending: Mutex::new(changes::Pending::default()),
             image_uses: Mutex::new(HashMap::new()),
+            forecasts: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
             last_full: Mutex::new(None),
             used_at_collection: Mutex::new(Vec::new()),
             data_root_tx: tokio::sync::watch::channel(None).0,
@@ -313,6 +324,20 @@ impl Collector {
                 .as_ref()
                 .is_none_or(|d| d.mountpoint != c.mountpoint)
         });
+        let (data_root, containerd) = {
+            let mut forecasts = lock(&self.forecasts);
+            let mut predict = |root: Option<DataRoot>| {
+                root.map(|mut r| {
+                    let f = forecasts
+                        .entry(r.role.as_str())
+                        .or_insert_with(|| forecast::Forecast::new(self.fs_cfg.forecast_window));
+                    f.add(self.epoch.elapsed().as_secs_f64(), r.usage.avail);
+                    r.predicted_full_seconds = f.seconds_to_full();
+                    r
+                })
+            };
+            (predict(data_root), predict(containerd))
+        };
         let tightest = tightest(data_root.iter().chain(containerd.iter())).cloned();
         self.snapshot.update(|s| {
             if data_root.is_some() {
@@ -358,6 +383,7 @@ impl Collector {
             path,
             mountpoint,
             usage,
+            predicted_full_seconds: None,
         })
     }
 
@@ -1001,6 +1027,7 @@ mod tests {
                 avail,
                 ..Usage::default()
             },
+            predicted_full_seconds: None,
         }
     }
 
