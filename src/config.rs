@@ -75,6 +75,8 @@ struct PolicyFile {
     images_keep: Option<String>,
     emergency_free: Option<String>,
     forecast_watermark: Option<String>,
+    allow_log_truncation: Option<bool>,
+    log_truncate_over: Option<String>,
 }
 
 /// The TOML file: a `[cleanup]` table (more tables may follow).
@@ -557,7 +559,7 @@ impl Config {
             docker: self.docker.clone(),
             state_path: self.state_path.clone(),
             host_name: self.host_name.clone(),
-            running_dir: crate::builds::running::folder_for(&self.engine.lock.path),
+            running_dir: crate::running::folder_for(&self.engine.lock.path),
         })
     }
 }
@@ -754,6 +756,12 @@ pub fn parse_policy(text: &str) -> std::result::Result<Policy, String> {
             return Err(key("forecast_watermark", "must be more than 0s".into()));
         }
         p.forecast_watermark = Some(d);
+    }
+    if let Some(v) = f.allow_log_truncation {
+        p.allow_log_truncation = v;
+    }
+    if let Some(v) = f.log_truncate_over {
+        p.log_truncate_over = parse_size(&v).map_err(|e| key("log_truncate_over", e))?;
     }
     if let Some(v) = f.emergency_free {
         p.emergency_free = parse_free_target(&v).map_err(|e| key("emergency_free", e))?;
@@ -1003,6 +1011,8 @@ build_cache_keep = "20GiB"
 images_keep = "5%"
 emergency_free = "1GiB"
 forecast_watermark = "2h"
+allow_log_truncation = true
+log_truncate_over = "512MiB"
 "#,
         );
         let Ok(p) = p else { panic!("{p:?}") };
@@ -1010,6 +1020,8 @@ forecast_watermark = "2h"
         assert_eq!(p.images_keep, Some(FreeTarget::Percent(5.0)));
         assert_eq!(p.emergency_free, FreeTarget::Bytes(1 << 30));
         assert_eq!(p.forecast_watermark, Some(Duration::from_secs(7200)));
+        assert!(p.allow_log_truncation);
+        assert_eq!(p.log_truncate_over, 512 << 20);
         assert_eq!(p.until, Duration::from_secs(3600));
         assert_eq!(p.max_level, Level::UnusedVolumes);
         assert!(p.allow_volumes);

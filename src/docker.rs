@@ -377,6 +377,62 @@ pub struct BuildCacheRecord {
     pub parents: Vec<String>,
 }
 
+/// The longest key [`image_key`] gives: a longer reference is not recorded.
+pub const MAX_IMAGE_KEY: usize = 256;
+
+/// The key of an image reference as an event names it: `id:<first 12 hex digits>` for an id
+/// (`sha256:…`, or 12 to 64 hex digits), else the reference with `:latest` when it names no
+/// tag or digest. `None` for an empty or oversized reference.
+pub fn image_key(reference: &str) -> Option<String> {
+    let r = reference.trim();
+    if r.is_empty() || r.len() > MAX_IMAGE_KEY || r.contains(char::is_whitespace) {
+        return None;
+    }
+    let hex = r.strip_prefix("sha256:").unwrap_or(r);
+    let is_hex = hex.len() >= 12 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_hex && (r.starts_with("sha256:") || hex.len() == 12 || hex.len() == 64) {
+        return Some(format!("id:{}", hex[..12].to_ascii_lowercase()));
+    }
+    let last = r.rsplit('/').next().unwrap_or(r);
+    if last.contains(':') || r.contains('@') {
+        Some(r.to_string())
+    } else {
+        Some(format!("{r}:latest"))
+    }
+}
+
+/// The image an event says was used, as a [`image_key`]: an image's `pull`, `tag`, `import` or
+/// `load` (the event's actor is the image), or a container's `create` or `start` (its `image`
+/// attribute is the reference it was made from).
+pub fn image_used_by(
+    kind: &str,
+    action: &str,
+    actor: &str,
+    image_attr: Option<&str>,
+) -> Option<String> {
+    match (kind, action) {
+        ("image", "pull" | "tag" | "import" | "load") => image_key(actor),
+        ("container", "create" | "start") => image_attr.and_then(image_key),
+        _ => None,
+    }
+}
+
+/// One container's log file, as the daemon names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFile {
+    /// The container's name.
+    pub container: String,
+    /// Its labels (a protect label keeps its log whole).
+    pub labels: HashMap<String, String>,
+    /// `LogPath`, on the host.
+    pub path: String,
+    /// The log driver (`json-file`, `local`, …).
+    pub driver: String,
+}
+
+/// The most containers whose logs the truncation looks at.
+pub const MAX_LOG_FILES: usize = 10_000;
+
 /// The most parents kept per build cache record.
 pub const MAX_PARENTS: usize = 8;
 
@@ -812,6 +868,9 @@ pub trait PruneEdge: Send + Sync {
         until: Duration,
     ) -> impl Future<Output = Result<Reclaimed>> + Send;
 
+    /// Every container's log file with its driver, for the opt-in truncation of logs.
+    fn log_files(&self) -> impl Future<Output = Result<Vec<LogFile>>> + Send;
+
     /// `POST /containers/prune` with `filters`.
     fn prune_containers(
         &self,
@@ -861,6 +920,35 @@ fn bytes(v: Option<i64>) -> u64 {
 impl PruneEdge for DockerApi {
     async fn disk_usage(&self) -> Result<DiskUsage> {
         DockerApi::disk_usage(self).await
+    }
+
+    async fn log_files(&self) -> Result<Vec<LogFile>> {
+        use futures_util::StreamExt;
+        let containers = self.container_list().await?;
+        let found = futures_util::stream::iter(containers.into_iter().take(MAX_LOG_FILES))
+            .map(|c| async move {
+                let i = self
+                    .call(self.client.inspect_container(&c.id, None))
+                    .await
+                    .ok()?;
+                let path = i.log_path.filter(|p| !p.is_empty())?;
+                let driver = i
+                    .host_config
+                    .and_then(|h| h.log_config)
+                    .and_then(|l| l.typ)
+                    .unwrap_or_default();
+                Some(LogFile {
+                    container: c.name,
+                    labels: c.labels,
+                    path,
+                    driver,
+                })
+            })
+            .buffer_unordered(16)
+            .filter_map(|f| async move { f })
+            .collect()
+            .await;
+        Ok(found)
     }
 
     async fn prune_build_cache(&self, until: Duration) -> Result<Reclaimed> {

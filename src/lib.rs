@@ -21,6 +21,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod page;
+pub mod running;
 pub mod serve;
 pub mod server;
 pub mod store;

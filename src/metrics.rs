@@ -21,7 +21,7 @@ use prometheus::{
     Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::model::{CleanupResult, Level, Trigger};
+use crate::model::{Action, CleanupResult, Trigger};
 use crate::sync::{lock, read, write};
 use crate::tally::{BUILD_DURATION_BUCKETS, Tally};
 
@@ -405,9 +405,9 @@ fn history_families(t: &Tally, host: &str) -> Vec<MetricFamily> {
             push(3, counter(&labels, n as f64));
         }
     }
-    for level in Level::ALL {
-        let n = t.cleanup_bytes.get(&level).copied().unwrap_or(0);
-        push(4, counter(&[("action", level.as_str())], n as f64));
+    for action in Action::ALL {
+        let n = t.cleanup_bytes.get(&action).copied().unwrap_or(0);
+        push(4, counter(&[("action", action.as_str())], n as f64));
     }
     push(5, gauge(&[], t.cleanup_last_run.unwrap_or(0.0)));
     push(6, gauge(&[("host", host)], 1.0));
@@ -520,6 +520,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Level;
 
     #[test]
     fn every_family_registers_once_and_encodes() {
@@ -618,7 +619,7 @@ mod tests {
             Trigger::Webhook,
             CleanupResult::Success,
             1,
-            &[(Level::BuildCache, 5)],
+            &[(Action::Prune(Level::BuildCache), 5)],
             300.0,
         );
         let key = m.history.add_unstored(lost);

@@ -125,6 +125,39 @@ impl Level {
 
 named!(Level, "cleanup level");
 
+/// What a cleanup run did, one per audit action: a level's prunes, or the opt-in last resort of
+/// truncating container logs; the `action` label of `bilge_cleanup_reclaimed_bytes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A level ([`Level`]).
+    Prune(Level),
+    /// Truncating the largest container logs (`allow_log_truncation`).
+    ContainerLogs,
+}
+
+impl Action {
+    /// Every action, in the order a run takes them.
+    pub const ALL: [Action; 6] = [
+        Action::Prune(Level::BuildCache),
+        Action::Prune(Level::StoppedContainers),
+        Action::Prune(Level::DanglingImages),
+        Action::Prune(Level::UnusedImages),
+        Action::Prune(Level::UnusedVolumes),
+        Action::ContainerLogs,
+    ];
+
+    /// The label value: the level's name, or `container_logs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Prune(l) => l.as_str(),
+            Action::ContainerLogs => "container_logs",
+        }
+    }
+}
+
+named!(Action, "cleanup action");
+
 /// What started a run; the `trigger` label of `bilge_cleanup_runs_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

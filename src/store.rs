@@ -26,7 +26,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Reason;
-use crate::model::{BuildResult, CleanupResult, Level, Trigger};
+use crate::model::{Action, BuildResult, CleanupResult, Level, Trigger};
 use crate::tally::{BUILD_DURATION_BUCKETS, Durations, Tally};
 use crate::{Error, Result};
 
@@ -120,7 +120,7 @@ impl CleanupRecord {
     /// What this row adds to the summary once it has ended (nothing while it runs).
     pub fn contribution(&self) -> Tally {
         let mut t = Tally::default();
-        let bytes: Vec<(Level, u64)> = self
+        let bytes: Vec<(Action, u64)> = self
             .actions
             .iter()
             .filter_map(|a| Some((a.action.parse().ok()?, a.reclaimed_bytes)))
@@ -163,7 +163,7 @@ fn unix_seconds(t: &DateTime<Utc>) -> f64 {
 const SCHEMA_VERSION: i64 = 3;
 
 /// What version 3 adds: when each image was last used, by the planner's key
-/// ([`crate::cleanup::policy::image_key`]), from Docker's events.
+/// ([`crate::docker::image_key`]), from Docker's events.
 const IMAGE_USE_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS image_uses (
     key TEXT PRIMARY KEY,
@@ -1058,8 +1058,8 @@ fn read_summary(c: &Connection) -> Result<Tally> {
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (action, n) = row?;
-        if let Ok(level) = action.parse() {
-            *t.cleanup_bytes.entry(level).or_default() += n.max(0) as u64;
+        if let Ok(action) = action.parse::<Action>() {
+            *t.cleanup_bytes.entry(action).or_default() += n.max(0) as u64;
         }
     }
     t.cleanup_last_run = c
@@ -1075,6 +1075,7 @@ fn read_summary(c: &Connection) -> Result<Tally> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Level;
 
     /// A store of its own under the temporary folder, its folder, and its error counter.
     fn temp_store(name: &str) -> (Store, PathBuf, IntCounter) {
@@ -1176,7 +1177,7 @@ mod tests {
         assert!(!s.update_cleanup(id, &rec).unwrap());
         let t = s.summary().unwrap();
         assert_eq!(t.cleanup_runs[&(Trigger::Cli, CleanupResult::Success)], 1);
-        assert_eq!(t.cleanup_bytes[&Level::BuildCache], 42);
+        assert_eq!(t.cleanup_bytes[&Action::Prune(Level::BuildCache)], 42);
         let got = s.last_cleanup().unwrap().unwrap();
         assert_eq!(
             (got.result, got.actions.clone()),
@@ -1202,7 +1203,7 @@ mod tests {
             t.cleanup_runs[&(Trigger::Webhook, CleanupResult::Interrupted)],
             1
         );
-        assert_eq!(t.cleanup_bytes[&Level::BuildCache], 7);
+        assert_eq!(t.cleanup_bytes[&Action::Prune(Level::BuildCache)], 7);
         assert!(t.cleanup_last_run.is_some());
         // An interrupted automatic run counts for the cooldown from its start.
         assert_eq!(
@@ -1388,7 +1389,7 @@ mod tests {
             t.builds[&("web".to_string(), BuildResult::Failure, Reason::NoSpace)],
             1
         );
-        assert_eq!(t.cleanup_bytes[&Level::DanglingImages], 9);
+        assert_eq!(t.cleanup_bytes[&Action::Prune(Level::DanglingImages)], 9);
         assert_eq!(s.list_cleanups(1).unwrap()[0].count, 1);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::Reason;
-use crate::model::{BuildResult, CleanupResult, Level, Trigger};
+use crate::model::{Action, BuildResult, CleanupResult, Trigger};
 
 /// Build duration buckets, 1 s to 2 h (the upper bounds of `bilge_build_duration_seconds`).
 pub const BUILD_DURATION_BUCKETS: [f64; 13] = [
@@ -89,7 +89,7 @@ pub struct Tally {
     /// Cleanup runs by (trigger, result); `Running` is never a key.
     pub cleanup_runs: BTreeMap<(Trigger, CleanupResult), u64>,
     /// Bytes freed by action (the level that freed them).
-    pub cleanup_bytes: BTreeMap<Level, u64>,
+    pub cleanup_bytes: BTreeMap<Action, u64>,
     /// When the last run that pruned ended, Unix seconds.
     pub cleanup_last_run: Option<f64>,
 }
@@ -132,7 +132,7 @@ impl Tally {
         trigger: Trigger,
         result: CleanupResult,
         runs: u64,
-        bytes: &[(Level, u64)],
+        bytes: &[(Action, u64)],
         finished: f64,
     ) {
         if result == CleanupResult::Running {
@@ -140,8 +140,8 @@ impl Tally {
         }
         *self.cleanup_runs.entry((trigger, result)).or_default() += runs;
         if result.pruned() {
-            for (level, b) in bytes {
-                *self.cleanup_bytes.entry(*level).or_default() += b;
+            for (action, b) in bytes {
+                *self.cleanup_bytes.entry(*action).or_default() += b;
             }
             self.cleanup_last_run = Some(self.cleanup_last_run.unwrap_or(0.0).max(finished));
         }
@@ -251,6 +251,7 @@ fn cap<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Level;
 
     #[test]
     fn a_duration_lands_in_the_first_bucket_that_holds_it() {
@@ -312,7 +313,7 @@ mod tests {
             Trigger::Cli,
             CleanupResult::Success,
             1,
-            &[(Level::BuildCache, 10)],
+            &[(Action::Prune(Level::BuildCache), 10)],
             100.0,
         );
         let mut b = Tally::default();
@@ -320,7 +321,7 @@ mod tests {
             Trigger::Cli,
             CleanupResult::Success,
             1,
-            &[(Level::BuildCache, 5)],
+            &[(Action::Prune(Level::BuildCache), 5)],
             50.0,
         );
         b.observe_cleanup(Trigger::Webhook, CleanupResult::Skipped, 7, &[], 900.0);
@@ -328,7 +329,7 @@ mod tests {
             Trigger::Webhook,
             CleanupResult::Running,
             1,
-            &[(Level::BuildCache, 99)],
+            &[(Action::Prune(Level::BuildCache), 99)],
             900.0,
         );
         a.merge(&b);
@@ -337,7 +338,7 @@ mod tests {
             a.cleanup_runs[&(Trigger::Webhook, CleanupResult::Skipped)],
             7
         );
-        assert_eq!(a.cleanup_bytes[&Level::BuildCache], 15);
+        assert_eq!(a.cleanup_bytes[&Action::Prune(Level::BuildCache)], 15);
         // A skipped run pruned nothing: it moves no last-run time; a running one counts nothing.
         assert_eq!(a.cleanup_last_run, Some(100.0));
         assert!(

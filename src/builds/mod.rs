@@ -7,5 +7,4 @@ pub mod child;
 pub mod classify;
 pub mod record;
 pub mod run;
-pub mod running;
 pub mod submit;

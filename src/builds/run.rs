@@ -47,7 +47,7 @@ pub struct BuildConfig {
     /// This host's name (`--host.name`, else the hostname): the `host` of an outcome sent to
     /// `--server`, so that the bilge there counts it for this host.
     pub host_name: String,
-    /// Where the build registers while it runs ([`super::running`]), beside the host lock.
+    /// Where the build registers while it runs ([`crate::running`]), beside the host lock.
     pub running_dir: PathBuf,
 }
 
@@ -599,13 +599,13 @@ pub async fn run(b: &BuildConfig, cleaner: &impl Cleaner) -> Result<u8> {
         return Ok(code);
     }
     // Registered while it runs, so automatic cleanups leave its cache and images alone.
-    let me = super::running::RunningBuild {
+    let me = crate::running::RunningBuild {
         host: b.host_name.clone(),
         pid: std::process::id(),
         project: b.project.clone(),
         started_at: Utc::now(),
     };
-    let _registered = match super::running::register(&b.running_dir, &me) {
+    let _registered = match crate::running::register(&b.running_dir, &me) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::warn!(folder = %b.running_dir.display(), error = %e, "cannot register the build as running: automatic cleanups will not know to leave its cache alone");

@@ -39,7 +39,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -50,13 +50,15 @@ use tokio_util::sync::CancellationToken;
 pub use super::admission::Refusal;
 use super::admission::{Admission, LockSettings, Ticket, WaitError};
 use super::policy::{Context, Level, LevelPlan, Plan, Policy, Recency, Stop, plan_with};
-use crate::builds::running::RunningBuild;
 use crate::collect::disk::FilesystemConfig;
+use crate::collect::disk::HostPaths;
 use crate::collect::{Collector, DataRoot};
 use crate::docker::{DiskUsage, DockerConfig, PruneEdge, PruneFilters, Reclaimed, Removal};
 use crate::format::{FreeTarget, format_duration, human_bytes};
 use crate::metrics::Metrics;
+use crate::model::Action;
 pub use crate::model::{CleanupResult, Trigger};
+use crate::running::RunningBuild;
 use crate::store::{ActionRecord, CleanupRecord, Store};
 use crate::sync::{lock, read, write};
 use crate::{Error, Result};
@@ -379,11 +381,11 @@ impl Engine {
         Ok(p)
     }
 
-    /// The builds running on this host ([`crate::builds::running`], beside the host lock) and
+    /// The builds running on this host ([`crate::running`], beside the host lock) and
     /// what an automatic run does about them.
     async fn building(&self) -> Option<Building> {
-        let folder = crate::builds::running::folder_for(&self.settings.lock.path);
-        let builds = blocking(move || crate::builds::running::running(&folder))
+        let folder = crate::running::folder_for(&self.settings.lock.path);
+        let builds = blocking(move || crate::running::running(&folder))
             .await
             .unwrap_or_default();
         let root = self.collector.data_root_now().await;
@@ -690,6 +692,7 @@ impl Engine {
             on_level: &on_level,
             recency: &recency,
             building: building.as_ref(),
+            host: self.collector.host_paths(),
         };
         let run = match self.collector.docker().await {
             Ok(api) => executor.run(&api, &*self.collector, &req).await,
@@ -794,6 +797,8 @@ struct Run {
     errors: Vec<String>,
     /// Where the run stopped when asked to (the level it did not finish or start).
     stopped_before: Option<Level>,
+    /// What truncating container logs did, when it ran.
+    logs: Option<ActionRecord>,
 }
 
 impl Run {
@@ -819,6 +824,7 @@ impl Run {
             target_met: false,
             errors: Vec::new(),
             stopped_before: None,
+            logs: None,
         }
     }
 }
@@ -881,6 +887,8 @@ struct Executor<'a> {
     recency: &'a Recency,
     /// Builds running on the host, for an automatic run.
     building: Option<&'a Building>,
+    /// Where the host's files are, for the container logs.
+    host: &'a HostPaths,
 }
 
 /// What an automatic run knows of the builds running on the host.
@@ -1026,9 +1034,84 @@ impl Executor<'_> {
                 .collect();
         } else {
             self.levels(edge, probe, &du, &p, until, &mut run).await;
+            self.logs(edge, probe, &mut run).await;
         }
         run.plan = Some(p);
         run
+    }
+
+    /// The opt-in last resort ([`super::logs`]): a run still short of its target after its
+    /// levels truncates the largest container logs, measuring after each, until it is met.
+    async fn logs(&self, edge: &impl PruneEdge, probe: &impl DataRootProbe, run: &mut Run) {
+        let short = run.need().is_some_and(|n| n > 0);
+        if !self.policy.allow_log_truncation
+            || !short
+            || run.stopped_before.is_some()
+            || self.stop.is_cancelled()
+        {
+            return;
+        }
+        let mut rec = ActionRecord {
+            action: Action::ContainerLogs.as_str().into(),
+            reclaimed_bytes: 0,
+            removed: 0,
+            error: None,
+            held: None,
+        };
+        let files = match edge.log_files().await {
+            Ok(f) => f,
+            Err(e) => {
+                run.errors.push(format!("container_logs: {e}"));
+                rec.error = Some(e.to_string());
+                run.logs = Some(rec);
+                return;
+            }
+        };
+        let host = self.host.clone();
+        let sized = blocking(move || {
+            files
+                .into_iter()
+                .map(|f| {
+                    let bytes = std::fs::metadata(host.file(Path::new(&f.path)))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    (f, bytes)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (f, bytes) in super::logs::candidates(self.policy, sized) {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let path = self.host.file(Path::new(&f.path));
+            match blocking(move || super::logs::truncate(&path)).await {
+                Some(Ok(freed)) => {
+                    rec.reclaimed_bytes = rec.reclaimed_bytes.saturating_add(freed);
+                    rec.removed += 1;
+                    tracing::warn!(container = %f.container, bytes = %human_bytes(freed), was = %human_bytes(bytes), "truncated a container's log (allow_log_truncation): the data root was still short of its target");
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(container = %f.container, error = %e, "cannot truncate the container's log");
+                    let e = format!("{}: {e}", f.container);
+                    run.errors.push(format!("container_logs: {e}"));
+                    rec.error.get_or_insert(e);
+                }
+                None => {}
+            }
+            let avail = probe.data_root_now().await.map(|d| d.usage.avail);
+            run.avail_after = avail.or(run.avail_after);
+            if let (Some(t), Some(a)) = (run.target_bytes, avail)
+                && a >= t
+            {
+                run.target_met = true;
+                break;
+            }
+        }
+        if rec.removed > 0 || rec.error.is_some() {
+            run.logs = Some(rec);
+        }
     }
 
     /// Runs the plan's levels in order until the target is met or the run is asked to stop. A
@@ -1362,11 +1445,14 @@ fn audit(
     } else {
         CleanupResult::Failure
     };
-    let actions = run.levels.iter().map(|l| action(l, req.dry_run)).collect();
+    let mut actions: Vec<ActionRecord> =
+        run.levels.iter().map(|l| action(l, req.dry_run)).collect();
+    actions.extend(run.logs.clone());
     let reclaimed_bytes = if req.dry_run {
         0
     } else {
-        run.levels.iter().map(|l| l.reclaimed_bytes).sum()
+        run.levels.iter().map(|l| l.reclaimed_bytes).sum::<u64>()
+            + run.logs.as_ref().map_or(0, |l| l.reclaimed_bytes)
     };
     let mut detail: Vec<String> = run.errors.clone();
     if let Some(l) = run.stopped_before {
@@ -1446,6 +1532,8 @@ mod tests {
         gone: HashSet<String>,
         /// A call after which the run is asked to stop.
         stop_after: Option<(Call, CancellationToken)>,
+        /// The containers' log files.
+        logs: Vec<crate::docker::LogFile>,
         /// Images in the containerd image store, whose prune ignores `label!`.
         containerd_store: bool,
     }
@@ -1463,6 +1551,7 @@ mod tests {
                 in_use: HashSet::new(),
                 gone: HashSet::new(),
                 stop_after: None,
+                logs: Vec::new(),
             }
         }
 
@@ -1550,6 +1639,10 @@ mod tests {
         async fn disk_usage(&self) -> Result<DiskUsage> {
             self.answer(Call::DiskUsage)?;
             Ok(self.du.clone())
+        }
+
+        async fn log_files(&self) -> Result<Vec<crate::docker::LogFile>> {
+            Ok(self.logs.clone())
         }
 
         async fn prune_build_cache(&self, _until: Duration) -> Result<Reclaimed> {
@@ -1710,6 +1803,7 @@ mod tests {
             on_level: &|_| {},
             recency: &Recency::default(),
             building: None,
+            host: &HostPaths::default(),
         }
         .run(fake, fake, req)
         .await
@@ -1907,6 +2001,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_still_short_truncates_the_largest_logs_only_with_the_opt_in() {
+        let dir = std::env::temp_dir().join(format!("bilge-trunc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = |name: &str, bytes: usize, labels: &[&str]| {
+            let path = dir.join(format!("{name}-json.log"));
+            std::fs::write(&path, vec![b'x'; bytes]).unwrap();
+            crate::docker::LogFile {
+                container: name.into(),
+                labels: labels
+                    .iter()
+                    .map(|l| (l.to_string(), "true".to_string()))
+                    .collect(),
+                path: path.display().to_string(),
+                driver: "json-file".into(),
+            }
+        };
+        let logs = vec![
+            log("chatty", 3000, &[]),
+            log("quiet", 10, &[]),
+            log("kept", 5000, &["keep"]),
+        ];
+        let size = |n: &str| {
+            std::fs::metadata(dir.join(format!("{n}-json.log")))
+                .unwrap()
+                .len()
+        };
+        let mut fake = Fake::new(DiskUsage::default(), 10);
+        fake.logs = logs;
+        // Off by default: nothing is truncated.
+        let run1 = run(&policy(&["keep"]), &fake, &request(Level::STANDARD, 99)).await;
+        assert!(run1.logs.is_none());
+        assert_eq!(size("chatty"), 3000);
+        let p = Policy {
+            allow_log_truncation: true,
+            log_truncate_over: 100,
+            ..policy(&["keep"])
+        };
+        let run2 = run(&p, &fake, &request(Level::STANDARD, 99)).await;
+        let rec = run2.logs.clone().unwrap();
+        assert_eq!(
+            (rec.action.as_str(), rec.removed, rec.reclaimed_bytes),
+            ("container_logs", 1, 3000)
+        );
+        assert_eq!((size("chatty"), size("quiet"), size("kept")), (0, 10, 5000));
+        // The audit row carries it and counts its bytes.
+        let report = audit(
+            &request(Level::STANDARD, 99),
+            Level::STANDARD,
+            Utc::now(),
+            Utc::now(),
+            run2,
+        );
+        assert!(
+            report
+                .record
+                .actions
+                .iter()
+                .any(|a| a.action == "container_logs")
+        );
+        assert_eq!(report.record.reclaimed_bytes, 3000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn levels_run_in_order_and_never_beyond_the_requested_one() {
         let fake = Fake::new(host(), 1);
         let run = run(
@@ -1995,6 +2154,7 @@ mod tests {
             on_level: &on_level,
             recency: &Recency::default(),
             building: None,
+            host: &HostPaths::default(),
         };
         executor
             .run(&fake, &fake, &request(Level::StoppedContainers, 99))
@@ -2016,6 +2176,7 @@ mod tests {
             on_level: &on_level,
             recency: &Recency::default(),
             building: None,
+            host: &HostPaths::default(),
         }
         .run(&fake, &fake, &req)
         .await;
@@ -2051,6 +2212,7 @@ mod tests {
             on_level: &|_| {},
             recency: &Recency::default(),
             building: None,
+            host: &HostPaths::default(),
         }
         .run(&fake, &fake, &request(Level::DanglingImages, 99))
         .await;
@@ -2248,6 +2410,7 @@ mod tests {
             target_met: false,
             errors: Vec::new(),
             stopped_before: None,
+            logs: None,
         };
         let report = audit(&req, Level::STANDARD, Utc::now(), Utc::now(), run);
         let rec = &report.record;

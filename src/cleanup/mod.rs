@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod cli;
 pub mod engine;
+pub mod logs;
 pub mod policy;
 pub mod watermark;
 

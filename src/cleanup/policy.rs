@@ -35,6 +35,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use crate::docker::{DiskUsage, total_bytes as total};
+pub use crate::docker::{MAX_IMAGE_KEY, image_key, image_used_by};
 use crate::format::{FreeTarget, format_duration};
 pub use crate::model::Level;
 
@@ -65,6 +66,10 @@ pub struct Policy {
     pub emergency_free: FreeTarget,
     /// Start the standard level when the data root is predicted full within this.
     pub forecast_watermark: Option<Duration>,
+    /// Whether a run still short of its target may truncate container logs ([`super::logs`]).
+    pub allow_log_truncation: bool,
+    /// Only logs larger than this are truncated.
+    pub log_truncate_over: u64,
 }
 
 impl Default for Policy {
@@ -82,6 +87,8 @@ impl Default for Policy {
             images_keep: None,
             emergency_free: FreeTarget::Percent(2.0),
             forecast_watermark: None,
+            allow_log_truncation: false,
+            log_truncate_over: 1 << 30,
         }
     }
 }
@@ -356,46 +363,6 @@ fn chain_use(
 pub struct Recency {
     /// Last use by key.
     pub uses: HashMap<String, DateTime<Utc>>,
-}
-
-/// The longest key [`image_key`] gives: a longer reference is not recorded.
-pub const MAX_IMAGE_KEY: usize = 256;
-
-/// The key of an image reference as an event names it: `id:<first 12 hex digits>` for an id
-/// (`sha256:…`, or 12 to 64 hex digits), else the reference with `:latest` when it names no
-/// tag or digest. `None` for an empty or oversized reference.
-pub fn image_key(reference: &str) -> Option<String> {
-    let r = reference.trim();
-    if r.is_empty() || r.len() > MAX_IMAGE_KEY || r.contains(char::is_whitespace) {
-        return None;
-    }
-    let hex = r.strip_prefix("sha256:").unwrap_or(r);
-    let is_hex = hex.len() >= 12 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_hex && (r.starts_with("sha256:") || hex.len() == 12 || hex.len() == 64) {
-        return Some(format!("id:{}", hex[..12].to_ascii_lowercase()));
-    }
-    let last = r.rsplit('/').next().unwrap_or(r);
-    if last.contains(':') || r.contains('@') {
-        Some(r.to_string())
-    } else {
-        Some(format!("{r}:latest"))
-    }
-}
-
-/// The image an event says was used, as a [`image_key`]: an image's `pull`, `tag`, `import` or
-/// `load` (the event's actor is the image), or a container's `create` or `start` (its `image`
-/// attribute is the reference it was made from).
-pub fn image_used_by(
-    kind: &str,
-    action: &str,
-    actor: &str,
-    image_attr: Option<&str>,
-) -> Option<String> {
-    match (kind, action) {
-        ("image", "pull" | "tag" | "import" | "load") => image_key(actor),
-        ("container", "create" | "start") => image_attr.and_then(image_key),
-        _ => None,
-    }
 }
 
 impl Recency {

@@ -272,6 +272,11 @@ impl Collector {
         self.data_root_tx.subscribe()
     }
 
+    /// Where the host's files are (`--path.rootfs`).
+    pub fn host_paths(&self) -> &disk::HostPaths {
+        &self.fs_cfg.host
+    }
+
     /// The Docker settings this collector runs with.
     pub fn docker_config(&self) -> &DockerConfig {
         &self.docker_cfg
@@ -881,7 +886,7 @@ impl Collector {
                                     .and_then(|a| a.attributes.as_ref())
                                     .and_then(|a| a.get("image"))
                                     .map(String::as_str);
-                                if let Some(key) = crate::cleanup::policy::image_used_by(
+                                if let Some(key) = crate::docker::image_used_by(
                                     &kind,
                                     action,
                                     id.unwrap_or(""),
@@ -918,7 +923,7 @@ impl Collector {
     }
 
     /// The image uses Docker's events told since the last call, by
-    /// [`crate::cleanup::policy::image_key`].
+    /// [`crate::docker::image_key`].
     pub fn take_image_uses(&self) -> Vec<(String, DateTime<Utc>)> {
         std::mem::take(&mut *lock(&self.image_uses))
             .into_iter()

@@ -1,5 +1,6 @@
 //! The builds running on this host, as `bilge build` registers them, so that an automatic
-//! cleanup leaves their build cache and images alone.
+//! cleanup leaves their build cache and images alone. Its own module: `builds` writes it and
+//! `cleanup` reads it, and neither may depend on the other both ways.
 //!
 //! Each running `bilge build` keeps one small file in the folder next to the host's cleanup
 //! lock (`<lock file>.builds/<pid>.json`: host, pid, project, start) and holds an exclusive
