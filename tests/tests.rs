@@ -14,6 +14,7 @@ mod exporter;
 mod faults;
 mod fleet;
 mod forecast;
+mod logs;
 mod lru;
 mod package;
 mod router;
