@@ -789,8 +789,9 @@ where
 /// The filters the prune endpoints share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PruneFilters {
-    /// Only objects older than this (Docker's `until`, in whole seconds).
-    pub until: Duration,
+    /// Only objects created before this instant's whole second (Docker's `until` as a Unix
+    /// timestamp, which it reads as "created no later than").
+    pub before: DateTime<Utc>,
     /// Objects carrying this label (`key` or `key=value`) stay (Docker's `label!`).
     pub keep_label: Option<String>,
 }
@@ -799,7 +800,10 @@ impl PruneFilters {
     /// The filters as the prune endpoints take them.
     fn to_query(&self) -> HashMap<String, Vec<String>> {
         let mut f = HashMap::new();
-        f.insert("until".to_string(), vec![until_secs(self.until)]);
+        f.insert(
+            "until".to_string(),
+            vec![self.before.timestamp().to_string()],
+        );
         if let Some(label) = &self.keep_label {
             f.insert("label!".to_string(), vec![label.clone()]);
         }
@@ -859,9 +863,9 @@ pub trait PruneEdge: Send + Sync {
     /// used before `until` ago.
     fn prune_build_cache(&self, until: Duration) -> impl Future<Output = Result<Reclaimed>> + Send;
 
-    /// `POST /build/prune` of the one record `id` (BuildKit's `id` filter, anchored), when it is
-    /// still unshared and last used before `until` ago: how a level removes cache least recently
-    /// used first. An id that is not a BuildKit record id is refused without a call.
+    /// `POST /build/prune` of the one record `id` (BuildKit's `id` filter, anchored, with `all`),
+    /// when it is idle and last used before `until` ago: how a level removes cache least
+    /// recently used first. An id that is not a BuildKit record id is refused without a call.
     fn remove_build_cache(
         &self,
         id: &str,
@@ -884,10 +888,11 @@ pub trait PruneEdge: Send + Sync {
         dangling: bool,
     ) -> impl Future<Output = Result<Reclaimed>> + Send;
 
-    /// Whether `POST /images/prune` honours a `label!` filter. The containerd image store
-    /// (Docker 28 with it on, 29 by default) prunes nothing when one is given (moby#52334), so
-    /// the engine then removes images one by one.
-    fn image_prune_honours_label_filter(&self) -> impl Future<Output = Result<bool>> + Send;
+    /// Whether the daemon keeps images in the containerd image store (Docker 28 with it on, 29
+    /// by default). Its `POST /images/prune` prunes nothing when given a `label!` filter
+    /// (moby#52334), so the engine then removes images one by one; and its build cache records
+    /// shared with an image are copies that free their bytes when removed.
+    fn containerd_image_store(&self) -> impl Future<Output = Result<bool>> + Send;
 
     /// `DELETE /containers/{id}`, neither forced nor taking its volumes.
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<Removal>> + Send;
@@ -978,6 +983,9 @@ impl PruneEdge for DockerApi {
                 ("until".to_string(), vec![until_secs(until)]),
                 ("id".to_string(), vec![format!("^{id}$")]),
             ])),
+            // Only this record: `all` lets a record Docker calls shared go too, which the
+            // planner allows on the containerd image store alone.
+            all: Some(true),
             ..PruneBuildOptions::default()
         };
         let r = within(PRUNE_TIMEOUT, self.pruning().prune_build(Some(opts))).await?;
@@ -1016,11 +1024,9 @@ impl PruneEdge for DockerApi {
         })
     }
 
-    async fn image_prune_honours_label_filter(&self) -> Result<bool> {
+    async fn containerd_image_store(&self) -> Result<bool> {
         let info = self.call(self.client.info()).await?;
-        Ok(!is_containerd_store(
-            &info.driver_status.unwrap_or_default(),
-        ))
+        Ok(is_containerd_store(&info.driver_status.unwrap_or_default()))
     }
 
     async fn remove_container(&self, id: &str) -> Result<Removal> {
@@ -1636,13 +1642,13 @@ mod tests {
     }
 
     #[test]
-    fn prune_filters_say_until_in_whole_seconds_and_keep_the_protect_label() {
+    fn prune_filters_say_until_as_the_plans_whole_second_and_keep_the_protect_label() {
         let f = PruneFilters {
-            until: Duration::from_millis(90_500),
+            before: DateTime::from_timestamp(1_796_316_300, 700_000_000).unwrap(),
             keep_label: Some("bilge.keep=true".into()),
         };
         let q = f.to_query();
-        assert_eq!(q.get("until"), Some(&vec!["90s".to_string()]));
+        assert_eq!(q.get("until"), Some(&vec!["1796316300".to_string()]));
         assert_eq!(q.get("label!"), Some(&vec!["bilge.keep=true".to_string()]));
         let bare = PruneFilters {
             keep_label: None,

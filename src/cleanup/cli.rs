@@ -615,6 +615,7 @@ mod tests {
             requested: Level::UnusedImages,
             level: Level::StoppedContainers,
             until: Duration::from_secs(3600),
+            cutoff: None,
             levels: vec![
                 LevelPlan {
                     level: Level::BuildCache,

@@ -22,14 +22,18 @@
 //!   `until=<secs>s` (last use);
 //! - `stopped_containers`: `POST /containers/prune` with `until` and `label!=<protect label>`;
 //! - `dangling_images` / `unused_images`: `POST /images/prune` with `dangling=true|false`, `until`
-//!   and `label!`. An image that BuildKit built shares its layers with build cache records, so
+//!   and `label!`. For containers and images `until` is the plan's cut-off as a Unix timestamp,
+//!   not a duration Docker would count from the prune's own moment: an object made after the
+//!   plan is never taken by a prune (BuildKit's `until` takes durations only). An image that BuildKit built shares its layers with build cache records, so
 //!   removing it frees nothing until those records go: each image level is followed by a second
 //!   build cache prune, counted in the image level's bytes.
 //!
 //! Two cases cannot be said with prune filters, and there the engine removes the objects of a
 //! fresh plan one by one (counting each object's planned bytes): Docker ANDs several `label!`
 //! filters (so with more than one protect label an object carrying only one of them would go),
-//! and volume prune has no `until` filter (and, before API 1.42, takes named volumes too). Each
+//! and volume prune has no `until` filter (and, before API 1.42, takes named volumes too). While
+//! running builds are held for, every level goes object by object too: a prune would take what
+//! the builds made or used since the plan. Each
 //! object is removed as the one planned: containers and images by ID (a tag moved to another
 //! image since the plan is left alone), volumes only while they are the volume planned. An
 //! object that is in use, gone or changed by the time it is removed is skipped, not a failure.
@@ -337,6 +341,7 @@ impl Engine {
             Context {
                 recency: Some(&recency),
                 fs_size: snap.data_root.as_ref().map(|d| d.usage.size),
+                containerd_store: self.collector.containerd_store(),
                 ..Context::default()
             },
         );
@@ -356,7 +361,11 @@ impl Engine {
         until: Option<Duration>,
         target: Option<FreeTarget>,
     ) -> Result<Plan> {
-        let du = self.collector.docker().await?.disk_usage().await?;
+        let api = self.collector.docker().await?;
+        let du = api.disk_usage().await?;
+        let containerd_store = PruneEdge::containerd_image_store(&api)
+            .await
+            .unwrap_or(false);
         let recency = self.recency().await;
         let data_root = self.collector.data_root_now().await;
         let mut p = plan_with(
@@ -368,6 +377,7 @@ impl Engine {
             Context {
                 recency: Some(&recency),
                 fs_size: data_root.as_ref().map(|d| d.usage.size),
+                containerd_store,
                 ..Context::default()
             },
         );
@@ -972,12 +982,14 @@ impl Executor<'_> {
             .and_then(|b| b.held(lp.kept.building))
     }
 
-    /// The planner's context for a data root of `fs_size` bytes.
-    fn ctx(&self, fs_size: Option<u64>) -> Context<'_> {
+    /// The planner's context for a data root of `fs_size` bytes, asking `edge` which image
+    /// store it has (the classic one when it cannot say: shared records then stay).
+    async fn ctx(&self, edge: &impl PruneEdge, fs_size: Option<u64>) -> Context<'_> {
         Context {
             recency: Some(self.recency),
             fs_size,
             building_since: self.building.and_then(|b| b.since),
+            containerd_store: edge.containerd_image_store().await.unwrap_or(false),
         }
     }
 
@@ -997,7 +1009,7 @@ impl Executor<'_> {
             req.level,
             until,
             Utc::now(),
-            self.ctx(fs_size),
+            self.ctx(edge, fs_size).await,
         );
         let mut run = Run {
             target_bytes: data_root.as_ref().map(|d| target.bytes_for(d.usage.size)),
@@ -1136,7 +1148,15 @@ impl Executor<'_> {
             }
             let need = run.need().filter(|n| *n > 0);
             let done = self
-                .level(edge, probe, lp, until, &image_ids, need, run.target_bytes)
+                .level(
+                    edge,
+                    probe,
+                    lp,
+                    (until, p.cutoff),
+                    &image_ids,
+                    need,
+                    run.target_bytes,
+                )
                 .await;
             let avail = probe.data_root_now().await.map(|d| d.usage.avail);
             tracing::info!(
@@ -1175,13 +1195,20 @@ impl Executor<'_> {
         }
     }
 
-    /// The prune filters every level shares: `until` and, when exact, the protect label.
-    fn filters(&self, until: Duration) -> PruneFilters {
+    /// The prune filters every level shares: the plan's cut-off and, when exact, the protect
+    /// label.
+    fn filters(&self, before: DateTime<Utc>) -> PruneFilters {
         let keep_label = match self.policy.protect_labels.as_slice() {
             [label] => Some(label.clone()),
             _ => None,
         };
-        PruneFilters { until, keep_label }
+        PruneFilters { before, keep_label }
+    }
+
+    /// Whether running builds hold objects back in this run: then no level goes by a prune
+    /// call, which would take what the plan kept for them (and what they made since).
+    fn holds_for_builds(&self) -> bool {
+        self.building.is_some_and(|b| b.since.is_some())
     }
 
     /// Whether the prune endpoints' filters say exactly what the policy says (see module docs).
@@ -1196,8 +1223,8 @@ impl Executor<'_> {
         if self.policy.protect_labels.is_empty() {
             return true;
         }
-        match edge.image_prune_honours_label_filter().await {
-            Ok(holds) => holds,
+        match edge.containerd_image_store().await {
+            Ok(containerd) => !containerd,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot ask the daemon about its image store; removing images one by one");
                 false
@@ -1208,36 +1235,62 @@ impl Executor<'_> {
     /// Executes one level. `need` (bytes still to free, when the run started short of its
     /// target) lets a level that stops inside go object by object, least recently used first,
     /// until `target` bytes are available. A level that must go whole and has nothing held by
-    /// a budget uses Docker's prune endpoint: one call.
+    /// a budget or running builds uses Docker's prune endpoint: one call, whose `until` is the
+    /// plan's cut-off (`(until, cutoff)`).
     #[allow(clippy::too_many_arguments)]
     async fn level(
         &self,
         edge: &impl PruneEdge,
         probe: &impl DataRootProbe,
         lp: &LevelPlan,
-        until: Duration,
+        (until, cutoff): (Duration, Option<DateTime<Utc>>),
         image_ids: &HashSet<&str>,
         need: Option<u64>,
         target: Option<u64>,
     ) -> Done {
         let level = lp.level;
         let exact = self.prune_is_exact();
-        // The whole level goes when no target can stop it inside and no budget holds any of it.
-        let whole =
-            need.is_none_or(|n| n >= lp.bytes) && lp.budget.is_none() && lp.kept.building == 0;
+        // The whole level goes when no target can stop it inside and neither a budget nor a
+        // running build holds any of it.
+        let whole = need.is_none_or(|n| n >= lp.bytes)
+            && lp.budget.is_none()
+            && lp.kept.building == 0
+            && !self.holds_for_builds();
         let images = matches!(level, Level::DanglingImages | Level::UnusedImages);
-        let mut done = match level {
-            Level::BuildCache if whole => {
-                Done::pruned(edge.prune_build_cache(until).await, |_| true)
+        let mut done = match (level, cutoff) {
+            (Level::BuildCache, _) if whole => {
+                let pruned = edge.prune_build_cache(until).await;
+                let left: Vec<&str> = match &pruned {
+                    Ok(r) => lp
+                        .candidates
+                        .iter()
+                        .map(|c| c.id.as_str())
+                        .filter(|id| !r.deleted.iter().any(|d| d == id))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                let mut done = Done::pruned(pruned, |_| true);
+                // What the plan holds and the prune left: records Docker calls shared, which
+                // the containerd image store lets go (see the planner), one by one.
+                for id in left {
+                    if self.stop.is_cancelled() {
+                        done.stopped = true;
+                        break;
+                    }
+                    let one = Done::pruned(edge.remove_build_cache(id, until).await, |_| true);
+                    done.removed += one.removed;
+                    done.add_release(one);
+                }
+                done
             }
-            Level::StoppedContainers if exact => {
-                Done::pruned(edge.prune_containers(&self.filters(until)).await, |_| true)
+            (Level::StoppedContainers, Some(before)) if exact && !self.holds_for_builds() => {
+                Done::pruned(edge.prune_containers(&self.filters(before)).await, |_| true)
             }
-            Level::DanglingImages | Level::UnusedImages
+            (Level::DanglingImages | Level::UnusedImages, Some(before))
                 if whole && exact && self.image_filters_hold(edge).await =>
             {
                 let dangling = level == Level::DanglingImages;
-                let r = edge.prune_images(&self.filters(until), dangling).await;
+                let r = edge.prune_images(&self.filters(before), dangling).await;
                 Done::pruned(r, |id| image_ids.contains(id))
             }
             _ => {
@@ -1256,7 +1309,7 @@ impl Executor<'_> {
     /// Releases the build cache that removed images held (BuildKit's records of their layers
     /// are unshared now): one prune without a budget, else record by record within it.
     async fn release(&self, edge: &impl PruneEdge, until: Duration) -> Done {
-        if self.policy.build_cache_keep.is_none() {
+        if self.policy.build_cache_keep.is_none() && !self.holds_for_builds() {
             return Done::pruned(edge.prune_build_cache(until).await, |_| true);
         }
         let du = match edge.disk_usage().await {
@@ -1269,7 +1322,7 @@ impl Executor<'_> {
             Level::BuildCache,
             until,
             Utc::now(),
-            self.ctx(None),
+            self.ctx(edge, None).await,
         );
         let mut done = Done::default();
         for c in p
@@ -1310,7 +1363,7 @@ impl Executor<'_> {
             level,
             until,
             Utc::now(),
-            self.ctx(fs_size),
+            self.ctx(edge, fs_size).await,
         );
         let Some(lp) = p.level(level) else {
             return Done::default();
@@ -1687,8 +1740,8 @@ mod tests {
             Ok(Reclaimed { bytes, deleted })
         }
 
-        async fn image_prune_honours_label_filter(&self) -> Result<bool> {
-            Ok(!self.containerd_store)
+        async fn containerd_image_store(&self) -> Result<bool> {
+            Ok(self.containerd_store)
         }
 
         async fn remove_container(&self, id: &str) -> Result<Removal> {
@@ -1998,6 +2051,51 @@ mod tests {
         // Unmeasured, the builds are held for.
         let blind = Building::decide(&builds, None, None, two);
         assert!(blind.and_then(|h| h.since).is_some());
+    }
+
+    #[tokio::test]
+    async fn while_builds_are_held_for_no_level_goes_by_a_prune_call() {
+        // Every level's estimate is needed (99 GiB wanted of 100), which alone would mean one
+        // prune call per level. A build running since before everything was made holds
+        // nothing of this host, yet a prune could take what it makes while the run goes (the
+        // CI failure this guards against: a dangling image built after the plan went with a
+        // whole `dangling_images` prune). So each object goes by itself, as planned.
+        let fake = Fake::new(host(), 1);
+        let held = Building {
+            since: DateTime::from_timestamp(OLD + 10, 0),
+            why: "used since the oldest of 1 running build started".into(),
+        };
+        let policy = policy(&["keep"]);
+        Executor {
+            policy: &policy,
+            stop: &CancellationToken::new(),
+            on_level: &|_| {},
+            recency: &Recency::default(),
+            building: Some(&held),
+            host: &HostPaths::default(),
+        }
+        .run(&fake, &fake, &request(Level::DanglingImages, 99))
+        .await;
+        let calls = fake.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(
+                c,
+                Call::PruneBuildCache | Call::PruneContainers | Call::PruneImages { .. }
+            )),
+            "{calls:?}"
+        );
+        assert!(
+            calls.contains(&Call::RemoveBuildCache("r1".into())),
+            "{calls:?}"
+        );
+        assert!(
+            calls.contains(&Call::RemoveContainer("id-old".into())),
+            "{calls:?}"
+        );
+        assert!(
+            calls.contains(&Call::RemoveImage("sha256:dangling".into(), vec![])),
+            "{calls:?}"
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ pub mod docker;
 pub mod export;
 pub mod footprint;
 pub mod forecast;
+pub mod trend;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -220,6 +221,9 @@ pub struct Collector {
     forecasts: Mutex<HashMap<&'static str, forecast::Forecast>>,
     /// The forecast's clock.
     epoch: Instant,
+    /// Each storage root's recent available space for the status page's chart ([`trend`]),
+    /// by role.
+    trends: Mutex<HashMap<&'static str, trend::Trend>>,
     /// When `/system/df` was last asked in full.
     last_full: Mutex<Option<Instant>>,
     /// The storage filesystems' used bytes at the last Docker collection ([`changes::moved`]).
@@ -245,6 +249,7 @@ impl Collector {
             pending: Mutex::new(changes::Pending::default()),
             image_uses: Mutex::new(HashMap::new()),
             forecasts: Mutex::new(HashMap::new()),
+            trends: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             last_full: Mutex::new(None),
             used_at_collection: Mutex::new(Vec::new()),
@@ -299,6 +304,24 @@ impl Collector {
         *self.info.lock().await = None;
     }
 
+    /// The recent available space of the storage root of `role`, oldest first ([`trend`]).
+    pub fn trend(&self, role: Role) -> Vec<(i64, u64)> {
+        lock(&self.trends)
+            .get(role.as_str())
+            .map(trend::Trend::points)
+            .unwrap_or_default()
+    }
+
+    /// Whether the daemon's last info said it keeps images in the containerd image store
+    /// (false before any, or while a collection holds the cache).
+    pub fn containerd_store(&self) -> bool {
+        self.info
+            .try_lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|(_, i)| i.containerd_store))
+            .unwrap_or(false)
+    }
+
     /// The daemon's info, from the cache while it is younger than [`INFO_MAX_AGE`].
     async fn cached_info(&self, api: &DockerApi) -> Result<DockerInfo> {
         let mut guard = self.info.lock().await;
@@ -329,6 +352,16 @@ impl Collector {
                 .as_ref()
                 .is_none_or(|d| d.mountpoint != c.mountpoint)
         });
+        {
+            let mut trends = lock(&self.trends);
+            let now = Utc::now().timestamp();
+            for r in data_root.iter().chain(containerd.iter()) {
+                trends
+                    .entry(r.role.as_str())
+                    .or_default()
+                    .add(now, r.usage.avail);
+            }
+        }
         let (data_root, containerd) = {
             let mut forecasts = lock(&self.forecasts);
             let mut predict = |root: Option<DataRoot>| {

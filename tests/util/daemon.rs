@@ -371,20 +371,28 @@ impl Daemon {
     }
 
     /// `GET path` of the daemon's API (`/v1.41/system/df`, say), as JSON: what Docker itself
-    /// answers, exact bytes included (the CLI rounds them).
+    /// answers, exact bytes included (the CLI rounds them). A 404 is asked again a few times:
+    /// on 28.5 with the containerd store, `/system/df` answers 404 when an object it measures
+    /// goes meanwhile (a build's snapshots, say), as bilge's own edge knows.
     pub fn api(&self, path: &str) -> serde_json::Value {
         use std::io::{Read, Write};
-        let mut s = std::os::unix::net::UnixStream::connect(self.dir.join("docker.sock")).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").unwrap();
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer).unwrap();
-        let text = String::from_utf8_lossy(&answer);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "{head}"
-        );
-        serde_json::from_str(body).unwrap()
+        let mut last = String::new();
+        for _ in 0..10 {
+            let mut s =
+                std::os::unix::net::UnixStream::connect(self.dir.join("docker.sock")).unwrap();
+            write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").unwrap();
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer).unwrap();
+            let text = String::from_utf8_lossy(&answer);
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+                return serde_json::from_str(body).unwrap();
+            }
+            assert!(head.contains(" 404 "), "{head}\n{body}");
+            last = format!("{head}\n{body}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("GET {path} kept answering 404: {last}");
     }
 
     /// `docker system df -v` as one JSON object.
