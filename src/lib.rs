@@ -5,6 +5,7 @@
 //! unit-tested; I/O lives at thin edges (`collect`, `docker`, `store`, `server`).
 
 pub mod builds;
+pub mod chart;
 pub mod cleanup;
 pub mod cli;
 pub mod collect;

@@ -5,27 +5,12 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
+use crate::chart::{self, Mark};
 use crate::collect::docker::TYPES;
 use crate::collect::{Role, Snapshot};
-use crate::format::human_bytes;
+use crate::format::{esc, human_bytes};
 use crate::model::{BuildResult, CleanupResult};
 use crate::store::{BuildRecord, CleanupRecord};
-
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
 
 fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     match t {
@@ -67,7 +52,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .bar{display:inline-block;width:8rem;height:.7rem;background:#e3e6ea;border-radius:3px;vertical-align:middle}\
 .bar div{height:100%;border-radius:3px}.ok{background:#3b8f5a}.warn{background:#d9a300}.crit{background:#c8322b}\
 .bad{color:#c8322b;font-weight:600}.good{color:#3b8f5a;font-weight:600}.muted{color:#69707d}\
-code{font-size:.9em}";
+code{font-size:.9em}.chart{display:block;width:100%;max-width:44rem;background:#fff;margin:.4rem 0}";
 
 /// "Where the disk went": each storage filesystem's three parts as one stacked bar and a row,
 /// then the paths that are not Docker's.
@@ -122,12 +107,33 @@ fn footprints(h: &mut String, s: &Snapshot, now: DateTime<Utc>) {
     }
 }
 
-/// Renders the whole page.
+/// The cleanups of `cleanups` that ran (not refusals or dry runs) as marks on a chart's time
+/// axis.
+fn marks(cleanups: &[CleanupRecord]) -> Vec<Mark> {
+    cleanups
+        .iter()
+        .filter(|c| !matches!(c.result, CleanupResult::Skipped | CleanupResult::DryRun))
+        .map(|c| Mark {
+            at: c.started_at.timestamp(),
+            label: format!(
+                "{} cleanup ({}, {}): {} freed",
+                c.trigger,
+                c.level,
+                c.result,
+                human_bytes(c.reclaimed_bytes)
+            ),
+        })
+        .collect()
+}
+
+/// Renders the whole page. `trends` are the storage roots' recent available space
+/// ([`crate::collect::trend`]), drawn with the forecast and the `cleanups` marked on it.
 pub fn render(
     s: &Snapshot,
     budgets: &crate::cleanup::policy::Budgets,
     builds: &[BuildRecord],
     cleanups: &[CleanupRecord],
+    trends: &[(Role, Vec<(i64, u64)>)],
     now: DateTime<Utc>,
 ) -> String {
     let mut h = String::with_capacity(16 * 1024);
@@ -176,6 +182,7 @@ pub fn render(
     h.push_str("</table>");
 
     // Docker's storage filesystems.
+    let cleanup_marks = marks(cleanups);
     for dr in s.storage_roots() {
         let (id, title, what) = match dr.role {
             Role::DataRoot => ("data-root", "Docker data root", ""),
@@ -195,6 +202,32 @@ pub fn render(
             bar(dr.usage.used_ratio()),
             dr.usage.files_free,
             dr.usage.files
+        );
+        let points = trends
+            .iter()
+            .find(|(r, _)| *r == dr.role)
+            .map_or(&[][..], |(_, p)| p.as_slice());
+        h.push_str(&chart::available(&chart::Available {
+            id: &format!("{id}-chart"),
+            points,
+            size: dr.usage.size,
+            full_in: dr.predicted_full_seconds,
+            marks: &cleanup_marks,
+            now: now.timestamp(),
+        }));
+        let _ = write!(
+            h,
+            "<p class=\"muted\">{}</p>",
+            match dr.predicted_full_seconds {
+                Some(f) if f.is_finite() => format!(
+                    "At the recent rate (dashed) this filesystem is full in {}. Green marks are cleanups.",
+                    crate::format::format_duration(std::time::Duration::from_secs_f64(
+                        f.clamp(0.0, 1e12)
+                    ))
+                ),
+                Some(_) => "Not filling at the recent rate. Green marks are cleanups.".to_string(),
+                None => "Too few samples yet for a forecast. Green marks are cleanups.".to_string(),
+            }
         );
     }
 
@@ -267,6 +300,11 @@ pub fn render(
                 human_bytes(d.logs_bytes),
                 human_bytes(d.reclaimable_total())
             );
+            let parts: Vec<(&str, u64)> = TYPES
+                .iter()
+                .map(|t| (*t, d.by_type(t).reclaimable))
+                .collect();
+            h.push_str(&chart::reclaimable(&parts));
             for line in budgets.lines() {
                 let _ = write!(h, "<p class=\"budget\">{}</p>", esc(&line));
             }
@@ -374,6 +412,7 @@ mod tests {
             &Default::default(),
             &[],
             &[],
+            &[],
             Utc::now(),
         );
         assert!(html.contains("No Docker data yet"));
@@ -407,7 +446,7 @@ mod tests {
             footprint_last_success: Some(Utc::now()),
             ..Snapshot::default()
         };
-        let html = render(&s, &Default::default(), &[], &[], Utc::now());
+        let html = render(&s, &Default::default(), &[], &[], &[], Utc::now());
         assert!(html.contains("Where the disk went"), "{html}");
         assert!(
             html.contains("id=\"unaccounted-data_root\">1.00GiB"),
@@ -421,9 +460,89 @@ mod tests {
                 &Default::default(),
                 &[],
                 &[],
+                &[],
                 Utc::now()
             )
             .contains("Where the disk went")
+        );
+    }
+
+    #[test]
+    fn a_filling_data_root_is_drawn_with_its_forecast_its_cleanups_and_the_reclaimable_bar() {
+        use crate::model::{Level, Trigger};
+        let now = Utc::now();
+        let t = now.timestamp();
+        let du = crate::docker::DiskUsage {
+            images: vec![crate::docker::Image {
+                id: "sha256:a".into(),
+                size: 5 << 20,
+                shared_size: 0,
+                containers: 0,
+                created: t - 100,
+                ..crate::docker::Image::default()
+            }],
+            ..crate::docker::DiskUsage::default()
+        };
+        let s = Snapshot {
+            data_root: Some(crate::collect::DataRoot {
+                role: Role::DataRoot,
+                path: "/var/lib/docker".into(),
+                mountpoint: "/".into(),
+                usage: crate::collect::disk::Usage {
+                    size: 1 << 30,
+                    avail: 300 << 20,
+                    ..Default::default()
+                },
+                predicted_full_seconds: Some(600.0),
+            }),
+            docker: Some(crate::collect::docker::summarize(
+                crate::docker::DockerInfo::default(),
+                &du,
+                &[],
+                now,
+                10,
+            )),
+            ..Snapshot::default()
+        };
+        let at = |secs: i64| DateTime::from_timestamp(t - secs, 0).unwrap_or(now);
+        let ran = CleanupRecord {
+            id: Some(1),
+            trigger: Trigger::Watermark,
+            level: Level::DanglingImages,
+            result: CleanupResult::Success,
+            started_at: at(300),
+            finished_at: at(299),
+            actions: Vec::new(),
+            reclaimed_bytes: 100 << 20,
+            alert: None,
+            detail: None,
+            count: 1,
+        };
+        let refused = CleanupRecord {
+            result: CleanupResult::Skipped,
+            started_at: at(200),
+            ..ran.clone()
+        };
+        let trend = vec![(
+            Role::DataRoot,
+            vec![(t - 600, 500 << 20), (t - 300, 400 << 20), (t, 300 << 20)],
+        )];
+        let html = render(&s, &Default::default(), &[], &[ran, refused], &trend, now);
+        assert!(html.contains("<svg id=\"data-root-chart\""), "{html}");
+        assert!(html.contains("class=\"avail\""), "{html}");
+        assert!(html.contains("class=\"forecast\""), "{html}");
+        assert_eq!(html.matches("class=\"cleanup\"").count(), 1, "{html}");
+        assert!(
+            html.contains("watermark cleanup (dangling_images, success): 100MiB freed"),
+            "{html}"
+        );
+        assert!(html.contains("full in 10m"), "{html}");
+        assert!(html.contains("<svg id=\"reclaimable-chart\""), "{html}");
+        assert!(html.contains("data-kind=\"image\""), "{html}");
+        // No script, nothing fetched.
+        assert!(
+            !html.contains("<script") && !html.contains("src=\"http"),
+            "{html}"
         );
     }
 
@@ -447,7 +566,7 @@ mod tests {
             }),
             images: None,
         };
-        let html = render(&s, &b, &[], &[], Utc::now());
+        let html = render(&s, &b, &[], &[], &[], Utc::now());
         assert!(
             html.contains("Warm budget, build cache: keeps 20.0GiB of the most recently used; 3.00GiB held now."),
             "{html}"

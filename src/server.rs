@@ -487,11 +487,16 @@ async fn page(State(s): State<AppState>) -> Html<String> {
         .plan_from_snapshot(crate::cleanup::policy::Level::DanglingImages, None)
         .map(|p| crate::cleanup::policy::Budgets::of(&p))
         .unwrap_or_default();
+    let trends: Vec<_> = snapshot
+        .storage_roots()
+        .map(|r| (r.role, s.collector.trend(r.role)))
+        .collect();
     Html(crate::page::render(
         &snapshot,
         &budgets,
         &builds,
         &cleanups,
+        &trends,
         chrono::Utc::now(),
     ))
 }

@@ -395,15 +395,61 @@ fn df_prints_aligned_tables_and_marks_the_data_root() {
 }
 
 #[test]
-fn the_status_page_renders_in_a_real_browser() {
+fn the_status_page_renders_in_a_real_browser_with_its_charts_on_a_filling_disk() {
     require("/usr/bin/chromium", "apt-get install chromium");
-    let d = Daemon::start("page");
+    let d = Daemon::start_on_loop_fs("page", 1024);
     d.build(Some("app:1"), &[]);
-    let s = Server::start(&d.host, &["--docker.refresh-interval", "1s"]);
+    // 20 MiB of build cache no image holds: reclaimable, and a cleanup to mark.
+    d.build(
+        Some("gone:1"),
+        &["RUN dd if=/dev/zero of=/gone bs=1M count=20 2>/dev/null"],
+    );
+    d.docker(&["rmi", "gone:1"]);
+    let dir = temp_dir("pageserve");
+    let state = dir.join("bilge.db");
+    let s = Server::start_with_state(
+        dir,
+        &state,
+        &d.host,
+        &[
+            "--docker.refresh-interval",
+            "1s",
+            "--collector.filesystem.interval",
+            "500ms",
+            "--collector.filesystem.forecast-window",
+            "20s",
+        ],
+    );
     s.wait_ready();
     wait_for("docker up", Duration::from_secs(20), || {
         (s.metric("bilge_docker_up") == Some(1.0)).then_some(())
     });
+    // The disk fills at about 10 MiB/s; a cleanup by hand runs meanwhile.
+    let fill = d.data_root.join("fill");
+    let mut f = std::fs::File::create(&fill).unwrap();
+    let chunk = vec![1u8; 2 << 20];
+    let began = Instant::now();
+    let mut cleaned = false;
+    let page = loop {
+        use std::io::Write;
+        f.write_all(&chunk).unwrap();
+        f.sync_data().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        if !cleaned && began.elapsed() > Duration::from_secs(2) {
+            let run = bilge_clean_json(&d, &state, &["--level", "build_cache", "--yes"]);
+            assert_eq!(run["record"]["result"], "success", "{run:#}");
+            cleaned = true;
+        }
+        let page = s.get("/").text();
+        if cleaned && page.contains("class=\"forecast\"") && page.contains("class=\"cleanup\"") {
+            break page;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(40),
+            "no forecast line or cleanup mark after 40 s of filling:\n{page}"
+        );
+    };
+    assert!(page.contains("full in"), "{page}");
     let profile = temp_dir("chromium");
     let shot = profile.join("page.png");
     let out = Command::new("/usr/bin/chromium")
@@ -433,6 +479,16 @@ fn the_status_page_renders_in_a_real_browser() {
     assert!(dom.contains("build_cache"), "{dom}");
     assert!(dom.contains("(Docker data root)"), "{dom}");
     assert!(dom.contains("id=\"docker-status\">up<"), "{dom}");
+    // The charts, as the browser parsed them: inline SVG with the line of available space,
+    // the forecast ahead of it, the cleanup's mark and the reclaimable bar's parts.
+    assert!(dom.contains("<svg id=\"data-root-chart\""), "{dom}");
+    assert!(dom.contains("<polyline class=\"avail\""), "{dom}");
+    assert!(dom.contains("<line class=\"forecast\""), "{dom}");
+    assert!(dom.contains("<line class=\"cleanup\""), "{dom}");
+    assert!(dom.contains("cli cleanup (build_cache, success)"), "{dom}");
+    assert!(dom.contains("<svg id=\"reclaimable-chart\""), "{dom}");
+    assert!(dom.contains("<rect class=\"part\" data-kind=\""), "{dom}");
+    assert!(!dom.contains("<script"), "{dom}");
     let png = std::fs::read(&shot).unwrap_or_default();
     assert!(
         png.starts_with(b"\x89PNG"),
