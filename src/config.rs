@@ -77,6 +77,75 @@ struct PolicyFile {
     forecast_watermark: Option<String>,
     allow_log_truncation: Option<bool>,
     log_truncate_over: Option<String>,
+    catch_up_delay: Option<String>,
+    #[serde(default)]
+    schedule: Vec<ScheduleFile>,
+}
+
+/// One `[[cleanup.schedule]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    name: Option<String>,
+    cron: Option<String>,
+    level: Option<String>,
+    tz: Option<String>,
+    until: Option<String>,
+    target_free: Option<String>,
+    build_cache_keep: Option<String>,
+}
+
+/// Reads schedule `i` of the file, naming the key at fault (`cleanup.schedule[i].cron`, say).
+fn parse_schedule(
+    i: usize,
+    f: ScheduleFile,
+) -> std::result::Result<crate::cleanup::schedule::Schedule, String> {
+    use crate::cleanup::schedule::{MAX_NAME, Schedule};
+    let key = |k: &str, e: String| format!("cleanup.schedule[{i}].{k}: {e}");
+    let name = f.name.unwrap_or_else(|| format!("schedule-{i}"));
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(key(
+            "name",
+            format!("{name:?}: use 1 to {MAX_NAME} letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let cron = f.cron.ok_or_else(|| {
+        key(
+            "cron",
+            "missing: for example \"0 3 * * SUN\" (minute hour day-of-month month day-of-week)"
+                .into(),
+        )
+    })?;
+    let level =
+        Level::parse(f.level.as_deref().unwrap_or("standard")).map_err(|e| key("level", e))?;
+    let s = Schedule {
+        name,
+        cron,
+        tz: f.tz,
+        level,
+        until: f
+            .until
+            .map(|v| parse_duration(&v))
+            .transpose()
+            .map_err(|e| key("until", e))?,
+        target_free: f
+            .target_free
+            .map(|v| parse_free_target(&v))
+            .transpose()
+            .map_err(|e| key("target_free", e))?,
+        build_cache_keep: f
+            .build_cache_keep
+            .map(|v| parse_free_target(&v))
+            .transpose()
+            .map_err(|e| key("build_cache_keep", e))?,
+    };
+    s.validate().map_err(|(k, e)| key(k, e))?;
+    Ok(s)
 }
 
 /// The TOML file: a `[cleanup]` table (more tables may follow).
@@ -766,6 +835,29 @@ pub fn parse_policy(text: &str) -> std::result::Result<Policy, String> {
     if let Some(v) = f.emergency_free {
         p.emergency_free = parse_free_target(&v).map_err(|e| key("emergency_free", e))?;
     }
+    if let Some(v) = f.catch_up_delay {
+        p.catch_up_delay = parse_duration(&v).map_err(|e| key("catch_up_delay", e))?;
+    }
+    if f.schedule.len() > crate::cleanup::schedule::MAX_SCHEDULES {
+        return Err(key(
+            "schedule",
+            format!(
+                "{} schedules; at most {}",
+                f.schedule.len(),
+                crate::cleanup::schedule::MAX_SCHEDULES
+            ),
+        ));
+    }
+    for (i, s) in f.schedule.into_iter().enumerate() {
+        let s = parse_schedule(i, s)?;
+        if p.schedules.iter().any(|o| o.name == s.name) {
+            return Err(format!(
+                "cleanup.schedule[{i}].name: {:?} is the name of an earlier schedule",
+                s.name
+            ));
+        }
+        p.schedules.push(s);
+    }
     match (p.low_watermark, p.high_watermark) {
         (None, Some(_)) => return Err("cleanup.high_watermark needs cleanup.low_watermark".into()),
         (Some(low), None) => p.high_watermark = Some(low),
@@ -1040,5 +1132,49 @@ log_truncate_over = "512MiB"
         assert!(e.contains("cleanup.build_cache_keep"), "{e}");
         let e = parse_policy("[cleanup]\nimages_keep = \"150%\"\n").unwrap_err();
         assert!(e.contains("cleanup.images_keep"), "{e}");
+    }
+
+    #[test]
+    fn schedules_are_read_with_their_overrides_and_a_bad_one_names_its_key() {
+        let p = parse_policy(
+            "[cleanup]\ncatch_up_delay = \"1m\"\n\n[[cleanup.schedule]]\nname = \"weekly\"\ncron = \"0 3 * * SUN\"\nlevel = \"standard\"\nuntil = \"7d\"\n\n[[cleanup.schedule]]\ncron = \"30 4 * * *\"\nlevel = \"build_cache\"\ntz = \"UTC\"\nbuild_cache_keep = \"10GiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.catch_up_delay, Duration::from_secs(60));
+        assert_eq!(p.schedules.len(), 2);
+        assert_eq!(p.schedules[0].name, "weekly");
+        assert_eq!(p.schedules[0].until, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(p.schedules[1].name, "schedule-1");
+        assert_eq!(p.schedules[1].level, Level::BuildCache);
+        assert_eq!(
+            p.schedules[1].build_cache_keep,
+            Some(FreeTarget::Bytes(10 << 30))
+        );
+        for (entry, key) in [
+            ("cron = \"0 25 * * *\"", "cleanup.schedule[0].cron"),
+            (
+                "cron = \"0 3 * * *\"\nlevel = \"everything\"",
+                "cleanup.schedule[0].level",
+            ),
+            (
+                "cron = \"0 3 * * *\"\ntz = \"Europe/Atlantis\"",
+                "cleanup.schedule[0].tz",
+            ),
+            ("level = \"standard\"", "cleanup.schedule[0].cron"),
+            (
+                "cron = \"0 3 * * *\"\nname = \"a b\"",
+                "cleanup.schedule[0].name",
+            ),
+            (
+                "cron = \"0 3 * * *\"\nuntil = \"soon\"",
+                "cleanup.schedule[0].until",
+            ),
+        ] {
+            let e = parse_policy(&format!("[[cleanup.schedule]]\n{entry}\n")).unwrap_err();
+            assert!(e.starts_with(key), "{entry}: {e}");
+        }
+        let twice = "[[cleanup.schedule]]\nname = \"x\"\ncron = \"@daily\"\n";
+        let e = parse_policy(&format!("{twice}{twice}")).unwrap_err();
+        assert!(e.contains("earlier schedule"), "{e}");
     }
 }

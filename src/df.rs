@@ -97,6 +97,9 @@ struct DfJson<'a> {
     snapshot: &'a Snapshot,
     /// The policy's warm budgets and what holds them.
     budgets: Budgets,
+    /// The policy's schedules with their next runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    schedules: Vec<crate::cleanup::schedule::Upcoming>,
 }
 
 /// The policy's warm budgets over the snapshot, with the images' uses the state file recorded
@@ -268,15 +271,22 @@ pub async fn run(
             .await
             .unwrap_or_default()
     };
+    // The next scheduled runs (what they would free is the dry run's business).
+    let now = chrono::Utc::now();
+    let schedules = crate::cleanup::schedule::upcoming(&policy.schedules, now, |_, _| None);
     if json {
         let text = serde_json::to_string_pretty(&DfJson {
             snapshot: &s,
             budgets,
+            schedules,
         })
         .map_err(|e| Error::Other(e.to_string()))?;
         println!("{text}");
     } else {
         print!("{}", render_text(&s, &budgets));
+        for u in &schedules {
+            println!("{}", u.line(now));
+        }
     }
     match (&s.docker, &s.docker_error) {
         (None, Some(e)) => Err(Error::docker(e.trim_start_matches("docker: "))),

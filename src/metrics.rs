@@ -64,6 +64,8 @@ pub struct Families {
     pub cleanup_in_progress: IntGauge,
     /// `bilge_webhook_requests_total{outcome}`.
     pub webhook_requests: IntCounterVec,
+    /// `bilge_cleanup_next_run_timestamp_seconds{schedule}`.
+    pub schedule_next_run: GaugeVec,
 }
 
 fn gauge_vec(
@@ -474,9 +476,28 @@ impl Metrics {
                 "Webhook deliveries by what was decided.",
                 &["outcome"],
             )?,
+            schedule_next_run: gauge_vec(
+                &r,
+                "bilge_cleanup_next_run_timestamp_seconds",
+                "When each schedule of the policy runs next (Unix seconds; a missed one: its catch-up).",
+                &["schedule"],
+            )?,
             registry: r,
         };
         Ok(Metrics(Arc::new(m)))
+    }
+
+    /// Sets when schedule `name` runs next; `None` (it never fires again) removes its series.
+    pub fn schedule_next(&self, name: &str, at: Option<chrono::DateTime<chrono::Utc>>) {
+        match at {
+            Some(t) => self
+                .schedule_next_run
+                .with_label_values(&[name])
+                .set(t.timestamp_millis() as f64 / 1000.0),
+            None => {
+                let _ = self.schedule_next_run.remove_label_values(&[name]);
+            }
+        }
     }
 
     /// Makes `bilge_webhook_requests_total` exist at 0 for every outcome (when the webhook is on).

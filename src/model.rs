@@ -172,6 +172,8 @@ pub enum Trigger {
     BuildRetry,
     /// The data root was predicted full within `forecast_watermark`.
     Forecast,
+    /// A schedule of the policy file came due (or was missed while bilge was down).
+    Schedule,
 }
 
 impl Trigger {
@@ -183,16 +185,18 @@ impl Trigger {
             Trigger::Cli => "cli",
             Trigger::BuildRetry => "build_retry",
             Trigger::Forecast => "forecast",
+            Trigger::Schedule => "schedule",
         }
     }
 
     /// Every trigger.
-    pub const ALL: [Trigger; 5] = [
+    pub const ALL: [Trigger; 6] = [
         Trigger::Webhook,
         Trigger::Watermark,
         Trigger::Cli,
         Trigger::BuildRetry,
         Trigger::Forecast,
+        Trigger::Schedule,
     ];
 
     /// Automatic triggers are rate-limited by the policy's cooldown.
@@ -201,6 +205,12 @@ impl Trigger {
             self,
             Trigger::Webhook | Trigger::Watermark | Trigger::Forecast
         )
+    }
+
+    /// Runs nobody watches start, which leave alone what running builds use: the automatic
+    /// ones and the scheduled ones (a schedule is not rate-limited: it is its own rate).
+    pub fn unattended(self) -> bool {
+        self.is_automatic() || self == Trigger::Schedule
     }
 }
 

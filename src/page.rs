@@ -134,6 +134,7 @@ pub fn render(
     builds: &[BuildRecord],
     cleanups: &[CleanupRecord],
     trends: &[(Role, Vec<(i64, u64)>)],
+    schedules: &[crate::cleanup::schedule::Upcoming],
     now: DateTime<Utc>,
 ) -> String {
     let mut h = String::with_capacity(16 * 1024);
@@ -341,6 +342,36 @@ pub fn render(
         }
     }
 
+    // Schedules.
+    if !schedules.is_empty() {
+        h.push_str("<h2 id=\"schedules\">Scheduled cleanups</h2><table><tr><th>schedule</th><th>when</th><th>level</th><th>next run</th><th class=\"n\">would free now</th></tr>");
+        for u in schedules {
+            let s = &u.schedule;
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td><code>{}</code>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+                esc(&s.name),
+                esc(&s.cron),
+                s.tz.as_deref()
+                    .map(|z| format!(" {}", esc(z)))
+                    .unwrap_or_default(),
+                s.level,
+                u.next_run.map_or_else(
+                    || "never".to_string(),
+                    |t| format!(
+                        "{} (in {})",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        crate::format::format_duration((t - now).to_std().unwrap_or_default())
+                    )
+                ),
+                u.would_free_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "unknown".into())
+            );
+        }
+        h.push_str("</table>");
+    }
+
     // History.
     h.push_str("<h2 id=\"builds\">Recent builds</h2>");
     if builds.is_empty() {
@@ -413,6 +444,7 @@ mod tests {
             &[],
             &[],
             &[],
+            &[],
             Utc::now(),
         );
         assert!(html.contains("No Docker data yet"));
@@ -446,7 +478,7 @@ mod tests {
             footprint_last_success: Some(Utc::now()),
             ..Snapshot::default()
         };
-        let html = render(&s, &Default::default(), &[], &[], &[], Utc::now());
+        let html = render(&s, &Default::default(), &[], &[], &[], &[], Utc::now());
         assert!(html.contains("Where the disk went"), "{html}");
         assert!(
             html.contains("id=\"unaccounted-data_root\">1.00GiB"),
@@ -458,6 +490,7 @@ mod tests {
             !render(
                 &Snapshot::default(),
                 &Default::default(),
+                &[],
                 &[],
                 &[],
                 &[],
@@ -527,7 +560,15 @@ mod tests {
             Role::DataRoot,
             vec![(t - 600, 500 << 20), (t - 300, 400 << 20), (t, 300 << 20)],
         )];
-        let html = render(&s, &Default::default(), &[], &[ran, refused], &trend, now);
+        let html = render(
+            &s,
+            &Default::default(),
+            &[],
+            &[ran, refused],
+            &trend,
+            &[],
+            now,
+        );
         assert!(html.contains("<svg id=\"data-root-chart\""), "{html}");
         assert!(html.contains("class=\"avail\""), "{html}");
         assert!(html.contains("class=\"forecast\""), "{html}");
@@ -566,7 +607,7 @@ mod tests {
             }),
             images: None,
         };
-        let html = render(&s, &b, &[], &[], &[], Utc::now());
+        let html = render(&s, &b, &[], &[], &[], &[], Utc::now());
         assert!(
             html.contains("Warm budget, build cache: keeps 20.0GiB of the most recently used; 3.00GiB held now."),
             "{html}"

@@ -174,6 +174,19 @@ pub async fn run_until(
     ));
     let web_watch = tokio::spawn(state.web.clone().watch(cancel.clone()));
     let uses = tokio::spawn(state.engine.clone().record_uses(cancel.clone()));
+    let policy = state.engine.policy();
+    let schedules: Vec<_> = policy
+        .schedules
+        .iter()
+        .map(|s| {
+            tokio::spawn(crate::cleanup::schedule::follow(
+                state.engine.clone(),
+                s.clone(),
+                policy.catch_up_delay,
+                cancel.clone(),
+            ))
+        })
+        .collect();
     let current = state.web.current();
     tracing::info!(
         address = %listen,
@@ -222,6 +235,11 @@ pub async fn run_until(
     }
     if let Err(e) = uses.await {
         tracing::warn!(error = %e, "image use recorder ended abnormally");
+    }
+    for s in schedules {
+        if let Err(e) = s.await {
+            tracing::warn!(error = %e, "schedule task ended abnormally");
+        }
     }
     if let Err(e) = follower.await {
         tracing::warn!(error = %e, "history metrics task ended abnormally");

@@ -497,6 +497,7 @@ async fn page(State(s): State<AppState>) -> Html<String> {
         &builds,
         &cleanups,
         &trends,
+        &s.engine.upcoming_from_snapshot(),
         chrono::Utc::now(),
     ))
 }

@@ -159,8 +159,18 @@ fn unix_seconds(t: &DateTime<Utc>) -> f64 {
 
 /// The schema version this bilge writes (`PRAGMA user_version`). Version 0 is the schema before
 /// the summary tables, version 1 the one before the per-host build totals, version 2 the one
-/// before the images' last uses; all are upgraded in place.
-const SCHEMA_VERSION: i64 = 3;
+/// before the images' last uses, version 3 the one before the schedules' last slots; all are
+/// upgraded in place.
+const SCHEMA_VERSION: i64 = 4;
+
+/// What version 4 adds: the last slot each schedule of the policy handled (run, or seen when
+/// the schedule was new), by name. Retention leaves it alone.
+const SCHEDULE_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS schedule_slots (
+    name TEXT PRIMARY KEY,
+    last_slot REAL NOT NULL
+) WITHOUT ROWID;
+";
 
 /// What version 3 adds: when each image was last used, by the planner's key
 /// ([`crate::docker::image_key`]), from Docker's events.
@@ -732,6 +742,29 @@ impl Store {
         })
     }
 
+    /// The last slot schedule `name` handled, if it ever ran here.
+    pub fn schedule_slot(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        self.with("reading a schedule's last slot", |c| {
+            let secs: Option<f64> = c
+                .prepare_cached("SELECT last_slot FROM schedule_slots WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            Ok(secs.and_then(|s| DateTime::from_timestamp_millis((s * 1000.0) as i64)))
+        })
+    }
+
+    /// Records `slot` as the last one schedule `name` handled (never moving it back).
+    pub fn set_schedule_slot(&self, name: &str, slot: DateTime<Utc>) -> Result<()> {
+        self.write("recording a schedule's slot", |tx| {
+            tx.execute(
+                "INSERT INTO schedule_slots (name, last_slot) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET last_slot = max(last_slot, excluded.last_slot)",
+                params![name, unix_seconds(&slot)],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Every recorded image use, by key.
     pub fn image_uses(&self) -> Result<HashMap<String, DateTime<Utc>>> {
         self.with("reading image uses", |c| {
@@ -799,7 +832,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         return Ok(tx.commit()?);
     }
     tx.execute_batch(IMAGE_USE_TABLE)?;
-    if version == 2 {
+    tx.execute_batch(SCHEDULE_TABLE)?;
+    if version == 2 || version == 3 {
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
         return Ok(tx.commit()?);
     }

@@ -281,7 +281,7 @@ async fn clean(
             }
         }
     };
-    let report = match outcome {
+    let mut report = match outcome {
         Some(Ok(report)) => report,
         Some(Err(WaitError::Canceled)) | None if stopped_by.is_some() => {
             if outcome.is_none() {
@@ -297,6 +297,9 @@ async fn clean(
         Some(Err(e)) => return Err(Error::Other(e.to_string())),
         None => return Err(Error::Other("the cleanup did not end".into())),
     };
+    if opts.dry_run {
+        report.schedules = engine.upcoming_now().await;
+    }
     if opts.json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Other(e.to_string()))?;
@@ -304,6 +307,10 @@ async fn clean(
     } else if opts.dry_run {
         if let Some(p) = &report.plan {
             print(&mut out, &render_plan(p, engine.policy()));
+        }
+        let now = chrono::Utc::now();
+        for u in &report.schedules {
+            print(&mut out, &format!("{}\n", u.line(now)));
         }
         print(&mut out, "Dry run: nothing was deleted.\n");
     } else {

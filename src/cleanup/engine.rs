@@ -82,6 +82,8 @@ pub struct Request {
     pub dry_run: bool,
     /// The alert fingerprint(s) when the webhook asks.
     pub alert: Option<String>,
+    /// A `build_cache_keep` over the policy's (a schedule's override).
+    pub build_cache_keep: Option<FreeTarget>,
 }
 
 impl Request {
@@ -94,6 +96,7 @@ impl Request {
             target_free: None,
             dry_run: false,
             alert: None,
+            build_cache_keep: None,
         }
     }
 }
@@ -143,6 +146,10 @@ pub struct Report {
     pub target: String,
     /// True when the run stopped because the target was met.
     pub target_met: bool,
+    /// The policy's schedules with their next runs and estimates (a dry run's, filled by
+    /// `bilge clean --dry-run`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<super::schedule::Upcoming>,
 }
 
 impl Report {
@@ -353,6 +360,32 @@ impl Engine {
         Some(p)
     }
 
+    /// The policy's schedules with their next runs and what each would free now, from the
+    /// collector's last snapshot (for the page; never waits on Docker).
+    pub fn upcoming_from_snapshot(&self) -> Vec<super::schedule::Upcoming> {
+        super::schedule::upcoming(&self.policy.schedules, Utc::now(), |level, until| {
+            self.plan_from_snapshot(level, until).map(|p| p.bytes)
+        })
+    }
+
+    /// As [`Engine::upcoming_from_snapshot`], from a fresh `/system/df` per schedule (for
+    /// `bilge clean --dry-run`).
+    pub async fn upcoming_now(&self) -> Vec<super::schedule::Upcoming> {
+        let mut estimates = Vec::new();
+        for s in &self.policy.schedules {
+            estimates.push(
+                self.plan_now(s.level, s.until, s.target_free)
+                    .await
+                    .ok()
+                    .map(|p| p.bytes),
+            );
+        }
+        let mut it = estimates.into_iter();
+        super::schedule::upcoming(&self.policy.schedules, Utc::now(), |_, _| {
+            it.next().flatten()
+        })
+    }
+
     /// The plan for `level` from a fresh `/system/df` and the images' recorded uses, with where
     /// a run for `target` (the policy's when `None`) would stop (records nothing).
     pub async fn plan_now(
@@ -536,6 +569,35 @@ impl Engine {
         self.finish(row, rec).await;
     }
 
+    /// This engine's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The last slot schedule `name` handled on this host, from the store (`None` when it never
+    /// ran here, or the store cannot say: the schedule then starts counting afresh).
+    pub async fn schedule_last(&self, name: &str) -> Option<DateTime<Utc>> {
+        let store = self.store.clone();
+        let name = name.to_string();
+        match blocking(move || store.schedule_slot(&name)).await {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the schedule's last run from the store");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Records `slot` as handled by schedule `name`.
+    pub async fn schedule_handled(&self, name: &str, slot: DateTime<Utc>) {
+        let store = self.store.clone();
+        let name = name.to_string();
+        if let Some(Err(e)) = blocking(move || store.set_schedule_slot(&name, slot)).await {
+            tracing::warn!(error = %e, "cannot record the schedule's run in the store");
+        }
+    }
+
     /// Records a request that was not run (`result="skipped"`), with why: folded into the one
     /// row of the present cooldown window, with a count and the first and last time.
     pub async fn record_skipped(&self, req: &Request, why: &str) {
@@ -688,7 +750,7 @@ impl Engine {
             let _ = progress_tx.send(c.record.clone());
         };
         let recency = self.recency().await;
-        let building = if req.trigger.is_automatic() {
+        let building = if req.trigger.unattended() {
             self.building().await
         } else {
             None
@@ -696,8 +758,16 @@ impl Engine {
         if let Some(b) = &building {
             tracing::info!(held = b.since.is_some(), "{}", b.why);
         }
+        // A schedule's own warm budget stands in for the policy's in its runs.
+        let policy = match req.build_cache_keep {
+            Some(keep) => std::borrow::Cow::Owned(Policy {
+                build_cache_keep: Some(keep),
+                ..self.policy.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(&self.policy),
+        };
         let executor = Executor {
-            policy: &self.policy,
+            policy: &policy,
             stop: &self.stop,
             on_level: &on_level,
             recency: &recency,
@@ -1536,6 +1606,7 @@ fn audit(
         target_bytes: run.target_bytes,
         target: run.target.to_string(),
         target_met: run.target_met,
+        schedules: Vec::new(),
     }
 }
 

@@ -74,6 +74,10 @@ pub struct Policy {
     pub allow_log_truncation: bool,
     /// Only logs larger than this are truncated.
     pub log_truncate_over: u64,
+    /// Cleanups on a calendar ([`super::schedule`]).
+    pub schedules: Vec<super::schedule::Schedule>,
+    /// A schedule missed while bilge was down runs at a random moment within this after start.
+    pub catch_up_delay: Duration,
 }
 
 impl Default for Policy {
@@ -93,6 +97,8 @@ impl Default for Policy {
             forecast_watermark: None,
             allow_log_truncation: false,
             log_truncate_over: 1 << 30,
+            schedules: Vec::new(),
+            catch_up_delay: super::schedule::DEFAULT_CATCH_UP_DELAY,
         }
     }
 }
