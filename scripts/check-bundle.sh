@@ -132,6 +132,22 @@ check "systemd-analyze verify deploy/bilge.service ($unit_note)" \
     systemd-analyze verify "$tmp/systemd/bilge.service"
 check "systemd-analyze security deploy/bilge.service: exposure at most 2.5" \
     systemd-analyze security --offline=yes --threshold=25 "$tmp/systemd/bilge.service"
+# The weekly cleanup for those who schedule with systemd: the timer and the service it starts,
+# verified together (the timer's unit must exist), and the timer's calendar expression parsed.
+sed "s#/usr/local/bin/bilge#$unit_bin#g" deploy/bilge-clean.service > "$tmp/systemd/bilge-clean.service"
+cp deploy/bilge-clean.timer "$tmp/systemd/bilge-clean.timer"
+check "systemd-analyze verify deploy/bilge-clean.timer and deploy/bilge-clean.service ($unit_note)" \
+    systemd-analyze verify "$tmp/systemd/bilge-clean.timer" "$tmp/systemd/bilge-clean.service"
+check "systemd-analyze security deploy/bilge-clean.service: exposure at most 2.5" \
+    systemd-analyze security --offline=yes --threshold=25 "$tmp/systemd/bilge-clean.service"
+calendar() {
+    local expr
+    expr=$(sed -n 's/^OnCalendar=//p' deploy/bilge-clean.timer)
+    [ -n "$expr" ] || { echo "deploy/bilge-clean.timer has no OnCalendar="; return 1; }
+    systemd-analyze calendar --iterations=2 "$expr" | tee "$tmp/calendar.txt"
+    grep -q 'Next elapse: Sun ' "$tmp/calendar.txt" && grep -q ' 03:00:00' "$tmp/calendar.txt"
+}
+check "systemd-analyze calendar: deploy/bilge-clean.timer elapses on Sundays at 03:00" calendar
 
 # --- Kubernetes ------------------------------------------------------------------------------
 # What `kubectl apply -k` would send, rendered without a cluster, then checked: every core object
@@ -172,6 +188,8 @@ check "kubernetes-validate --strict on every core object of $k8s_base, rendered"
     validate "$tmp/k8s-base.yaml"
 check "kubernetes-validate --strict on every core object of $k8s_overlay, rendered" \
     validate "$tmp/k8s-overlay.yaml"
+check "kubernetes-validate --strict on deploy/kubernetes/extras/bilge-clean-cronjob.yaml" \
+    validate deploy/kubernetes/extras/bilge-clean-cronjob.yaml
 rendered() {
     python3 scripts/bundle_lint.py --rendered "$tmp/k8s-base.yaml" "$tmp/k8s-overlay.yaml"
 }

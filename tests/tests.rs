@@ -19,6 +19,7 @@ mod lru;
 mod package;
 mod router;
 mod runners;
+mod schedule;
 mod security;
 mod stack;
 mod storage;
