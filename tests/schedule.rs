@@ -209,6 +209,40 @@ fn a_slot_missed_while_bilge_was_down_runs_once_after_start_and_none_runs_before
             == 2)
             .then_some(())
     });
+    // The page, the dry run and `bilge df` say when it runs next.
+    let page = s.get("/").text();
+    assert!(
+        page.contains("Scheduled cleanups") && page.contains("*/5 * * * * *"),
+        "{page}"
+    );
+    let state = s.dir.join("bilge.db");
+    let out = bilge_clean(
+        &d,
+        &state,
+        &["--config", cfg.to_str().unwrap(), "--dry-run"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("schedule five \"*/5 * * * * *\": next ")
+            && text.contains("would free about"),
+        "{text}"
+    );
+    let out = Command::new(BILGE)
+        .args([
+            "df",
+            "--docker.host",
+            &d.host,
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("schedule five \"*/5 * * * * *\": next "),
+        "{text}"
+    );
 }
 
 #[test]

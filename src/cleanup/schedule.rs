@@ -285,7 +285,7 @@ impl Upcoming {
             .map(|b| format!(", would free about {} now", crate::format::human_bytes(b)))
             .unwrap_or_default();
         format!(
-            "schedule {} \"{}\"{}: {} up to {}{free}",
+            "schedule {} \"{}\"{}: {}, up to {}{free}",
             s.name,
             s.cron,
             s.tz.as_deref()
@@ -411,6 +411,18 @@ mod tests {
             assert!(jitter(max) <= max);
         }
         assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_upcoming_run_reads_as_one_line() {
+        let now = utc("2026-12-01T00:00:00Z");
+        let u = upcoming(&[sched("0 3 * * *", Some("UTC"))], now, |_, _| {
+            Some(3 << 30)
+        });
+        assert_eq!(
+            u[0].line(now),
+            "schedule weekly \"0 3 * * *\" (UTC): next 2026-12-01T03:00:00Z (in 3h), up to dangling_images, would free about 3.00GiB now"
+        );
     }
 
     #[test]
