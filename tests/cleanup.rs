@@ -94,12 +94,20 @@ fn a_dry_run_deletes_nothing_and_its_estimate_is_within_ten_percent_of_the_real_
         estimated.iter().map(|(l, _)| l).collect::<Vec<_>>(),
         reclaimed.iter().map(|(l, _)| l).collect::<Vec<_>>()
     );
+    // After each level, what the run has freed so far is within 10 % of what the dry run
+    // estimated so far: the figure the stop inside a level works from. (Level by level, bytes
+    // can move between build_cache and an image level: on the containerd store a cache record
+    // that BuildKit keeps as the parent of another goes with the release after the images, and
+    // the dry run cannot say which; CI saw 3 MB move so.)
+    let (mut est_so_far, mut got_so_far) = (0u64, 0u64);
     for ((level, est), (_, got)) in estimated.iter().zip(&reclaimed) {
         eprintln!("{level}: estimated {est} B, reclaimed {got} B");
-        let diff = est.abs_diff(*got) as f64;
+        est_so_far += est;
+        got_so_far += got;
+        let diff = est_so_far.abs_diff(got_so_far) as f64;
         assert!(
-            diff <= 0.10 * (*got as f64) || diff < 64.0 * 1024.0,
-            "{level}: estimate {est} vs reclaimed {got}"
+            diff <= 0.10 * (got_so_far as f64) || diff < 64.0 * 1024.0,
+            "up to {level}: estimated {est_so_far} vs reclaimed {got_so_far}"
         );
     }
     let est: u64 = estimated.iter().map(|(_, b)| b).sum();

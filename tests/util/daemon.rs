@@ -362,9 +362,24 @@ impl Daemon {
         id
     }
 
+    /// `docker ARGS` for `docker system df`: asked again a few times while the daemon answers
+    /// that an object it measures is gone (28.5 with the containerd store says "NotFound:
+    /// snapshot … does not exist" while a build's snapshots go), as bilge's own edge does.
+    fn docker_df(&self, args: &[&str]) -> String {
+        for _ in 0..10 {
+            let out = self.docker_output(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() || !err.contains("not found") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        self.docker(args)
+    }
+
     /// Writes `docker system df` JSON for later comparison.
     pub fn system_df(&self) -> Vec<serde_json::Value> {
-        self.docker(&["system", "df", "--format", "{{json .}}"])
+        self.docker_df(&["system", "df", "--format", "{{json .}}"])
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
@@ -397,7 +412,7 @@ impl Daemon {
 
     /// `docker system df -v` as one JSON object.
     pub fn system_df_verbose(&self) -> serde_json::Value {
-        serde_json::from_str(&self.docker(&["system", "df", "-v", "--format", "{{json .}}"]))
+        serde_json::from_str(&self.docker_df(&["system", "df", "-v", "--format", "{{json .}}"]))
             .unwrap()
     }
 }
