@@ -109,8 +109,18 @@ fn check_plan(du: &DiskUsage, p: &Plan) {
     for l in &p.levels {
         assert_eq!(l.objects, l.candidates.len() as u64);
         assert_eq!(l.bytes, total_bytes(l.candidates.iter().map(|c| c.bytes)));
-        let sorted = l.candidates.windows(2).all(|w| w[0].bytes >= w[1].bytes);
-        assert!(sorted, "{:?} is not largest first", l.level);
+        // Levels that stop at the target go least recently used first (never used first);
+        // the others largest first.
+        if l.level.stops_inside() {
+            let sorted = l
+                .candidates
+                .windows(2)
+                .all(|w| w[0].last_used <= w[1].last_used);
+            assert!(sorted, "{:?} is not least recently used first", l.level);
+        } else {
+            let sorted = l.candidates.windows(2).all(|w| w[0].bytes >= w[1].bytes);
+            assert!(sorted, "{:?} is not largest first", l.level);
+        }
     }
     assert_eq!(p.bytes, total_bytes(p.levels.iter().map(|l| l.bytes)));
     if let Err(e) = serde_json::to_vec(p) {
