@@ -356,14 +356,7 @@ pub fn render(
                     .map(|z| format!(" {}", esc(z)))
                     .unwrap_or_default(),
                 s.level,
-                u.next_run.map_or_else(
-                    || "never".to_string(),
-                    |t| format!(
-                        "{} (in {})",
-                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        crate::format::format_duration((t - now).to_std().unwrap_or_default())
-                    )
-                ),
+                esc(&u.next_run_text(now)),
                 u.would_free_bytes
                     .map(human_bytes)
                     .unwrap_or_else(|| "unknown".into())

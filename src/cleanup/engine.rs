@@ -368,21 +368,34 @@ impl Engine {
         })
     }
 
-    /// As [`Engine::upcoming_from_snapshot`], from a fresh `/system/df` per schedule (for
-    /// `bilge clean --dry-run`).
+    /// As [`Engine::upcoming_from_snapshot`], from one fresh `/system/df` (for `bilge clean
+    /// --dry-run`); no estimate when the daemon cannot be asked.
     pub async fn upcoming_now(&self) -> Vec<super::schedule::Upcoming> {
-        let mut estimates = Vec::new();
-        for s in &self.policy.schedules {
-            estimates.push(
-                self.plan_now(s.level, s.until, s.target_free)
-                    .await
-                    .ok()
-                    .map(|p| p.bytes),
-            );
-        }
-        let mut it = estimates.into_iter();
-        super::schedule::upcoming(&self.policy.schedules, Utc::now(), |_, _| {
-            it.next().flatten()
+        let du = match self.collector.docker().await {
+            Ok(api) => match api.disk_usage().await {
+                Ok(du) => Some((
+                    du,
+                    PruneEdge::containerd_image_store(&api)
+                        .await
+                        .unwrap_or(false),
+                )),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let recency = self.recency().await;
+        let fs_size = self.collector.data_root_now().await.map(|d| d.usage.size);
+        let now = Utc::now();
+        super::schedule::upcoming(&self.policy.schedules, now, |level, until| {
+            let (du, containerd_store) = du.as_ref()?;
+            let ctx = Context {
+                recency: Some(&recency),
+                fs_size,
+                containerd_store: *containerd_store,
+                ..Context::default()
+            };
+            let until = until.unwrap_or(self.policy.until);
+            Some(plan_with(du, &self.policy, level, until, now, ctx).bytes)
         })
     }
 

@@ -269,15 +269,23 @@ pub struct Upcoming {
 }
 
 impl Upcoming {
+    /// When it runs next, seen from `now`: `2026-12-06T03:00:00Z (in 2d9h)`, or `never`.
+    pub fn next_run_text(&self, now: DateTime<Utc>) -> String {
+        match self.next_run {
+            Some(t) => format!(
+                "{} (in {})",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                format_duration((t - now).to_std().unwrap_or_default())
+            ),
+            None => "never".into(),
+        }
+    }
+
     /// One line: name, when, what and the estimate.
     pub fn line(&self, now: DateTime<Utc>) -> String {
         let s = &self.schedule;
         let when = match self.next_run {
-            Some(t) => format!(
-                "next {} (in {})",
-                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                format_duration((t - now).to_std().unwrap_or_default())
-            ),
+            Some(_) => format!("next {}", self.next_run_text(now)),
             None => "never again".into(),
         };
         let free = self
@@ -302,7 +310,7 @@ impl Upcoming {
 pub fn upcoming(
     schedules: &[Schedule],
     now: DateTime<Utc>,
-    mut estimate: impl FnMut(Level, Option<Duration>) -> Option<u64>,
+    estimate: impl Fn(Level, Option<Duration>) -> Option<u64>,
 ) -> Vec<Upcoming> {
     schedules
         .iter()
