@@ -540,6 +540,34 @@ struct WireContainer {
     mounts: Option<Vec<WireMount>>,
 }
 
+/// One container of `/containers/{id}/json`, the fields the list also gives.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireInspect {
+    id: String,
+    name: Option<String>,
+    /// The image id (the list's `ImageID`).
+    image: Option<String>,
+    state: Option<WireState>,
+    size_rw: Option<i64>,
+    created: Option<String>,
+    config: Option<WireConfig>,
+    mounts: Option<Vec<WireMount>>,
+    log_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireState {
+    status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireConfig {
+    labels: Option<HashMap<String, String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct WireMount {
@@ -617,6 +645,23 @@ fn container_of(c: WireContainer) -> Container {
             .filter_map(|m| m.name)
             .collect(),
     }
+}
+
+/// An inspected container in the list's form, and its log path (if it has one yet).
+fn inspected_of(c: WireInspect) -> (Container, Option<String>) {
+    let created = parse_time(c.created.as_deref()).map_or(0, |t| t.timestamp());
+    let log_path = c.log_path.filter(|p| !p.is_empty());
+    let container = container_of(WireContainer {
+        names: c.name.map(|n| vec![n]),
+        id: c.id,
+        image_id: c.image,
+        state: c.state.and_then(|s| s.status),
+        size_rw: c.size_rw,
+        created,
+        labels: c.config.and_then(|c| c.labels),
+        mounts: c.mounts,
+    });
+    (container, log_path)
 }
 
 /// A volume of `/system/df` or of `/volumes`, in plain form.
@@ -1296,7 +1341,7 @@ impl DockerApi {
     }
 
     /// A raw GET on the kept connection, its JSON answer parsed (on a blocking thread when large).
-    async fn get_parsed<T>(&self, path: &'static str) -> Result<T>
+    async fn get_parsed<T>(&self, path: &str) -> Result<T>
     where
         T: serde::de::DeserializeOwned + Send + 'static,
     {
@@ -1304,9 +1349,10 @@ impl DockerApi {
         let body = self.raw_get(&mut conn, path).await?;
         drop(conn);
         let large = body.len() >= OFFLOAD_BYTES;
+        let what = path.to_string();
         offload(large, path, move || {
             serde_json::from_slice(&body)
-                .map_err(|e| Error::docker_from(format!("unexpected {path} answer: {e}"), e))
+                .map_err(|e| Error::docker_from(format!("unexpected {what} answer: {e}"), e))
         })
         .await?
     }
@@ -1371,15 +1417,21 @@ impl DockerApi {
         self.call(self.client.ping()).await.map(|_| ())
     }
 
-    /// The size of one container's writable layer (`inspect ?size=1`: a walk of that layer
-    /// only); `None` when the container is gone or the daemon does not say.
-    pub async fn container_size(&self, id: &str) -> Result<Option<i64>> {
-        let opts = bollard::query_parameters::InspectContainerOptions { size: true };
-        match self
-            .call(self.client.inspect_container(id, Some(opts)))
-            .await
+    /// One container as the list gives it, with its writable layer's size (`inspect ?size=1`: a
+    /// walk of that layer only), and its log file's path (none before its first start, or when
+    /// its log driver keeps no file); `None` when the container is gone.
+    pub async fn container_inspect(&self, id: &str) -> Result<Option<(Container, Option<String>)>> {
+        // The id comes from an event: it must stay one path segment.
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         {
-            Ok(c) => Ok(c.size_rw),
+            return Err(Error::docker(format!("not a container id: {id:?}")));
+        }
+        let path = format!("/containers/{id}/json?size=1");
+        match self.get_parsed::<WireInspect>(&path).await {
+            Ok(w) => Ok(Some(inspected_of(w))),
             Err(e) if e.docker_status() == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
@@ -1508,6 +1560,38 @@ mod tests {
         let df = parse_disk_usage(crash.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<String> = df.images.iter().map(Image::display_name).collect();
         assert_eq!(names, ["<none>@-----------\u{71b}"]);
+    }
+
+    /// An inspection gives the container as the list does (the fields named differently), with
+    /// its log path once it has one.
+    #[test]
+    fn an_inspected_container_reads_as_the_listed_one() {
+        let listed: WireContainer = serde_json::from_str(
+            r#"{"Id":"c0ffee","Names":["/web"],"ImageID":"sha256:1a","State":"running",
+                "SizeRw":4096,"Created":1700000000,"Labels":{"team":"ci"},
+                "Mounts":[{"Type":"volume","Name":"data"},{"Type":"bind","Source":"/srv"}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let inspected: WireInspect = serde_json::from_str(
+            r#"{"Id":"c0ffee","Name":"/web","Image":"sha256:1a","State":{"Status":"running"},
+                "SizeRw":4096,"Created":"2023-11-14T22:13:20.5Z","Config":{"Labels":{"team":"ci"}},
+                "Mounts":[{"Type":"volume","Name":"data"},{"Type":"bind","Source":"/srv"}],
+                "LogPath":"/var/lib/docker/containers/c0ffee/c0ffee-json.log"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (c, log) = inspected_of(inspected);
+        assert_eq!(c, container_of(listed));
+        assert_eq!(c.volumes, ["data"]);
+        assert_eq!(
+            log.as_deref(),
+            Some("/var/lib/docker/containers/c0ffee/c0ffee-json.log")
+        );
+        // Never started: no log path yet.
+        let created: WireInspect =
+            serde_json::from_str(r#"{"Id":"c0ffee","State":{"Status":"created"},"LogPath":""}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        let (c, log) = inspected_of(created);
+        assert_eq!((c.state.as_str(), log), ("created", None));
     }
 
     #[test]

@@ -1064,6 +1064,36 @@ fn between_full_collections_only_what_changed_is_asked_and_figures_agree_after_e
         "true",
     ]);
     settled("a container was created");
+    // A container collected while created has no log file yet: once it has started and written
+    // (2,000 bytes to stdout), its log is measured without a full collection.
+    d.docker(&[
+        "create",
+        "--name",
+        "talks",
+        "--network",
+        "none",
+        "app:1",
+        "sh",
+        "-c",
+        "printf '%02000d' 0",
+    ]);
+    settled("a container that will write a log was created");
+    d.docker(&["start", "-a", "talks"]);
+    let log = "bilge_docker_largest_container_log_bytes{container=\"talks\"}";
+    let m = wait_for(
+        "the started container's log",
+        Duration::from_secs(20),
+        || {
+            let m = s.metrics();
+            (sample(&m, log).unwrap_or(0.0) >= 2000.0).then_some(m)
+        },
+    );
+    assert!(
+        sample(&m, "bilge_docker_logs_bytes").unwrap_or(0.0) >= 2000.0,
+        "{m}"
+    );
+    d.docker(&["rm", "talks"]);
+    settled("the container that wrote a log started and was removed");
     d.docker(&[
         "run",
         "-d",

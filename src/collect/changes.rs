@@ -5,11 +5,14 @@
 //!
 //! - images and build cache through `/system/df?type=` (API 1.42 and later; older engines get a
 //!   full one), which costs the layer store's and BuildKit's figures, not a walk;
-//! - containers and volumes through their cheap lists, which answer exactly which exist, their
-//!   states, images and mounts (so which images and volumes are in use); the writable layer of
-//!   each container an event named (created, started, ended, committed) is measured alone, up to
-//!   [`MAX_MEASURED`] of them (more: all containers through `?type=container`, or a full one);
-//!   other sizes, which only a walk measures (volumes, the layers of containers still running),
+//! - each container an event named through its own inspection (`?size=1`: its state, image,
+//!   mounts and a walk of its writable layer alone, or a 404 when it went), up to
+//!   [`MAX_MEASURED`] of them (more: all containers through `?type=container`, or a full one;
+//!   an event that names none, such as a prune's, asks the cheap container list); which images
+//!   and volumes are in use is recounted from the containers, except that with the containerd
+//!   image store an image's own figures follow its containers, so images are asked too;
+//! - volumes through their cheap list, only on a volume's event;
+//! - other sizes, which only a walk measures (volumes, the layers of containers still running),
 //!   are kept from the last full collection until the next (0 for a new volume);
 //! - nothing but `/_ping` when nothing changed (a frozen daemon keeps its event stream open and
 //!   silent, so the ping is what tells it from a quiet one).
@@ -49,8 +52,10 @@ pub struct Pending {
     pub dirty: BTreeSet<DfType>,
     /// Changes may have been missed (no event stream yet, a gap, a failure): ask everything.
     pub resync: bool,
-    /// Containers whose writable layer may have changed size (ids from the events).
+    /// Containers that changed (ids from the events), to be inspected one by one.
     pub measure: BTreeSet<String>,
+    /// A container event named no container (a prune): the container list is asked.
+    pub list: bool,
     /// More than [`MAX_MEASURED`] containers changed: measure them all.
     pub measure_all: bool,
 }
@@ -61,6 +66,7 @@ impl Default for Pending {
             dirty: BTreeSet::new(),
             resync: true,
             measure: BTreeSet::new(),
+            list: false,
             measure_all: false,
         }
     }
@@ -69,12 +75,15 @@ impl Default for Pending {
 impl Pending {
     /// Notes one event (`Type`, `Action` and the actor's id of Docker's event message).
     pub fn note(&mut self, kind: &str, action: &str, id: &str) {
-        self.dirty.extend(changed_by(kind, action).iter().copied());
+        let changed = changed_by(kind, action);
+        self.dirty.extend(changed.iter().copied());
+        if kind != "container" || changed.is_empty() {
+            return;
+        }
         let action = action.split(':').next().unwrap_or(action).trim();
-        if kind == "container"
-            && matches!(action, "create" | "start" | "die" | "commit" | "update")
-            && !id.is_empty()
-        {
+        if id.is_empty() || action == "prune" {
+            self.list = true;
+        } else {
             if self.measure.len() < MAX_MEASURED {
                 self.measure.insert(id.to_string());
             } else if !self.measure.contains(id) {
@@ -90,11 +99,14 @@ pub fn changed_by(kind: &str, action: &str) -> &'static [DfType] {
     // Actions carry arguments on some engines ("exec_start: sh", "health_status: healthy").
     let action = action.split(':').next().unwrap_or(action).trim();
     match (kind, action) {
-        // A container's creation or removal changes which volumes are in use (and which images:
-        // the container list tells, see `merge`).
-        ("container", "create" | "destroy" | "remove" | "prune") => &[Container, Volume],
+        // A container's creation or removal also changes which images and volumes are in use:
+        // the containers tell (see `merge`).
         ("container", "commit") => &[Container, Image, BuildCache],
-        ("container", "start" | "die" | "pause" | "unpause" | "rename" | "update") => &[Container],
+        (
+            "container",
+            "create" | "destroy" | "remove" | "prune" | "start" | "die" | "pause" | "unpause"
+            | "rename" | "update",
+        ) => &[Container],
         // A build that tags its image also changed the build cache.
         ("image", "pull" | "tag" | "untag" | "delete" | "import" | "load" | "prune") => {
             &[Image, BuildCache]
@@ -123,7 +135,7 @@ pub struct Partial {
     pub df: Vec<DfType>,
     /// The container list is asked.
     pub containers: bool,
-    /// The containers whose writable layers are measured one by one.
+    /// The containers inspected one by one (with their writable layers' sizes).
     pub measure: Vec<String>,
     /// The volume list is asked.
     pub volumes: bool,
@@ -131,13 +143,14 @@ pub struct Partial {
 
 /// Decides what a periodic collection asks (pure): everything when there is nothing to build
 /// on, changes may have been missed, the disk `moved` ([`moved`]) or a full collection is due;
-/// else what changed, through
-/// `?type=` where the API has it (`typed`) and a full one where it has not.
+/// else what changed, through `?type=` where the API has it (`typed`) and a full one where it
+/// has not. With the containerd image store (`containerd`) a container change asks images too.
 pub fn decide(
     have_last: bool,
     full_due: bool,
     moved: bool,
     typed: bool,
+    containerd: bool,
     pending: &Pending,
 ) -> Refresh {
     if !have_last || full_due || moved || pending.resync {
@@ -153,10 +166,10 @@ pub fn decide(
         .filter(|t| matches!(t, DfType::Image | DfType::BuildCache))
         .collect();
     let changed = pending.dirty.contains(&DfType::Container);
-    // Where images can be asked alone, a container change asks them too: with the containerd
-    // image store an image's figures (not only its count of containers) follow its containers.
-    // Elsewhere the container list recounts them (`merge`).
-    if changed && typed && !df.contains(&DfType::Image) {
+    // With the containerd image store an image's figures (not only its count of containers)
+    // follow its containers: a container change asks them too. Elsewhere the containers
+    // recount them (`merge`).
+    if changed && containerd && !df.contains(&DfType::Image) {
         df.insert(0, DfType::Image);
     }
     // Too many containers to measure one by one: all of them at once.
@@ -169,26 +182,27 @@ pub fn decide(
     }
     Refresh::Partial(Partial {
         df,
-        containers: changed && !all,
+        containers: changed && !all && pending.list,
         measure: match all {
             true => Vec::new(),
             false => pending.measure.iter().cloned().collect(),
         },
-        volumes: changed || pending.dirty.contains(&DfType::Volume),
+        volumes: pending.dirty.contains(&DfType::Volume),
     })
 }
 
 /// The last figures with a partial collection's answers merged in (pure): the `typed` answer's
-/// lists for the types in `df`; the container and volume lists as given, with the sizes
-/// `measured` now or else those already known (0 for new ones: a walk measures them at the next
-/// full collection), and the in-use counts that the lists determine (containers per image
-/// unless images were asked, containers per volume).
+/// lists for the types in `df`; the container and volume lists as given, with the sizes already
+/// known (0 for new ones: a walk measures them at the next full collection); each container
+/// `inspected` put in (replacing the one of its id, or first as the newest) or, when it is gone
+/// (`None`), taken out; and the in-use counts that the containers determine (containers per
+/// image unless images were asked, containers per volume).
 pub fn merge(
     last: &DiskUsage,
     df: &[DfType],
     typed: Option<DiskUsage>,
     containers: Option<Vec<Container>>,
-    measured: &HashMap<String, i64>,
+    inspected: Vec<(String, Option<Container>)>,
     volumes: Option<Vec<Volume>>,
 ) -> DiskUsage {
     let mut du = last.clone();
@@ -206,6 +220,8 @@ pub fn merge(
             }
         }
     }
+    let containers_changed =
+        containers.is_some() || !inspected.is_empty() || df.contains(&DfType::Container);
     if let Some(mut list) = containers {
         let sizes: HashMap<&str, i64> = last
             .containers
@@ -213,21 +229,28 @@ pub fn merge(
             .map(|c| (c.id.as_str(), c.size_rw))
             .collect();
         for c in &mut list {
-            c.size_rw = measured
-                .get(&c.id)
-                .or_else(|| sizes.get(c.id.as_str()))
-                .copied()
-                .unwrap_or(0);
+            c.size_rw = sizes.get(c.id.as_str()).copied().unwrap_or(0);
         }
         du.containers = list;
-        if !df.contains(&DfType::Image) {
-            let mut per_image: HashMap<&str, i64> = HashMap::new();
-            for c in &du.containers {
-                *per_image.entry(c.image_id.as_str()).or_default() += 1;
+    }
+    for (id, c) in inspected {
+        let at = du.containers.iter().position(|k| k.id == id);
+        match (at, c) {
+            (Some(i), Some(c)) => du.containers[i] = c,
+            (None, Some(c)) => du.containers.insert(0, c),
+            (Some(i), None) => {
+                du.containers.remove(i);
             }
-            for i in &mut du.images {
-                i.containers = per_image.get(i.id.as_str()).copied().unwrap_or(0);
-            }
+            (None, None) => {}
+        }
+    }
+    if containers_changed && !df.contains(&DfType::Image) {
+        let mut per_image: HashMap<&str, i64> = HashMap::new();
+        for c in &du.containers {
+            *per_image.entry(c.image_id.as_str()).or_default() += 1;
+        }
+        for i in &mut du.images {
+            i.containers = per_image.get(i.id.as_str()).copied().unwrap_or(0);
         }
     }
     if let Some(mut list) = volumes {
@@ -236,17 +259,21 @@ pub fn merge(
             .iter()
             .map(|v| (v.name.as_str(), v.size))
             .collect();
-        let mut refs: HashMap<&str, i64> = HashMap::new();
-        for c in &du.containers {
-            for v in &c.volumes {
-                *refs.entry(v.as_str()).or_default() += 1;
-            }
-        }
         for v in &mut list {
             v.size = sizes.get(v.name.as_str()).copied().unwrap_or(0);
-            v.ref_count = refs.get(v.name.as_str()).copied().unwrap_or(0);
         }
         du.volumes = list;
+    } else if !containers_changed {
+        return du;
+    }
+    let mut refs: HashMap<&str, i64> = HashMap::new();
+    for c in &du.containers {
+        for v in &c.volumes {
+            *refs.entry(v.as_str()).or_default() += 1;
+        }
+    }
+    for v in &mut du.volumes {
+        v.ref_count = refs.get(v.name.as_str()).copied().unwrap_or(0);
     }
     du
 }
@@ -284,11 +311,12 @@ mod tests {
             DfType::BuildCache,
         ];
         assert_eq!(p.dirty, all.into());
-        assert_eq!(
-            changed_by("container", "destroy"),
-            &[DfType::Container, DfType::Volume]
-        );
+        assert_eq!(changed_by("container", "destroy"), &[DfType::Container]);
         assert_eq!(changed_by("builder", "prune"), &[DfType::BuildCache]);
+        // A prune names no container: the list is asked.
+        assert!(!p.list);
+        p.note("container", "prune", "");
+        assert!(p.list);
         // Past the bound, every container is measured at once.
         for i in 0..MAX_MEASURED + 1 {
             p.note("container", "die", &format!("c{i}"));
@@ -300,49 +328,70 @@ mod tests {
     #[test]
     fn a_collection_asks_everything_after_a_gap_nothing_without_change_and_only_the_change_else() {
         let none = pending(&[]);
-        assert_eq!(decide(false, false, false, true, &none), Refresh::Full);
-        assert_eq!(decide(true, true, false, true, &none), Refresh::Full);
         assert_eq!(
-            decide(true, false, false, true, &Pending::default()),
+            decide(false, false, false, true, false, &none),
             Refresh::Full
         );
-        assert_eq!(decide(true, false, false, true, &none), Refresh::Unchanged);
-        // A started container: the list, its layer (and the volumes that it may mount).
-        let mut started = pending(&[DfType::Container]);
-        started.note("container", "start", "c1");
+        assert_eq!(decide(true, true, false, true, false, &none), Refresh::Full);
         assert_eq!(
-            decide(true, false, false, false, &started),
+            decide(true, false, false, true, false, &Pending::default()),
+            Refresh::Full
+        );
+        assert_eq!(
+            decide(true, false, false, true, false, &none),
+            Refresh::Unchanged
+        );
+        // A started container: that container alone, on any API and with the classic store.
+        let mut started = pending(&[]);
+        started.note("container", "start", "c1");
+        let alone = Refresh::Partial(Partial {
+            df: vec![],
+            containers: false,
+            measure: vec!["c1".into()],
+            volumes: false,
+        });
+        assert_eq!(decide(true, false, false, false, false, &started), alone);
+        assert_eq!(decide(true, false, false, true, false, &started), alone);
+        // With the containerd image store its image's figures too.
+        assert_eq!(
+            decide(true, false, false, true, true, &started),
+            Refresh::Partial(Partial {
+                df: vec![DfType::Image],
+                containers: false,
+                measure: vec!["c1".into()],
+                volumes: false
+            })
+        );
+        // A prune: the list as well.
+        let mut pruned = started.clone();
+        pruned.note("container", "prune", "");
+        assert_eq!(
+            decide(true, false, false, true, false, &pruned),
             Refresh::Partial(Partial {
                 df: vec![],
                 containers: true,
                 measure: vec!["c1".into()],
-                volumes: true
+                volumes: false
             })
         );
         // Too many: all containers through ?type=, or a full one without it.
-        assert_eq!(
-            decide(true, false, false, true, &started),
-            Refresh::Partial(Partial {
-                df: vec![DfType::Image],
-                containers: true,
-                measure: vec!["c1".into()],
-                volumes: true
-            })
-        );
         started.measure_all = true;
         assert_eq!(
-            decide(true, false, false, true, &started),
+            decide(true, false, false, true, true, &started),
             Refresh::Partial(Partial {
                 df: vec![DfType::Image, DfType::Container],
                 containers: false,
                 measure: vec![],
-                volumes: true
+                volumes: false
             })
         );
-        assert_eq!(decide(true, false, false, false, &started), Refresh::Full);
+        assert_eq!(
+            decide(true, false, false, false, false, &started),
+            Refresh::Full
+        );
         let tagged = pending(&[DfType::Image, DfType::BuildCache]);
         assert_eq!(
-            decide(true, false, false, true, &tagged),
+            decide(true, false, false, true, false, &tagged),
             Refresh::Partial(Partial {
                 df: vec![DfType::Image, DfType::BuildCache],
                 containers: false,
@@ -350,14 +399,29 @@ mod tests {
                 volumes: false
             })
         );
+        // A volume's event asks the volume list, nothing else.
+        let mut volume = pending(&[]);
+        volume.note("volume", "create", "v1");
+        assert_eq!(
+            decide(true, false, false, false, false, &volume),
+            Refresh::Partial(Partial {
+                df: vec![],
+                containers: false,
+                measure: vec![],
+                volumes: true
+            })
+        );
         // The disk moved without an event: everything.
-        assert_eq!(decide(true, false, true, true, &none), Refresh::Full);
+        assert_eq!(decide(true, false, true, true, false, &none), Refresh::Full);
         assert!(!moved(10 << 30, (10 << 30) + (63 << 20), 100 << 30 >> 4));
         assert!(moved(10 << 30, (10 << 30) + (64 << 20), 1 << 30));
         assert!(!moved(50 << 30, (50 << 30) - (900 << 20), 100 << 30));
         assert!(moved(50 << 30, (50 << 30) - (1100 << 20), 100 << 30));
         // Without ?type= an image change costs a full one.
-        assert_eq!(decide(true, false, false, false, &tagged), Refresh::Full);
+        assert_eq!(
+            decide(true, false, false, false, false, &tagged),
+            Refresh::Full
+        );
     }
 
     fn container(id: &str, image: &str, size: i64, volumes: &[&str]) -> Container {
@@ -398,30 +462,58 @@ mod tests {
             volumes: vec![volume("data", 7000)],
             ..DiskUsage::default()
         };
-        // c1 stays, c2 is new on i2 with a new volume.
+        // c1 stays, c2 is new on i2 with a new volume: the list, then the lists' merge.
         let list = vec![
             container("c1", "i1", -1, &["data"]),
             container("c2", "i2", -1, &["new"]),
         ];
         let vols = vec![volume("data", -1), volume("new", -1)];
-        let du = merge(
-            &last,
-            &[],
-            None,
-            Some(list.clone()),
-            &HashMap::new(),
-            Some(vols),
-        );
+        let du = merge(&last, &[], None, Some(list), Vec::new(), Some(vols));
         let sizes: Vec<i64> = du.containers.iter().map(|c| c.size_rw).collect();
         assert_eq!(sizes, [500, 0]);
-        let measured = HashMap::from([("c2".to_string(), 4096)]);
-        let du2 = merge(&last, &[], None, Some(list), &measured, None);
-        let sizes: Vec<i64> = du2.containers.iter().map(|c| c.size_rw).collect();
-        assert_eq!(sizes, [500, 4096]);
         let counts: Vec<i64> = du.images.iter().map(|i| i.containers).collect();
         assert_eq!(counts, [1, 1]);
         let v: Vec<(i64, i64)> = du.volumes.iter().map(|v| (v.size, v.ref_count)).collect();
         assert_eq!(v, [(7000, 1), (0, 1)]);
+
+        // The same through inspections alone: c2 comes first (the newest) with its measured
+        // size; then c1 goes, and the counts follow without the volume list.
+        let c2 = container("c2", "i2", 4096, &["data"]);
+        let du = merge(&last, &[], None, None, vec![("c2".into(), Some(c2))], None);
+        let ids: Vec<(&str, i64)> = du
+            .containers
+            .iter()
+            .map(|c| (c.id.as_str(), c.size_rw))
+            .collect();
+        assert_eq!(ids, [("c2", 4096), ("c1", 500)]);
+        let counts: Vec<i64> = du.images.iter().map(|i| i.containers).collect();
+        assert_eq!(counts, [1, 1]);
+        assert_eq!(du.volumes[0].ref_count, 2);
+        let du = merge(
+            &du,
+            &[],
+            None,
+            None,
+            vec![("c1".into(), None), ("gone".into(), None)],
+            None,
+        );
+        let ids: Vec<&str> = du.containers.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["c2"]);
+        let counts: Vec<i64> = du.images.iter().map(|i| i.containers).collect();
+        assert_eq!(counts, [0, 1]);
+        assert_eq!((du.volumes[0].size, du.volumes[0].ref_count), (7000, 1));
+        // A started container's new state replaces the old.
+        let mut running = container("c2", "i2", 8192, &["data"]);
+        running.state = "running".into();
+        let du = merge(
+            &du,
+            &[],
+            None,
+            None,
+            vec![("c2".into(), Some(running.clone()))],
+            None,
+        );
+        assert_eq!(du.containers, [running]);
 
         // A typed image answer replaces the images (and their counts) and nothing else.
         let typed = DiskUsage {
@@ -433,14 +525,7 @@ mod tests {
             layers_size: Some(42),
             ..DiskUsage::default()
         };
-        let du = merge(
-            &last,
-            &[DfType::Image],
-            Some(typed),
-            None,
-            &HashMap::new(),
-            None,
-        );
+        let du = merge(&last, &[DfType::Image], Some(typed), None, Vec::new(), None);
         assert_eq!(du.images.len(), 1);
         assert_eq!(du.layers_size, Some(42));
         assert_eq!(du.containers, last.containers);

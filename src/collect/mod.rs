@@ -481,21 +481,31 @@ impl Collector {
             .collect()
     }
 
-    /// Sizes of every container's log files. `sizes` holds those of the containers known before
-    /// this collection; the log paths of new ones are looked up (once per container) and measured.
+    /// Sizes of every container's log files. `sizes` holds those of the log paths known before
+    /// this collection; the others are measured now, those of containers not seen yet looked up
+    /// first (once per container). A container that never started has no log file nor path yet:
+    /// it is looked up once it has started (its start event's inspection tells the path).
     async fn container_logs(
         &self,
         api: &DockerApi,
         du: &DiskUsage,
         mut sizes: HashMap<String, u64>,
     ) -> Vec<ContainerLog> {
-        let missing: Vec<String> = {
+        let (missing, unmeasured): (Vec<String>, Vec<(String, String)>) = {
             let cache = self.log_paths();
-            du.containers
+            let missing = du
+                .containers
                 .iter()
-                .filter(|c| !cache.contains_key(&c.id))
+                .filter(|c| c.state != "created" && !cache.contains_key(&c.id))
                 .map(|c| c.id.clone())
-                .collect()
+                .collect();
+            let unmeasured = du
+                .containers
+                .iter()
+                .filter(|c| !sizes.contains_key(&c.id))
+                .filter_map(|c| Some((c.id.clone(), cache.get(&c.id)?.clone()?)))
+                .collect();
+            (missing, unmeasured)
         };
         let found: Vec<(String, Option<String>)> = futures_util::stream::iter(missing)
             .map(|id| async move {
@@ -508,6 +518,7 @@ impl Collector {
         let new_paths: Vec<(String, String)> = found
             .iter()
             .filter_map(|(id, p)| p.clone().map(|p| (id.clone(), p)))
+            .chain(unmeasured)
             .collect();
         {
             let mut cache = self.log_paths();
@@ -620,7 +631,8 @@ impl Collector {
             let mut pending = lock(&self.pending);
             let asked = if periodic {
                 let typed = crate::docker::df_types_supported(api.api_version());
-                changes::decide(last.is_some(), full_due, moved, typed, &pending)
+                let containerd = info.containerd_store;
+                changes::decide(last.is_some(), full_due, moved, typed, containerd, &pending)
             } else {
                 changes::Refresh::Full
             };
@@ -685,11 +697,14 @@ impl Collector {
             true => Some(api.container_list().await?),
             false => None,
         };
-        let mut measured = HashMap::new();
+        let mut inspected = Vec::with_capacity(p.measure.len());
         for id in &p.measure {
-            if let Some(size) = api.container_size(id).await? {
-                measured.insert(id.clone(), size);
+            let found = api.container_inspect(id).await?;
+            // Its log path is known from the start on: learn it here, not by another inspection.
+            if let Some((c, Some(path))) = &found {
+                self.log_paths().insert(c.id.clone(), Some(path.clone()));
             }
+            inspected.push((id.clone(), found.map(|(c, _)| c)));
         }
         let volumes = match p.volumes {
             true => Some(api.volume_list().await?),
@@ -699,7 +714,7 @@ impl Collector {
         let large = last.objects() >= OFFLOAD_OBJECTS;
         crate::docker::offload(large, "merging Docker's changes", move || {
             Arc::new(changes::merge(
-                &last, &df, typed, containers, &measured, volumes,
+                &last, &df, typed, containers, inspected, volumes,
             ))
         })
         .await
