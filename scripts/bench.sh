@@ -461,6 +461,16 @@ daemon_cpu() {
   done
   echo "$total"
 }
+# call_cpu N PATH: the daemon's CPU seconds per GET of PATH (API 1.51), over N calls in a row.
+call_cpu() {
+  local n=$1 path=$2 c0 c1
+  c0=$(daemon_cpu)
+  for _ in $(seq "$n"); do
+    curl -s -o /dev/null --unix-socket "$SOCK" "http://docker/v1.51$path"
+  done
+  c1=$(daemon_cpu)
+  calc "($c1 - $c0) / $n"
+}
 # scale_drift URL: the largest relative difference, in %, between bilge's size figures and
 # docker system df's (each type's size and reclaimable), and the count figures that differ.
 scale_drift() {
@@ -573,6 +583,15 @@ section_scale() {
     c1=$(daemon_cpu)
     kill "$tp" 2>/dev/null; wait "$tp" 2>/dev/null || true
     emit "daemon_cpu_s@$n" raw "$(calc "$c1 - $c0")"
+    # What one call of each kind costs the daemon, the trickle stopped: the control's poll, the
+    # partial collection of a tagged build (images and build cache), that of a container change
+    # (one inspection) and that of no change (a ping).
+    emit "call_cpu_s@$n" raw "$(call_cpu 5 '/system/df?verbose=1')"
+    emit "call_build_cpu_s@$n" bilge "$(call_cpu 5 '/system/df?verbose=1&type=image&type=build-cache')"
+    local cid
+    cid=$(dk ps -aq --no-trunc | head -1)
+    [ -n "$cid" ] && emit "call_container_cpu_s@$n" bilge "$(call_cpu 50 "/containers/$cid/json?size=1")"
+    emit "call_ping_cpu_s@$n" bilge "$(call_cpu 50 '/_ping')"
     # The pollers' own share: their window less the trickle's.
     local tr bi co
     tr=$(awk -F'\t' -v m="daemon_cpu_s@$n" '$1 == m && $2 == "trickle" { print $3 }' "$RESULTS/$SEC.tsv" | tail -1)

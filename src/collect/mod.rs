@@ -582,9 +582,10 @@ impl Collector {
             }
         });
         self.docker_done.store(true, Ordering::Release);
-        // A large full collection's answer and the figures it replaced are freed by now: hand
-        // their pages back, so they do not stay resident until the next one.
-        if let Ok((_, du, changes::Refresh::Full)) = &result
+        // A large collection's answer (or a partial one's merged copy) and the figures it
+        // replaced are freed by now: hand their pages back, so they do not stay resident.
+        if let Ok((_, du, asked)) = &result
+            && *asked != changes::Refresh::Unchanged
             && du.objects() >= OFFLOAD_OBJECTS
         {
             let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
