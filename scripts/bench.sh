@@ -517,6 +517,7 @@ section_scale() {
   local n
   for n in "${SCALE_SIZES[@]}"; do
     say "scale: populating to $n objects"
+    base_image # what the trickle's containers run, at size 0 too
     populate "$n"
     read -r ci cc cv cb <<<"$(df_counts)"
     emit "objects@$n" bilge "$((ci + cc + cv + cb))"
