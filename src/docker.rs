@@ -647,6 +647,17 @@ fn container_of(c: WireContainer) -> Container {
     }
 }
 
+/// Whether `id` (from an event) is a plain object id or name that stays one path segment: not
+/// empty, only letters, digits, `_`, `.` and `-`, and not `.` or `..`.
+fn is_object_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// An inspected container in the list's form, and its log path (if it has one yet).
 fn inspected_of(c: WireInspect) -> (Container, Option<String>) {
     let created = parse_time(c.created.as_deref()).map_or(0, |t| t.timestamp());
@@ -1421,12 +1432,7 @@ impl DockerApi {
     /// walk of that layer only), and its log file's path (none before its first start, or when
     /// its log driver keeps no file); `None` when the container is gone.
     pub async fn container_inspect(&self, id: &str) -> Result<Option<(Container, Option<String>)>> {
-        // The id comes from an event: it must stay one path segment.
-        if id.is_empty()
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
+        if !is_object_id(id) {
             return Err(Error::docker(format!("not a container id: {id:?}")));
         }
         let path = format!("/containers/{id}/json?size=1");
@@ -1586,6 +1592,20 @@ mod tests {
             log.as_deref(),
             Some("/var/lib/docker/containers/c0ffee/c0ffee-json.log")
         );
+        // An id from an event goes into the path only as one plain segment.
+        assert!(is_object_id("c0ffee") && is_object_id("web_1.x-2"));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../info",
+            "a/b",
+            "a?size=0",
+            "c%2F",
+            "a b",
+        ] {
+            assert!(!is_object_id(bad), "{bad:?}");
+        }
         // Never started: no log path yet.
         let created: WireInspect =
             serde_json::from_str(r#"{"Id":"c0ffee","State":{"Status":"created"},"LogPath":""}"#)

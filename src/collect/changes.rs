@@ -253,6 +253,7 @@ pub fn merge(
             i.containers = per_image.get(i.id.as_str()).copied().unwrap_or(0);
         }
     }
+    let volumes_asked = volumes.is_some();
     if let Some(mut list) = volumes {
         let sizes: HashMap<&str, i64> = last
             .volumes
@@ -263,7 +264,8 @@ pub fn merge(
             v.size = sizes.get(v.name.as_str()).copied().unwrap_or(0);
         }
         du.volumes = list;
-    } else if !containers_changed {
+    }
+    if !containers_changed && !volumes_asked {
         return du;
     }
     let mut refs: HashMap<&str, i64> = HashMap::new();
