@@ -349,12 +349,13 @@ section_docker() {
     port=$(free_port)
     dir="$BENCH/serve-$n"
     mkdir -p "$dir"
-    # Every collection full (--docker.full-refresh-interval 0): one collection is compared with
-    # the raw call it makes; the ones between full collections that ask only what changed are
-    # section 6's subject.
+    # Every collection full (--docker.full-refresh-interval 0, no budget to space them out): one
+    # collection is compared with the raw call it makes; the ones between full collections that
+    # ask only what changed are section 6's subject.
     bg "bilge-docker-$n" "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
       --state.path "$dir/bilge.db" --docker.refresh-interval "${interval}s" \
-      --docker.full-refresh-interval 0 --docker.footprint-interval 0 --log.level warn
+      --docker.full-refresh-interval 0 --docker.df-budget 100% --docker.footprint-interval 0 \
+      --log.level warn
     pid=$BG_PID
     local url="http://127.0.0.1:$port/metrics"
     wait_http "http://127.0.0.1:$port/-/ready" 120
@@ -399,10 +400,10 @@ section_docker() {
   mkdir -p "$dir"
   bg bilge-inflight "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
     --state.path "$dir/bilge.db" --docker.refresh-interval 100ms --docker.full-refresh-interval 0 \
-    --docker.footprint-interval 0 --log.level warn
+    --docker.df-budget 100% --docker.footprint-interval 0 --log.level warn
   local pid=$BG_PID
   wait_http "http://127.0.0.1:$port/-/ready" 120
-  cmds "bilge serve --docker.refresh-interval 100ms --docker.full-refresh-interval 0 ...   # full collections back to back" \
+  cmds "bilge serve --docker.refresh-interval 100ms --docker.full-refresh-interval 0 --docker.df-budget 100% ...   # full collections back to back" \
     "wrk -t1 -c1 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics      # one scraper, as Prometheus scrapes a target" \
     "wrk -t1 -c1 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/-/healthy    # control" \
     "wrk -t2 -c16 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics     # saturating load" \
@@ -589,6 +590,9 @@ section_scale() {
     # (one inspection) and that of no change (a ping).
     emit "call_cpu_s@$n" raw "$(call_cpu 5 '/system/df?verbose=1')"
     emit "call_build_cpu_s@$n" bilge "$(call_cpu 5 '/system/df?verbose=1&type=image&type=build-cache')"
+    # ... and its two halves, to say where that floor is.
+    emit "call_image_cpu_s@$n" bilge "$(call_cpu 5 '/system/df?verbose=1&type=image')"
+    emit "call_cache_cpu_s@$n" bilge "$(call_cpu 5 '/system/df?verbose=1&type=build-cache')"
     local cid
     cid=$(dk ps -aq --no-trunc | head -1)
     [ -n "$cid" ] && emit "call_container_cpu_s@$n" bilge "$(call_cpu 50 "/containers/$cid/json?size=1")"

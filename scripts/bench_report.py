@@ -140,6 +140,8 @@ SECTIONS = [
             Row("drift after the next full collection, %", "drift_full_pct@", "%", 3, Target("abs_max", 1.0001, "≤ 1 %"), anchor=False),
             Row("daemon CPU of one control poll, `/system/df?verbose=1`", "call_cpu_s@", "s", 3, anchor_only=True),
             Row("daemon CPU of one tagged build's partial collection, `?type=image&type=build-cache`", "call_build_cpu_s@", "s", 3, anchor=False),
+            Row("… of which `?type=image` alone", "call_image_cpu_s@", "s", 3, anchor=False),
+            Row("… of which `?type=build-cache` alone", "call_cache_cpu_s@", "s", 3, anchor=False),
             Row("daemon CPU of one container change's partial collection, an inspection `?size=1`", "call_container_cpu_s@", "s", 4, anchor=False),
             Row("daemon CPU of one unchanged collection, `/_ping`", "call_ping_cpu_s@", "s", 4, anchor=False),
         ],

@@ -256,6 +256,13 @@ pub struct ServeArgs {
         default_value = "10m"
     )]
     pub docker_full_refresh_interval: String,
+    /// The largest share of the time the daemon spends computing bilge's /system/df answers (full or by type), e.g. 0.5%: after one that took t, the next waits until t is at most that share of the time since. Cheap answers (inspections, lists, pings) are never held. 100% turns the bound off.
+    #[arg(
+        long = "docker.df-budget",
+        env = "BILGE_DOCKER_DF_BUDGET",
+        default_value = "0.5%"
+    )]
+    pub docker_df_budget: String,
     /// How often filesystems are stat'ed and watermarks checked (e.g. 2s).
     #[arg(
         long = "collector.filesystem.interval",

@@ -297,6 +297,7 @@ impl Config {
                 refresh_interval: Duration::from_secs(60),
                 footprint_interval: Duration::from_secs(3600),
                 full_refresh_interval: Duration::from_secs(600),
+                df_budget: 0.005,
                 top_n: g.docker_top_n,
                 tls,
                 containerd_root,
@@ -346,6 +347,10 @@ impl Config {
         self.docker.full_refresh_interval = flag(
             "--docker.full-refresh-interval",
             parse_duration(&s.docker_full_refresh_interval),
+        )?;
+        self.docker.df_budget = flag(
+            "--docker.df-budget",
+            crate::format::parse_share(&s.docker_df_budget),
         )?;
         self.docker.footprint_interval = flag(
             "--docker.footprint-interval",

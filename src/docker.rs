@@ -85,6 +85,9 @@ pub struct DockerConfig {
     /// Longest time between two full `/system/df` collections; the ones between ask only what
     /// Docker's events say changed (serve only; zero: every collection is full).
     pub full_refresh_interval: Duration,
+    /// The largest share of the time bilge keeps the daemon computing `/system/df` answers, in
+    /// (0, 1] (serve only; 1: no bound).
+    pub df_budget: f64,
     /// How many largest images/volumes/logs to export.
     pub top_n: usize,
     /// TLS to a `tcp://` daemon: the folder with `ca.pem`, `cert.pem` and `key.pem`, as the

@@ -162,6 +162,19 @@ pub fn parse_free_target(s: &str) -> Result<FreeTarget, String> {
     parse_size(t).map(FreeTarget::Bytes)
 }
 
+/// Parses a share of the time or of a whole, above `0%` up to `100%`, into (0, 1].
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .strip_suffix('%')
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| format!("{s:?} is not a percentage (example: 2%)"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!("{s:?} must be more than 0% and at most 100%"));
+    }
+    Ok(v / 100.0)
+}
+
 /// Prints bytes with an IEC unit and three significant digits: `1.23GiB`, `512B`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -339,6 +352,16 @@ mod tests {
         );
         assert!(parse_free_target("150%").is_err());
         assert_eq!(FreeTarget::Percent(10.0).bytes_for(1000), 100);
+    }
+
+    #[test]
+    fn shares_are_percentages_above_zero_up_to_a_hundred() {
+        assert_eq!(parse_share("2%"), Ok(0.02));
+        assert_eq!(parse_share(" 100% "), Ok(1.0));
+        assert_eq!(parse_share("0.5%"), Ok(0.005));
+        for bad in ["0%", "-1%", "101%", "2", "%", "NaN%", "inf%", "two%", ""] {
+            assert!(parse_share(bad).is_err(), "{bad:?} was taken");
+        }
     }
 
     #[test]

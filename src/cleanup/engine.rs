@@ -2618,6 +2618,7 @@ mod tests {
             refresh_interval: Duration::from_secs(60),
             footprint_interval: Duration::from_secs(3600),
             full_refresh_interval: Duration::from_secs(600),
+            df_budget: 0.005,
             top_n: 10,
             tls: None,
             containerd_root: crate::docker::ContainerdRoot::Auto,

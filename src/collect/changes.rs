@@ -17,6 +17,10 @@
 //! - nothing but `/_ping` when nothing changed (a frozen daemon keeps its event stream open and
 //!   silent, so the ping is what tells it from a quiet one).
 //!
+//! Every `/system/df` answer, full or typed, is also spaced out by its own cost ([`Budget`],
+//! `--docker.df-budget`): where one takes long (a big host), the next costly one waits, the cheap
+//! parts above go ahead, and the rest stays pending until the budget allows.
+//!
 //! Build cache in use (a build still running) is asked again at every collection until it is
 //! not: its records change when the build ends, and the only event (the image's tag) comes first.
 //! A gap in the event stream (start, daemon restart, a failed collection) makes the next one full,
@@ -128,6 +132,17 @@ pub enum Refresh {
     Unchanged,
 }
 
+impl Refresh {
+    /// Whether it asks `/system/df` (in full or by type): the daemon's costly answers.
+    pub fn costly(&self) -> bool {
+        match self {
+            Refresh::Full => true,
+            Refresh::Partial(p) => !p.df.is_empty(),
+            Refresh::Unchanged => false,
+        }
+    }
+}
+
 /// The parts of a partial collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partial {
@@ -141,19 +156,34 @@ pub struct Partial {
     pub volumes: bool,
 }
 
+/// What a periodic collection knows before it asks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Situation {
+    /// There are last figures to merge a partial answer into.
+    pub have_last: bool,
+    /// `--docker.full-refresh-interval` has passed since the last full collection.
+    pub full_due: bool,
+    /// The API has `/system/df?type=` (1.42 and later).
+    pub typed: bool,
+    /// The daemon keeps images in the containerd image store.
+    pub containerd: bool,
+    /// The daemon's costly answers (any `/system/df`) are held back for now: the last one took
+    /// long enough that asking again would exceed `--docker.df-budget` ([`Budget`]).
+    pub held: bool,
+}
+
 /// Decides what a periodic collection asks (pure): everything when there is nothing to build
-/// on, changes may have been missed, the disk `moved` ([`moved`]) or a full collection is due;
-/// else what changed, through `?type=` where the API has it (`typed`) and a full one where it
-/// has not. With the containerd image store (`containerd`) a container change asks images too.
-pub fn decide(
-    have_last: bool,
-    full_due: bool,
-    moved: bool,
-    typed: bool,
-    containerd: bool,
-    pending: &Pending,
-) -> Refresh {
-    if !have_last || full_due || moved || pending.resync {
+/// on, changes may have been missed (`pending.resync`, which a disk that [`moved`] also sets)
+/// or a full collection is due; else what changed, through `?type=` where the API has it and a
+/// full one where it has not. With the containerd image store a container change asks images
+/// too. While costly answers are `held`, only the cheap parts of that are asked (inspections,
+/// the container and volume lists); the rest stays pending ([`Pending::answered`]) until the
+/// budget allows, and figures from the first collection on are never held.
+pub fn decide(s: Situation, pending: &Pending) -> Refresh {
+    if !s.have_last {
+        return Refresh::Full;
+    }
+    if (s.full_due || pending.resync) && !s.held {
         return Refresh::Full;
     }
     if pending.dirty.is_empty() {
@@ -169,26 +199,94 @@ pub fn decide(
     // With the containerd image store an image's figures (not only its count of containers)
     // follow its containers: a container change asks them too. Elsewhere the containers
     // recount them (`merge`).
-    if changed && containerd && !df.contains(&DfType::Image) {
+    if changed && s.containerd && !df.contains(&DfType::Image) {
         df.insert(0, DfType::Image);
     }
-    // Too many containers to measure one by one: all of them at once.
+    // Too many containers to measure one by one: all of them at once (while that is held, their
+    // cheap list: states and which exist, the sizes of new ones later).
     let all = changed && pending.measure_all;
-    if all {
+    if all && !s.held {
         df.push(DfType::Container);
     }
-    if !df.is_empty() && !typed {
+    if s.held {
+        df.clear();
+    }
+    if !df.is_empty() && !s.typed {
         return Refresh::Full;
     }
-    Refresh::Partial(Partial {
+    let p = Partial {
         df,
-        containers: changed && !all && pending.list,
+        containers: changed && (if all { s.held } else { pending.list }),
         measure: match all {
             true => Vec::new(),
             false => pending.measure.iter().cloned().collect(),
         },
         volumes: pending.dirty.contains(&DfType::Volume),
-    })
+    };
+    if p.df.is_empty() && !p.containers && p.measure.is_empty() && !p.volumes {
+        return Refresh::Unchanged;
+    }
+    Refresh::Partial(p)
+}
+
+impl Pending {
+    /// What is still pending once `asked` is answered: nothing after a full collection; after a
+    /// partial one, whatever it did not ask (what a held budget left, and a due resync).
+    pub fn answered(&mut self, asked: &Refresh) {
+        match asked {
+            Refresh::Unchanged => {}
+            Refresh::Full => {
+                *self = Pending {
+                    resync: false,
+                    ..Pending::default()
+                }
+            }
+            Refresh::Partial(p) => {
+                for t in &p.df {
+                    self.dirty.remove(t);
+                }
+                if p.df.contains(&DfType::Container) {
+                    self.measure_all = false;
+                    self.measure.clear();
+                }
+                if p.volumes {
+                    self.dirty.remove(&DfType::Volume);
+                }
+                if p.containers && !self.measure_all {
+                    self.list = false;
+                }
+                for id in &p.measure {
+                    self.measure.remove(id);
+                }
+                if !self.measure_all && !self.list && self.measure.is_empty() {
+                    self.dirty.remove(&DfType::Container);
+                }
+            }
+        }
+    }
+}
+
+/// How much of the time the daemon may spend computing bilge's `/system/df` answers
+/// (`--docker.df-budget`): after an answer that took `t`, the next waits until `t` is at most
+/// `share` of the time since the one before began. A walk of every volume and writable layer
+/// that takes a minute on a big host is then asked at most every `1 / share` minutes, and one of
+/// 50 ms on a small host is never held at the usual intervals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// Share of the time, in (0, 1]; 1 turns the bound off.
+    pub share: f64,
+}
+
+impl Budget {
+    /// How long after an answer that took `took` ended the next may be asked (pure).
+    pub fn pause_after(&self, took: std::time::Duration) -> std::time::Duration {
+        if self.share >= 1.0 || self.share.is_nan() || self.share <= 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        let secs = took.as_secs_f64() * (1.0 / self.share - 1.0);
+        // Bounded: a stalled answer must not hold the next for ever (a day at most).
+        std::time::Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))
+    }
 }
 
 /// The last figures with a partial collection's answers merged in (pure): the `typed` answer's
@@ -285,6 +383,27 @@ mod tests {
     use super::*;
     use crate::docker::Image;
 
+    /// [`decide`] without a held budget; a disk that `moved` sets the resync, as the collector does.
+    fn decide_at(
+        have_last: bool,
+        full_due: bool,
+        moved: bool,
+        typed: bool,
+        containerd: bool,
+        p: &Pending,
+    ) -> Refresh {
+        let mut p = p.clone();
+        p.resync |= moved;
+        let s = Situation {
+            have_last,
+            full_due,
+            typed,
+            containerd,
+            held: false,
+        };
+        decide(s, &p)
+    }
+
     fn pending(dirty: &[DfType]) -> Pending {
         Pending {
             dirty: dirty.iter().copied().collect(),
@@ -331,16 +450,19 @@ mod tests {
     fn a_collection_asks_everything_after_a_gap_nothing_without_change_and_only_the_change_else() {
         let none = pending(&[]);
         assert_eq!(
-            decide(false, false, false, true, false, &none),
-            Refresh::Full
-        );
-        assert_eq!(decide(true, true, false, true, false, &none), Refresh::Full);
-        assert_eq!(
-            decide(true, false, false, true, false, &Pending::default()),
+            decide_at(false, false, false, true, false, &none),
             Refresh::Full
         );
         assert_eq!(
-            decide(true, false, false, true, false, &none),
+            decide_at(true, true, false, true, false, &none),
+            Refresh::Full
+        );
+        assert_eq!(
+            decide_at(true, false, false, true, false, &Pending::default()),
+            Refresh::Full
+        );
+        assert_eq!(
+            decide_at(true, false, false, true, false, &none),
             Refresh::Unchanged
         );
         // A started container: that container alone, on any API and with the classic store.
@@ -352,11 +474,11 @@ mod tests {
             measure: vec!["c1".into()],
             volumes: false,
         });
-        assert_eq!(decide(true, false, false, false, false, &started), alone);
-        assert_eq!(decide(true, false, false, true, false, &started), alone);
+        assert_eq!(decide_at(true, false, false, false, false, &started), alone);
+        assert_eq!(decide_at(true, false, false, true, false, &started), alone);
         // With the containerd image store its image's figures too.
         assert_eq!(
-            decide(true, false, false, true, true, &started),
+            decide_at(true, false, false, true, true, &started),
             Refresh::Partial(Partial {
                 df: vec![DfType::Image],
                 containers: false,
@@ -368,7 +490,7 @@ mod tests {
         let mut pruned = started.clone();
         pruned.note("container", "prune", "");
         assert_eq!(
-            decide(true, false, false, true, false, &pruned),
+            decide_at(true, false, false, true, false, &pruned),
             Refresh::Partial(Partial {
                 df: vec![],
                 containers: true,
@@ -379,7 +501,7 @@ mod tests {
         // Too many: all containers through ?type=, or a full one without it.
         started.measure_all = true;
         assert_eq!(
-            decide(true, false, false, true, true, &started),
+            decide_at(true, false, false, true, true, &started),
             Refresh::Partial(Partial {
                 df: vec![DfType::Image, DfType::Container],
                 containers: false,
@@ -388,12 +510,12 @@ mod tests {
             })
         );
         assert_eq!(
-            decide(true, false, false, false, false, &started),
+            decide_at(true, false, false, false, false, &started),
             Refresh::Full
         );
         let tagged = pending(&[DfType::Image, DfType::BuildCache]);
         assert_eq!(
-            decide(true, false, false, true, false, &tagged),
+            decide_at(true, false, false, true, false, &tagged),
             Refresh::Partial(Partial {
                 df: vec![DfType::Image, DfType::BuildCache],
                 containers: false,
@@ -405,7 +527,7 @@ mod tests {
         let mut volume = pending(&[]);
         volume.note("volume", "create", "v1");
         assert_eq!(
-            decide(true, false, false, false, false, &volume),
+            decide_at(true, false, false, false, false, &volume),
             Refresh::Partial(Partial {
                 df: vec![],
                 containers: false,
@@ -414,16 +536,158 @@ mod tests {
             })
         );
         // The disk moved without an event: everything.
-        assert_eq!(decide(true, false, true, true, false, &none), Refresh::Full);
+        assert_eq!(
+            decide_at(true, false, true, true, false, &none),
+            Refresh::Full
+        );
         assert!(!moved(10 << 30, (10 << 30) + (63 << 20), 100 << 30 >> 4));
         assert!(moved(10 << 30, (10 << 30) + (64 << 20), 1 << 30));
         assert!(!moved(50 << 30, (50 << 30) - (900 << 20), 100 << 30));
         assert!(moved(50 << 30, (50 << 30) - (1100 << 20), 100 << 30));
         // Without ?type= an image change costs a full one.
         assert_eq!(
-            decide(true, false, false, false, false, &tagged),
+            decide_at(true, false, false, false, false, &tagged),
             Refresh::Full
         );
+    }
+
+    #[test]
+    fn a_held_budget_asks_only_the_cheap_parts_and_keeps_the_rest_pending_until_it_allows() {
+        let held = Situation {
+            have_last: true,
+            typed: true,
+            held: true,
+            ..Situation::default()
+        };
+        let free = Situation {
+            held: false,
+            ..held
+        };
+        // A tagged build alone: nothing is asked while held, and it stays pending.
+        let mut p = pending(&[DfType::Image, DfType::BuildCache]);
+        assert_eq!(decide(held, &p), Refresh::Unchanged);
+        p.answered(&Refresh::Unchanged);
+        assert_eq!(p.dirty.len(), 2);
+        // A started container meanwhile: its inspection is cheap, so it goes ahead alone.
+        p.note("container", "start", "c1");
+        let asked = decide(held, &p);
+        assert_eq!(
+            asked,
+            Refresh::Partial(Partial {
+                df: vec![],
+                containers: false,
+                measure: vec!["c1".into()],
+                volumes: false
+            })
+        );
+        p.answered(&asked);
+        assert!(p.measure.is_empty());
+        assert_eq!(
+            p.dirty.iter().copied().collect::<Vec<_>>(),
+            vec![DfType::Image, DfType::BuildCache]
+        );
+        // Once the budget allows, the images and build cache.
+        let asked = decide(free, &p);
+        assert_eq!(
+            asked,
+            Refresh::Partial(Partial {
+                df: vec![DfType::Image, DfType::BuildCache],
+                containers: false,
+                measure: vec![],
+                volumes: false
+            })
+        );
+        p.answered(&asked);
+        assert!(p.dirty.is_empty());
+        assert_eq!(decide(free, &p), Refresh::Unchanged);
+
+        // A due full collection, or a resync, waits for the budget too (the cheap parts go
+        // ahead, the resync stays); the first collection never does.
+        let mut p = pending(&[]);
+        p.resync = true;
+        p.note("volume", "create", "v1");
+        let due = Situation {
+            full_due: true,
+            ..held
+        };
+        let asked = decide(due, &p);
+        assert_eq!(
+            asked,
+            Refresh::Partial(Partial {
+                df: vec![],
+                containers: false,
+                measure: vec![],
+                volumes: true
+            })
+        );
+        p.answered(&asked);
+        assert!(p.resync && p.dirty.is_empty());
+        assert_eq!(decide(free, &p), Refresh::Full);
+        p.answered(&Refresh::Full);
+        assert!(!p.resync);
+        let first = Situation {
+            have_last: false,
+            ..held
+        };
+        assert_eq!(decide(first, &pending(&[])), Refresh::Full);
+
+        // Too many containers: their cheap list while held, all of them by ?type= after.
+        let mut p = pending(&[]);
+        for i in 0..MAX_MEASURED + 1 {
+            p.note("container", "die", &format!("c{i}"));
+        }
+        let asked = decide(held, &p);
+        assert_eq!(
+            asked,
+            Refresh::Partial(Partial {
+                df: vec![],
+                containers: true,
+                measure: vec![],
+                volumes: false
+            })
+        );
+        p.answered(&asked);
+        assert!(p.measure_all && p.dirty.contains(&DfType::Container));
+        let asked = decide(free, &p);
+        assert_eq!(
+            asked,
+            Refresh::Partial(Partial {
+                df: vec![DfType::Container],
+                containers: false,
+                measure: vec![],
+                volumes: false
+            })
+        );
+        p.answered(&asked);
+        assert!(!p.measure_all && p.measure.is_empty() && p.dirty.is_empty());
+    }
+
+    #[test]
+    fn the_budget_pauses_in_proportion_to_the_last_answer_and_within_bounds() {
+        use std::time::Duration;
+        let one_percent = Budget { share: 0.01 };
+        assert_eq!(
+            one_percent.pause_after(Duration::from_secs(1)),
+            Duration::from_secs(99)
+        );
+        assert_eq!(
+            one_percent.pause_after(Duration::from_millis(50)),
+            Duration::from_millis(4950)
+        );
+        assert_eq!(
+            Budget { share: 1.0 }.pause_after(Duration::from_secs(60)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            one_percent.pause_after(Duration::from_secs(10_000)),
+            Duration::from_secs(86_400)
+        );
+        for share in [0.0, -1.0, f64::NAN] {
+            assert_eq!(
+                Budget { share }.pause_after(Duration::from_secs(1)),
+                Duration::ZERO
+            );
+        }
     }
 
     fn container(id: &str, image: &str, size: i64, volumes: &[&str]) -> Container {

@@ -1,4 +1,4 @@
-//! The filesystem, data-root, Docker and collector-health families (gauges, and one counter of
+//! The filesystem, data-root, Docker and collector-health families (gauges, and two counters of
 //! Docker collections), built when a scrape asks, from
 //! the one [`Snapshot`] the collectors last swapped in.
 //!
@@ -108,6 +108,11 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         "bilge_docker_collections_total",
         "Docker collections by what they asked: full (all of /system/df), partial (only what Docker's events said changed), unchanged (nothing changed, nothing asked).",
         &["kind"],
+    ),
+    (
+        "bilge_docker_collections_deferred_total",
+        "Periodic Docker collections that left a /system/df answer (a full one, or images, build cache or all containers by type) for a later one, to keep within --docker.df-budget.",
+        &[],
     ),
     (
         "bilge_docker_up",
@@ -270,6 +275,7 @@ enum F {
     Unaccounted,
     FootprintComplete,
     Collections,
+    Deferred,
     Up,
     Info,
     Objects,
@@ -307,7 +313,7 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
             let mut mf = MetricFamily::default();
             mf.set_name((*name).into());
             mf.set_help((*help).into());
-            // The one counter among them is named so.
+            // The counters among them are named so.
             let counter = name.ends_with("_total");
             mf.set_field_type(if counter {
                 MetricType::COUNTER
@@ -394,6 +400,7 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         ] {
             out.push(F::Collections, &[kind], n as f64);
         }
+        out.push(F::Deferred, &[], c.held as f64);
     }
 
     out.push(F::Up, &[], bool_value(s.docker_up));

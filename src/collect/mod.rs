@@ -145,6 +145,8 @@ pub struct Collections {
     pub partial: u64,
     /// Nothing: nothing changed.
     pub unchanged: u64,
+    /// Periodic collections that left a costly answer for later (`--docker.df-budget`).
+    pub held: u64,
 }
 
 /// The shared, current snapshot. Writers swap a changed copy in whole; readers get the one that
@@ -226,6 +228,9 @@ pub struct Collector {
     trends: Mutex<HashMap<&'static str, trend::Trend>>,
     /// When `/system/df` was last asked in full.
     last_full: Mutex<Option<Instant>>,
+    /// Until when the daemon's costly answers (any `/system/df`) are held back, after the last
+    /// one ([`changes::Budget`]).
+    costly_after: Mutex<Option<Instant>>,
     /// The storage filesystems' used bytes at the last Docker collection ([`changes::moved`]).
     used_at_collection: Mutex<Vec<(Role, u64)>>,
     data_root_tx: tokio::sync::watch::Sender<Option<DataRoot>>,
@@ -252,6 +257,7 @@ impl Collector {
             trends: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             last_full: Mutex::new(None),
+            costly_after: Mutex::new(None),
             used_at_collection: Mutex::new(Vec::new()),
             data_root_tx: tokio::sync::watch::channel(None).0,
         }
@@ -563,11 +569,14 @@ impl Collector {
         self.snapshot.update(|s| {
             s.docker_run = Some(run);
             match &result {
-                Ok((summary, du, asked)) => {
+                Ok((summary, du, asked, deferred)) => {
                     match asked {
                         changes::Refresh::Full => s.docker_collections.full += 1,
                         changes::Refresh::Partial(_) => s.docker_collections.partial += 1,
                         changes::Refresh::Unchanged => s.docker_collections.unchanged += 1,
+                    }
+                    if *deferred {
+                        s.docker_collections.held += 1;
                     }
                     s.docker = Some(summary.clone());
                     s.disk_usage = Some(du.clone());
@@ -584,19 +593,19 @@ impl Collector {
         self.docker_done.store(true, Ordering::Release);
         // A large collection's answer (or a partial one's merged copy) and the figures it
         // replaced are freed by now: hand their pages back, so they do not stay resident.
-        if let Ok((_, du, asked)) = &result
+        if let Ok((_, du, asked, _)) = &result
             && *asked != changes::Refresh::Unchanged
             && du.objects() >= OFFLOAD_OBJECTS
         {
             let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
         }
-        result.map(|(summary, _, _)| summary)
+        result.map(|(summary, ..)| summary)
     }
 
     async fn collect_docker_inner(
         &self,
         periodic: bool,
-    ) -> Result<(DockerSummary, Arc<DiskUsage>, changes::Refresh)> {
+    ) -> Result<(DockerSummary, Arc<DiskUsage>, changes::Refresh, bool)> {
         let api = self.docker().await?;
         let info: DockerInfo = self.cached_info(&api).await?;
         let first_root = self.learn_roots(&info);
@@ -626,31 +635,59 @@ impl Collector {
                     .is_some_and(|(_, t)| changes::moved(*t, *u, *size))
             })
         };
-        let asked = {
+        let (asked, deferred) = {
             let full_due =
                 every.is_zero() || lock(&self.last_full).is_none_or(|t| t.elapsed() >= every);
+            let held = lock(&self.costly_after).is_some_and(|t| Instant::now() < t);
             let mut pending = lock(&self.pending);
-            let asked = if periodic {
-                let typed = crate::docker::df_types_supported(api.api_version());
-                let containerd = info.containerd_store;
-                changes::decide(last.is_some(), full_due, moved, typed, containerd, &pending)
-            } else {
-                changes::Refresh::Full
+            // A disk that moved further than events explain: changes were missed.
+            pending.resync |= moved;
+            let situation = changes::Situation {
+                have_last: last.is_some(),
+                full_due,
+                typed: crate::docker::df_types_supported(api.api_version()),
+                containerd: info.containerd_store,
+                held,
             };
+            let asked = match periodic {
+                true => changes::decide(situation, &pending),
+                false => changes::Refresh::Full,
+            };
+            // Whether the budget left a costly answer for later.
+            let deferred = !asked.costly()
+                && held
+                && changes::decide(
+                    changes::Situation {
+                        held: false,
+                        ..situation
+                    },
+                    &pending,
+                )
+                .costly();
             // Taken before asking: what changes meanwhile is noted for the next collection.
-            if asked != changes::Refresh::Unchanged {
-                *pending = changes::Pending {
-                    resync: false,
-                    ..changes::Pending::default()
-                };
-            }
-            asked
+            pending.answered(&asked);
+            (asked, deferred)
         };
+        let costly = asked.costly();
         // The known containers' logs are measured while the daemon computes `/system/df`.
+        let asking = Instant::now();
         let (du, sizes) = tokio::join!(
-            self.ask(&api, &asked, last),
+            async {
+                let du = self.ask(&api, &asked, last).await;
+                (du, asking.elapsed())
+            },
             log_sizes(&self.fs_cfg.host, self.known_log_paths())
         );
+        let (du, took) = du;
+        // A failed answer (a daemon away or frozen) sets no pause: the figures after it come
+        // as soon as the daemon is back.
+        if costly && du.is_ok() {
+            let budget = changes::Budget {
+                share: self.docker_cfg.df_budget,
+            };
+            let pause = budget.pause_after(took);
+            *lock(&self.costly_after) = Some(Instant::now() + pause);
+        }
         let du = du?;
         if asked == changes::Refresh::Full {
             *lock(&self.last_full) = Some(Instant::now());
@@ -668,7 +705,7 @@ impl Collector {
         let large = du.objects() >= OFFLOAD_OBJECTS;
         crate::docker::offload(large, "summarizing /system/df", move || {
             let summary = docker::summarize(info, &du, &logs, Utc::now(), top_n);
-            (summary, du, asked)
+            (summary, du, asked, deferred)
         })
         .await
     }

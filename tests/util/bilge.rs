@@ -104,6 +104,11 @@ impl Server {
             .arg(state)
             .args(args)
             .env_remove("DOCKER_HOST")
+            // The tests collect every second or faster, on daemons small enough that the
+            // default budget (0.5 %) would hold a costly answer for up to ~10 s and have them
+            // wait on it: off here, unless a test passes `--docker.df-budget` (the flag beats
+            // the variable), as the budget's own test and the changes test do.
+            .env("BILGE_DOCKER_DF_BUDGET", "100%")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
