@@ -550,6 +550,7 @@ section_scale() {
     for k in full partial unchanged; do
       emit "collections_$k@$n" bilge "$(metric "$url" "bilge_docker_collections_total{kind=\"$k\"}")"
     done
+    emit "collections_deferred@$n" bilge "$(metric "$url" bilge_docker_collections_deferred_total)"
     # Drift once the last change is collected (the next collection after it), then after the
     # next full one.
     local last ts full0

@@ -135,6 +135,7 @@ SECTIONS = [
             Row("full collections in the window", "collections_full@", "", 0, anchor=False),
             Row("partial collections (only what changed)", "collections_partial@", "", 0, anchor=False),
             Row("collections that asked nothing", "collections_unchanged@", "", 0, anchor=False),
+            Row("… of them, collections that left a costly answer for later (`--docker.df-budget`)", "collections_deferred@", "", 0, anchor=False),
             Row("drift from docker system df after the last change, %", "drift_pct@", "%", 3, anchor=False),
             Row("… count figures that differ", "drift_counts@", "", 0, anchor=False),
             Row("drift after the next full collection, %", "drift_full_pct@", "%", 3, Target("abs_max", 1.0001, "≤ 1 %"), anchor=False),
