@@ -442,15 +442,18 @@ section_docker() {
 # The daemon's CPU (utime+stime of dockerd and containerd) over each window; a poller's cost is its
 # window less the trickle-only one. Then bilge's figures against docker system df: right after the
 # trickle (drift before a full reconciliation), and after the next full one.
+# trickle WINDOW: the changes of one window, named after it, so that each window's builds are new
+# (not cache hits that tag an image again) and its containers start (no name taken by an earlier
+# window's).
 trickle() {
-  local i=0
+  local w=$1 i=0
   while :; do
     i=$((i + 1))
     if [ $((i % 2)) = 1 ]; then
-      context "$BENCH/ctx-trickle-$i" "RUN echo $i >/t"
-      dk build --network none -q -t "bench/trickle:$i" "$BENCH/ctx-trickle-$i" >/dev/null 2>&1 || true
+      context "$BENCH/ctx-trickle-$w-$i" "RUN echo $w $i >/t"
+      dk build --network none -q -t "bench/trickle-$w:$i" "$BENCH/ctx-trickle-$w-$i" >/dev/null 2>&1 || true
     else
-      dk run -d --network none --name "bench-t$i" bench/base sleep 100000 >/dev/null 2>&1 || true
+      dk run -d --network none --name "bench-t-$w-$i" bench/base sleep 100000 >/dev/null 2>&1 || true
     fi
     sleep 30
   done
@@ -524,7 +527,7 @@ section_scale() {
     emit "objects@$n" bilge "$((ci + cc + cv + cb))"
     local c0 c1 tp port dir pid url
     # The trickle alone.
-    trickle & tp=$!
+    trickle "alone-$n" & tp=$!
     PIDS+=("$tp")
     c0=$(daemon_cpu); sleep "$SCALE_SECONDS"; c1=$(daemon_cpu)
     kill "$tp" 2>/dev/null; wait "$tp" 2>/dev/null || true
@@ -534,7 +537,7 @@ section_scale() {
     dir="$BENCH/serve-scale-$n"
     mkdir -p "$dir"
     url="http://127.0.0.1:$port/metrics"
-    trickle & tp=$!
+    trickle "bilge-$n" & tp=$!
     PIDS+=("$tp")
     c0=$(daemon_cpu)
     bg "bilge-scale-$n" "$BILGE" serve --web.listen-address "127.0.0.1:$port" --docker.host "$DHOST" \
@@ -573,7 +576,7 @@ section_scale() {
     emit "drift_full_counts@$n" bilge "$dcount"
     stop "$pid"
     # The control.
-    trickle & tp=$!
+    trickle "control-$n" & tp=$!
     PIDS+=("$tp")
     c0=$(daemon_cpu)
     local t_end=$(( $(date +%s) + SCALE_SECONDS ))
