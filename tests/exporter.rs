@@ -1146,7 +1146,7 @@ fn between_full_collections_only_what_changed_is_asked_and_figures_agree_after_e
 }
 
 /// `--docker.df-budget`: after a `/system/df` answer that took t, the next costly one waits
-/// until t is that share of the time since. An image tagged right after the first collection
+/// until t is that share of the time since. An image removed right after the first collection
 /// leaves the images and build cache for later (counted as deferred); a container created
 /// meanwhile is inspected at once, as cheap answers are never held; and once the budget allows,
 /// every figure agrees with `docker system df` again. On every engine of the matrix (20.10 has
@@ -1155,6 +1155,10 @@ fn between_full_collections_only_what_changed_is_asked_and_figures_agree_after_e
 fn a_costly_answer_waits_for_the_df_budget_and_the_figures_still_agree() {
     let d = Daemon::start("budget");
     d.build(Some("app:1"), &["RUN echo one > /one"]);
+    d.build(
+        Some("gone:1"),
+        &["RUN dd if=/dev/zero of=/gone bs=1k count=500 2>/dev/null"],
+    );
     let s = Server::start(
         &d.host,
         &[
@@ -1164,8 +1168,8 @@ fn a_costly_answer_waits_for_the_df_budget_and_the_figures_still_agree() {
             "1h",
             "--docker.footprint-interval",
             "0",
-            // 0.1 %: the next costly answer waits 999 times as long as the last took, at least
-            // ~2 s after the 2 ms or more that a first collection takes.
+            // 0.1 %: the next costly answer waits 999 times as long as the last took, ~7 s to
+            // ~40 s after the 7–40 ms a first collection takes on these engines.
             "--docker.df-budget",
             "0.1%",
         ],
@@ -1174,8 +1178,9 @@ fn a_costly_answer_waits_for_the_df_budget_and_the_figures_still_agree() {
     let count = |m: &str, name: &str| sample(m, name).unwrap_or(0.0);
     let deferred = "bilge_docker_collections_deferred_total";
     assert_eq!(sample(&s.metrics(), deferred), Some(0.0));
-    // An image event in an instant (a build would take about as long as the pause).
-    d.docker(&["tag", "app:1", "app:2"]);
+    // An image change in an instant (a build would take about as long as the pause): the
+    // images' count and bytes are wrong until the held answer is asked.
+    d.docker(&["rmi", "gone:1"]);
     d.docker(&[
         "create",
         "--name",
@@ -1213,8 +1218,7 @@ fn a_costly_answer_waits_for_the_df_budget_and_the_figures_still_agree() {
         "{m}"
     );
     let mut last = String::new();
-    // The held answer waits 999 times as long as the last costly one took: ~5 s to ~50 s on
-    // these small daemons; up to four minutes covers answers of 240 ms under load.
+    // Up to four minutes covers answers of 240 ms under load.
     wait_for_opt(Duration::from_secs(240), || {
         match disagreement(&s.metrics(), &d) {
             None => Some(()),
