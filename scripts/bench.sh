@@ -598,7 +598,7 @@ section_scale() {
     emit "call_image_cpu_s@$n" bilge "$(call_cpu 5 '/system/df?verbose=1&type=image')"
     emit "call_cache_cpu_s@$n" bilge "$(call_cpu 5 '/system/df?verbose=1&type=build-cache')"
     local cid
-    cid=$(dk ps -aq --no-trunc | head -1)
+    cid=$(dk ps -aq --no-trunc --last 1) # (not `| head -1`: under pipefail the cut-off ps fails the run)
     [ -n "$cid" ] && emit "call_container_cpu_s@$n" bilge "$(call_cpu 50 "/containers/$cid/json?size=1")"
     emit "call_ping_cpu_s@$n" bilge "$(call_cpu 50 '/_ping')"
     # The pollers' own share: their window less the trickle's.
