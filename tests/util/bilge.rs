@@ -107,7 +107,7 @@ impl Server {
             // The tests collect every second or faster, on daemons small enough that the
             // default budget (0.5 %) would hold a costly answer for up to ~10 s and have them
             // wait on it: off here, unless a test passes `--docker.df-budget` (the flag beats
-            // the variable), as the budget's own test and the changes test do.
+            // the variable), as the budget's own test does.
             .env("BILGE_DOCKER_DF_BUDGET", "100%")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
