@@ -205,7 +205,7 @@ pub fn decide(s: Situation, pending: &Pending) -> Refresh {
     // Too many containers to measure one by one: all of them at once (while that is held, their
     // cheap list: states and which exist, the sizes of new ones later).
     let all = changed && pending.measure_all;
-    if all && !s.held {
+    if all {
         df.push(DfType::Container);
     }
     if s.held {

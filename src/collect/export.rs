@@ -400,7 +400,7 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         ] {
             out.push(F::Collections, &[kind], n as f64);
         }
-        out.push(F::Deferred, &[], c.held as f64);
+        out.push(F::Deferred, &[], c.deferred as f64);
     }
 
     out.push(F::Up, &[], bool_value(s.docker_up));

@@ -146,7 +146,7 @@ pub struct Collections {
     /// Nothing: nothing changed.
     pub unchanged: u64,
     /// Periodic collections that left a costly answer for later (`--docker.df-budget`).
-    pub held: u64,
+    pub deferred: u64,
 }
 
 /// The shared, current snapshot. Writers swap a changed copy in whole; readers get the one that
@@ -576,7 +576,7 @@ impl Collector {
                         changes::Refresh::Unchanged => s.docker_collections.unchanged += 1,
                     }
                     if *deferred {
-                        s.docker_collections.held += 1;
+                        s.docker_collections.deferred += 1;
                     }
                     s.docker = Some(summary.clone());
                     s.disk_usage = Some(du.clone());
@@ -668,26 +668,11 @@ impl Collector {
             pending.answered(&asked);
             (asked, deferred)
         };
-        let costly = asked.costly();
         // The known containers' logs are measured while the daemon computes `/system/df`.
-        let asking = Instant::now();
         let (du, sizes) = tokio::join!(
-            async {
-                let du = self.ask(&api, &asked, last).await;
-                (du, asking.elapsed())
-            },
+            self.ask(&api, &asked, last),
             log_sizes(&self.fs_cfg.host, self.known_log_paths())
         );
-        let (du, took) = du;
-        // A failed answer (a daemon away or frozen) sets no pause: the figures after it come
-        // as soon as the daemon is back.
-        if costly && du.is_ok() {
-            let budget = changes::Budget {
-                share: self.docker_cfg.df_budget,
-            };
-            let pause = budget.pause_after(took);
-            *lock(&self.costly_after) = Some(Instant::now() + pause);
-        }
         let du = du?;
         if asked == changes::Refresh::Full {
             *lock(&self.last_full) = Some(Instant::now());
@@ -710,6 +695,16 @@ impl Collector {
         .await
     }
 
+    /// Holds the next costly answer back after one that took `took` ([`changes::Budget`]). A
+    /// failed answer (a daemon away or frozen) sets no pause: the figures after it come as soon
+    /// as the daemon is back.
+    fn costly_answered(&self, took: std::time::Duration) {
+        let budget = changes::Budget {
+            share: self.docker_cfg.df_budget,
+        };
+        *lock(&self.costly_after) = Some(Instant::now() + budget.pause_after(took));
+    }
+
     /// Asks the daemon what `asked` says, merged into the `last` figures for a partial one.
     async fn ask(
         &self,
@@ -725,11 +720,21 @@ impl Collector {
                 return Ok(last);
             }
             (changes::Refresh::Partial(p), Some(last)) => (p, last),
-            _ => return Ok(Arc::new(api.disk_usage().await?)),
+            _ => {
+                let asking = Instant::now();
+                let du = api.disk_usage().await?;
+                self.costly_answered(asking.elapsed());
+                return Ok(Arc::new(du));
+            }
         };
         let typed = match p.df.is_empty() {
             true => None,
-            false => Some(api.disk_usage_of(&p.df).await?),
+            false => {
+                let asking = Instant::now();
+                let du = api.disk_usage_of(&p.df).await?;
+                self.costly_answered(asking.elapsed());
+                Some(du)
+            }
         };
         let containers = match p.containers {
             true => Some(api.container_list().await?),
