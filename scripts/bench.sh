@@ -412,30 +412,27 @@ section_docker() {
     "scrape_latency 127.0.0.1:\$PORT /-/healthy ${WRK_SECONDS} 16  # control, after each run" \
     "wrk -t1 -c1 -d${WRK_SECONDS}s -s scripts/bench_wrk.lua http://127.0.0.1:\$PORT/metrics   # wrk's figure for the one scraper, beside it"
   note "Latency here is measured by \`examples/scrape_latency.rs\`, which times every request on the monotonic clock and keeps every sample. wrk's own figure for the same one-scraper load is kept beside it with a check: with one connection the requests follow one another, so their latencies cannot add up to more than the run. wrk's do on this machine while dockerd computes \`/system/df\` (the check row is over 1), so its percentiles there are not the scrapes' latency."
-  # sl_field OUT KEY: one field of a scrape_latency line; sl_ms: that field in ms.
-  sl_field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'; }
-  sl_ms() { sl_field "$1" "$2" | awk '{ printf "%.3f", $1 / 1000 }'; }
   for _ in $(seq "$RUNS"); do
     local out d
     # One connection, scrapes back to back: the latency a Prometheus scraping this target sees
     # (it keeps one connection per target), with collections taking their share of the CPU.
     out=$("$SCRAPE_LATENCY" "127.0.0.1:$port" /metrics "$WRK_SECONDS")
-    emit "inflight1_p99_ms@$top" bilge "$(sl_ms "$out" p99_us)"
-    emit "inflight1_p50_ms@$top" bilge "$(sl_ms "$out" p50_us)"
+    emit "inflight1_p99_ms@$top" bilge "$(ms_of "$out" p99_us)"
+    emit "inflight1_p50_ms@$top" bilge "$(ms_of "$out" p50_us)"
     out=$("$SCRAPE_LATENCY" "127.0.0.1:$port" /-/healthy "$WRK_SECONDS")
-    emit "inflight1_control_p99_ms@$top" bilge "$(sl_ms "$out" p99_us)"
+    emit "inflight1_control_p99_ms@$top" bilge "$(ms_of "$out" p99_us)"
     out=$(wrk -t1 -c1 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/metrics" | grep '^WRK ')
-    emit "inflight1_wrk_p99_ms@$top" bilge "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
-    emit "inflight1_wrk_busy@$top" bilge "$(awk -v m="$(wrk_field "$out" mean_us)" -v r="$(wrk_field "$out" requests)" -v d="$(wrk_field "$out" duration_us)" 'BEGIN { printf "%.3f", m * r / d }')"
+    emit "inflight1_wrk_p99_ms@$top" bilge "$(ms_of "$out" p99_us)"
+    emit "inflight1_wrk_busy@$top" bilge "$(awk -v m="$(field_of "$out" mean_us)" -v r="$(field_of "$out" requests)" -v d="$(field_of "$out" duration_us)" 'BEGIN { printf "%.3f", m * r / d }')"
     out=$("$SCRAPE_LATENCY" "127.0.0.1:$port" /metrics "$WRK_SECONDS" 16)
     d=$(metric "http://127.0.0.1:$port/metrics" 'bilge_collector_duration_seconds{collector="docker"}')
-    emit "inflight_p99_ms@$top" bilge "$(sl_ms "$out" p99_us)"
-    emit "inflight_p50_ms@$top" bilge "$(sl_ms "$out" p50_us)"
-    emit "inflight_req_s@$top" bilge "$(awk -v r="$(sl_field "$out" requests)" -v d="$(sl_field "$out" duration_us)" 'BEGIN { printf "%.1f", r / (d / 1e6) }')"
+    emit "inflight_p99_ms@$top" bilge "$(ms_of "$out" p99_us)"
+    emit "inflight_p50_ms@$top" bilge "$(ms_of "$out" p50_us)"
+    emit "inflight_req_s@$top" bilge "$(rate_of "$out")"
     emit "inflight_collect_ms@$top" bilge "$(calc "$d * 1000")"
     # Control: the same load on a constant answer, to tell bilge's share from the machine's.
     out=$("$SCRAPE_LATENCY" "127.0.0.1:$port" /-/healthy "$WRK_SECONDS" 16)
-    emit "inflight_control_p99_ms@$top" bilge "$(sl_ms "$out" p99_us)"
+    emit "inflight_control_p99_ms@$top" bilge "$(ms_of "$out" p99_us)"
   done
   # One more run, not counted, under perf: the whole machine, to show who shares the CPU.
   profile inflight all 8 &
@@ -643,9 +640,11 @@ perf_top() {
   } | sed 's/ \+$//' >"$RESULTS/profile-$1.txt" || true
 }
 
-# wrk_field "WRK k=v ..." KEY
-wrk_field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'; }
-wrk_rate() { awk -v r="$(wrk_field "$1" requests)" -v d="$(wrk_field "$1" duration_us)" 'BEGIN { printf "%.1f", r / (d / 1e6) }'; }
+# field_of "WRK k=v ..." KEY: one field of a wrk (scripts/bench_wrk.lua) or scrape_latency line;
+# ms_of: a field in microseconds, as milliseconds; rate_of: requests per second.
+field_of() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+ms_of() { field_of "$1" "$2" | awk '{ printf "%.3f", $1 / 1000 }'; }
+rate_of() { awk -v r="$(field_of "$1" requests)" -v d="$(field_of "$1" duration_us)" 'BEGIN { printf "%.1f", r / (d / 1e6) }'; }
 
 # ---- section 1: scrape --------------------------------------------------------------------
 # wrk, 16 connections for WRK_SECONDS, RUNS times against each exporter, alternating which goes
@@ -692,11 +691,11 @@ section_scrape() {
       c0=$(cpu_s "$pid")
       out=$(wrk -t2 -c16 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$port/metrics" | grep '^WRK ')
       c1=$(cpu_s "$pid")
-      req=$(wrk_field "$out" requests)
-      emit req_s "$who" "$(wrk_rate "$out")"
-      emit p50_ms "$who" "$(wrk_field "$out" p50_us | awk '{ printf "%.3f", $1 / 1000 }')"
-      emit p99_ms "$who" "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
-      emit errors "$who" "$(wrk_field "$out" errors)"
+      req=$(field_of "$out" requests)
+      emit req_s "$who" "$(rate_of "$out")"
+      emit p50_ms "$who" "$(ms_of "$out" p50_us)"
+      emit p99_ms "$who" "$(ms_of "$out" p99_us)"
+      emit errors "$who" "$(field_of "$out" errors)"
       emit cpu_s_per_1k "$who" "$(calc "($c1 - $c0) / ($req / 1000)")"
       emit rss_mib "$who" "$(rss_mib "$pid")"
       emit rss_anon_mib "$who" "$(awk '/^RssAnon:/ { printf "%.2f", $2 / 1024 }' "/proc/$pid/status")"
@@ -719,8 +718,8 @@ section_scrape() {
   for r in $(seq "$RUNS"); do
     local out
     out=$(wrk -t2 -c16 -d"${WRK_SECONDS}s" -s scripts/bench_wrk.lua "http://127.0.0.1:$pb/-/healthy" | grep '^WRK ')
-    emit control_p99_ms bilge "$(wrk_field "$out" p99_us | awk '{ printf "%.3f", $1 / 1000 }')"
-    emit control_req_s bilge "$(wrk_rate "$out")"
+    emit control_p99_ms bilge "$(ms_of "$out" p99_us)"
+    emit control_req_s bilge "$(rate_of "$out")"
   done
   emit load - "$(cut -d' ' -f1-3 /proc/loadavg)"
   stop "$bpid"
